@@ -1,0 +1,1 @@
+"""The gpuprobe service: config, scheduler, state, exporter, HTTP and CLI."""

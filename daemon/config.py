@@ -1,0 +1,262 @@
+"""Configuration: YAML into frozen dataclasses, validated with one-line errors.
+
+Every key and its default is documented in ``deploy/gpuprobe.yaml``; a test keeps that file
+and these dataclasses in step. A bad key, type or value raises :class:`ConfigError` whose
+message names the file and the dotted key, which the CLI prints as a single line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import registry
+
+DEFAULT_PORT = 14787
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# XID codes whose counters exist at 0 from the start, so that the first occurrence is an
+# increase Prometheus can see. NVIDIA's XID catalogue marks these as needing attention.
+DEFAULT_XID_CODES = (48, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line naming the key."""
+
+
+def _duration(minimum: float = 0.0, **extra: Any) -> dict[str, Any]:
+    return {"duration": True, "min": minimum, **extra}
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    enabled: bool = True
+    interval: float = field(default=5.0, metadata=_duration(0.05))
+    # Deadline for one collection. A collection past it is reported stalled.
+    timeout: float | None = field(default=None, metadata=_duration(0.01))
+
+    def deadline(self) -> float:
+        return self.timeout if self.timeout is not None else 0.8 * self.interval
+
+
+@dataclass(frozen=True)
+class NvidiaConfig:
+    gpm: bool = True
+    discovery_interval: float = field(default=60.0, metadata=_duration(1.0))
+    retry_initial: float = field(default=1.0, metadata=_duration(0.01))
+    retry_max: float = field(default=300.0, metadata=_duration(0.01))
+    xid_codes: tuple[int, ...] = field(default=DEFAULT_XID_CODES, metadata={"min": 0})
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    process_metrics: bool = True
+    max_processes_per_device: int = field(default=32, metadata={"min": 0, "max": 4096})
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    proc_root: str = "/proc"
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    enabled: bool = False
+    # Path to a scenario YAML file; empty means the built-in default scenario.
+    scenario: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})
+    collectors: Mapping[str, CollectorConfig] = field(default_factory=dict)
+    nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen, "listen")
+
+
+def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
+    """Split HOST:PORT (``[::1]:9`` for IPv6, ``:9`` for every interface)."""
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})", value)
+    if not m:
+        raise ConfigError(
+            f"{key}: expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT}, got {value!r}")
+    host = m.group(1) if m.group(1) is not None else (m.group(2) or "0.0.0.0")
+    port = int(m.group(3))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key}: port must be between 1 and 65535, got {port}")
+    return host, port
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from a number or a string such as ``500ms``, ``5s``, ``2m``, ``1h``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration such as 5s or 1m, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ConfigError(f"{key}: expected a duration such as 5s or 1m, got {value!r}")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "nothing"}.get(type(value),
+                                                                             type(value).__name__)
+
+
+def _check_range(value: float, meta: Mapping[str, Any], key: str) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: must be at least {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: must be at most {hi}, got {value}")
+
+
+def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, key, meta)
+    if meta.get("duration"):
+        seconds = parse_duration(value, key)
+        _check_range(seconds, meta, key)
+        return seconds
+    if is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_type_name(value)} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_type_name(value)} {value!r}")
+        _check_range(value, meta, key)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {_type_name(value)} {value!r}")
+        _check_range(value, meta, key)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_type_name(value)} {value!r}")
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_type_name(value)} {value!r}")
+        return tuple(_convert(item_tp, v, f"{key}[{i}]", meta) for i, v in enumerate(value))
+    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
+
+
+def _unknown_key(key: str, name: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
+    where = f"{key}." if key else ""
+    return ConfigError(f"{where}{name}: unknown key{hint}")
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'top level'}: expected a mapping, got {_type_name(data)}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for name in data:
+        if name not in known:
+            raise _unknown_key(key, str(name), known)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data and f.name != "collectors":
+            sub = f"{key}.{f.name}" if key else f.name
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], sub, f.metadata)
+    return cls(**kwargs)
+
+
+def _build_collectors(data: Any) -> dict[str, CollectorConfig]:
+    known = registry.load_builtin()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"collectors: expected a mapping, got {_type_name(data)}")
+    for name in data:
+        if name not in known:
+            raise _unknown_key("collectors", str(name), list(known))
+    out = {}
+    for name, info in known.items():
+        default = CollectorConfig(enabled=info.enabled, interval=info.interval,
+                                  timeout=info.timeout)
+        given = data.get(name) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"collectors.{name}: expected a mapping, got {_type_name(given)}")
+        merged = {f.name: getattr(default, f.name) for f in fields(CollectorConfig)}
+        merged.update(given)
+        if "interval" in given and "timeout" not in given:
+            merged["timeout"] = None  # follow the new interval
+        out[name] = _build(CollectorConfig, merged, f"collectors.{name}")
+    return out
+
+
+def from_mapping(data: Any) -> Config:
+    """Validate a parsed YAML document. Raises ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"top level: expected a mapping of keys, got {_type_name(data)}")
+    config = _build(Config, data, "")
+    config = replace(config, collectors=_build_collectors(data.get("collectors")))
+    config.listen_address()
+    if config.nvidia.retry_max < config.nvidia.retry_initial:
+        raise ConfigError("nvidia.retry_max: must not be shorter than nvidia.retry_initial")
+    return config
+
+
+def load(path: str | Path | None) -> Config:
+    """Read and validate a config file; ``None`` gives the defaults. Raises ConfigError."""
+    if path is None:
+        return from_mapping({})
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"config file {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {p}: not valid YAML{where}: {problem}") from None
+    try:
+        return from_mapping(data)
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from None

@@ -1,0 +1,203 @@
+"""Vendor-neutral records of what a GPU reports.
+
+Backends turn vendor library values into these records; everything above a backend (state,
+exporter, CLI) reads only these. Units are base units: bytes, seconds, celsius, watts,
+joules, hertz, and ratios from 0 to 1. A value the device does not report is ``None`` (or
+missing from a mapping), never 0. Records are frozen; mappings inside them are built once by
+the backend and never mutated afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# Named throttle reasons shared by every vendor (the `reason` label).
+THROTTLE_REASONS = (
+    "gpu_idle",
+    "applications_clocks",
+    "power_cap",
+    "hw_slowdown",
+    "sync_boost",
+    "sw_thermal",
+    "hw_thermal",
+    "hw_power_brake",
+    "display_clocks",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """Who a device is. ``index`` is the ``gpu`` label: "0", or "0/7" for a MIG instance."""
+
+    uuid: str
+    vendor: str
+    index: str
+    model: str | None = None
+    pci_bus_id: str | None = None
+    serial: str | None = None
+    driver_version: str | None = None
+    firmware_version: str | None = None
+    architecture: str | None = None
+    compute_capability: str | None = None
+    parent_uuid: str | None = None
+    partition: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    total_bytes: int | None = None
+    used_bytes: int | None = None
+    free_bytes: int | None = None
+    reserved_bytes: int | None = None
+    bar1_total_bytes: int | None = None
+    bar1_used_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Thermal:
+    # sensor ("gpu", "memory", "hotspot", ...) -> celsius
+    temperatures: Mapping[str, float] = field(default_factory=dict)
+    # (sensor, threshold) -> celsius; threshold is "slowdown", "shutdown" or "max_operating"
+    thresholds: Mapping[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Power:
+    draw_watts: float | None = None
+    limit_watts: float | None = None
+    energy_joules: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Clocks:
+    # clock domain ("sm", "memory", "graphics", "video") -> hertz
+    current: Mapping[str, float] = field(default_factory=dict)
+    maximum: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    # Reasons the device can report; each gets a 0/1 series. Empty when unsupported.
+    supported: frozenset[str] = frozenset()
+    active: frozenset[str] = frozenset()
+    # reason -> cumulative seconds the device spent throttled for it
+    seconds_total: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pcie:
+    generation: int | None = None
+    width: int | None = None
+    max_generation: int | None = None
+    max_width: int | None = None
+    tx_bytes_total: float | None = None
+    rx_bytes_total: float | None = None
+    replays_total: int | None = None
+    recoveries_total: int | None = None
+    naks_received_total: int | None = None
+    naks_sent_total: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """Profiling-class ratios averaged over the last poll interval (NVIDIA GPM on Hopper+)."""
+
+    graphics_engine: float | None = None
+    sm_active: float | None = None
+    sm_occupancy: float | None = None
+    tensor_active: float | None = None
+    dram_active: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Errors:
+    ecc_enabled: bool | None = None
+    ecc_corrected_total: int | None = None
+    ecc_uncorrected_total: int | None = None
+    ecc_corrected_lifetime_total: int | None = None
+    ecc_uncorrected_lifetime_total: int | None = None
+    # cause ("correctable", "uncorrectable") -> rows
+    remapped_rows: Mapping[str, int] = field(default_factory=dict)
+    remap_pending: bool | None = None
+    remap_failed: bool | None = None
+    # cause ("single_bit", "double_bit") -> pages
+    retired_pages: Mapping[str, int] = field(default_factory=dict)
+    retired_pages_pending: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSample:
+    identity: DeviceIdentity
+    up: bool
+    down_reason: str | None = None
+    memory: Memory = field(default_factory=Memory)
+    thermal: Thermal = field(default_factory=Thermal)
+    power: Power = field(default_factory=Power)
+    clocks: Clocks = field(default_factory=Clocks)
+    throttle: Throttle = field(default_factory=Throttle)
+    pcie: Pcie = field(default_factory=Pcie)
+    # engine ("gpu", "memory", "encoder", "decoder") -> busy ratio
+    utilization: Mapping[str, float] = field(default_factory=dict)
+    activity: Activity = field(default_factory=Activity)
+    errors: Errors = field(default_factory=Errors)
+    performance_state: int | None = None
+
+
+class ProcessSample(NamedTuple):
+    """A process holding memory on a device. ``start_ticks`` tells a reused pid apart.
+
+    A NamedTuple rather than a frozen dataclass: hundreds are built per poll, and it is
+    three times cheaper to build."""
+
+    device_uuid: str
+    pid: int
+    used_memory_bytes: int | None
+    name: str | None = None
+    start_ticks: int | None = None
+    container_id: str | None = None
+    pod_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """State of a vendor library as seen by the daemon."""
+
+    name: str
+    up: bool
+    reason: str | None = None
+    library_version: str | None = None
+    driver_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorResult:
+    """What one run of a collector produced.
+
+    ``ok`` is False when the collector could not do its job (library down, discovery failed);
+    ``errors`` counts the vendor-call errors of this run by class.
+    """
+
+    ok: bool = True
+    devices: tuple[DeviceSample, ...] = ()
+    processes: tuple[ProcessSample, ...] = ()
+    # device uuid -> {xid code: count since the daemon started watching}
+    xid_counts: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    backends: tuple[BackendStatus, ...] = ()
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+
+# PCIe raw rate per lane (GT/s) and encoding efficiency, by generation. Gen 6 uses FLIT mode:
+# 242 of every 256 bytes carry TLP/DLLP data, the rest is CRC and FEC.
+_PCIE_GENERATIONS = {1: (2.5, 0.8), 2: (5.0, 0.8), 3: (8.0, 128 / 130), 4: (16.0, 128 / 130),
+                     5: (32.0, 128 / 130), 6: (64.0, 242 / 256)}
+
+
+def pcie_link_bytes_per_second(generation: int | None, width: int | None) -> float | None:
+    """Theoretical per-direction rate of a PCIe link after line encoding, before packet
+    overhead (Gen5 x16: 63.0 GB/s). None when generation or width is unknown."""
+    if not generation or not width or generation not in _PCIE_GENERATIONS:
+        return None
+    gts, efficiency = _PCIE_GENERATIONS[generation]
+    return gts * 1e9 * efficiency * width / 8

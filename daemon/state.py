@@ -1,0 +1,62 @@
+"""The latest result and health of every collector, swapped atomically.
+
+Collector threads publish; the exporter, the HTTP health endpoints and the CLI read a
+consistent :class:`View`. Nothing here calls a vendor library.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .model import CollectorResult, DeviceSample
+
+
+@dataclass(frozen=True)
+class CollectorHealth:
+    name: str
+    interval: float
+    up: bool = False
+    stalled: bool = False
+    runs: int = 0
+    last_success: float | None = None  # wall-clock seconds
+    last_duration: float | None = None
+    errors_total: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class View:
+    results: Mapping[str, CollectorResult] = field(default_factory=dict)
+    health: Mapping[str, CollectorHealth] = field(default_factory=dict)
+
+    def devices(self) -> list[DeviceSample]:
+        """Every device of every collector, with devices of a stalled collector marked down."""
+        out = []
+        for name, result in self.results.items():
+            stalled = self.health.get(name, None)
+            stalled = stalled is not None and stalled.stalled
+            for d in result.devices:
+                if stalled and d.up:
+                    d = DeviceSample(identity=d.identity, up=False, down_reason="stalled")
+                out.append(d)
+        return out
+
+
+class Store:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._view = View()
+
+    def view(self) -> View:
+        return self._view
+
+    def publish(self, name: str, result: CollectorResult | None, health: CollectorHealth) -> None:
+        with self._lock:
+            results = dict(self._view.results)
+            if result is not None:
+                results[name] = result
+            healths = dict(self._view.health)
+            healths[name] = health
+            self._view = View(MappingProxyType(results), MappingProxyType(healths))
