@@ -1,0 +1,1 @@
+"""Measurement sources: one module per vendor library, the host, probe kernels, simulation."""

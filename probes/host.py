@@ -1,0 +1,138 @@
+"""What the host knows about a GPU process: name, start time, container and pod.
+
+Vendor libraries give only a pid. This module reads ``<proc_root>/<pid>/stat`` (name and start
+time) and ``<proc_root>/<pid>/cgroup`` (container id and Kubernetes pod UID) once per process.
+A pid seen in the previous poll is taken to be the same process until its start time is
+checked again, at most ``revalidate`` seconds later (60 by default): a pid reused by a new
+GPU process within that time is noticed that much late. Re-reading every pid on every poll
+would cost as much as the NVML calls themselves. ``proc_root`` is ``/proc``, ``/host/proc`` in a
+container that mounts the host's, or the simulator's fake tree. psutil is not used here because
+it neither parses cgroups nor takes a per-instance proc root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("gpuprobe.host")
+
+# A container id is the last 64-hex-digit component of a cgroup path, whatever the runtime:
+# docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope,
+# /docker/<id>, /kubepods/burstable/pod<uid>/<id>.
+_CONTAINER_RE = re.compile(r"(?:^|[/\-:])([0-9a-f]{64})(?:\.scope)?(?=/|$)")
+# kubepods-burstable-pod<uid with _>.slice (systemd driver) or /pod<uid>/ (cgroupfs driver)
+_POD_RE = re.compile(
+    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+@dataclass(frozen=True, slots=True)
+class HostProcess:
+    pid: int
+    start_ticks: int
+    name: str
+    container_id: str | None = None
+    pod_uid: str | None = None
+
+
+def parse_stat(text: str) -> tuple[str, int]:
+    """(name, start time in clock ticks since boot) from a ``/proc/<pid>/stat`` line."""
+    # The name sits in parentheses and may itself contain spaces and parentheses.
+    open_, close = text.index("("), text.rindex(")")
+    name = text[open_ + 1 : close]
+    rest = text[close + 2 :].split()
+    # rest[0] is field 3 (state); starttime is field 22.
+    return name, int(rest[19])
+
+
+def parse_cgroup(text: str) -> tuple[str | None, str | None]:
+    """(container id, pod UID) from ``/proc/<pid>/cgroup``; None where not in one."""
+    container = pod = None
+    for line in text.splitlines():
+        path = line.split(":", 2)[-1]
+        if container is None:
+            ids = _CONTAINER_RE.findall(path)
+            if ids:
+                container = ids[-1]
+        if pod is None:
+            m = _POD_RE.search(path)
+            if m:
+                pod = m.group(1).replace("_", "-")
+    return container, pod
+
+
+class ProcessResolver:
+    """pid -> HostProcess, cached per (pid, start time) so a reused pid is a new process."""
+
+    def __init__(self, proc_root: str = "/proc", revalidate: float = 60.0) -> None:
+        self.proc_root = proc_root
+        self.revalidate = revalidate
+        self._cache: dict[tuple[int, int], HostProcess] = {}
+        self._current: dict[int, tuple[HostProcess, float]] = {}  # pid -> (process, checked)
+        self._last: tuple[tuple[int, ...], float, dict[int, HostProcess]] | None = None
+        self._warned_invisible = False
+
+    def _read(self, pid: int, name: str) -> str | None:
+        try:
+            with open(os.path.join(self.proc_root, str(pid), name), encoding="utf-8",
+                      errors="replace") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def resolve(self, pid: int) -> HostProcess | None:
+        """The live process with this pid, or None when the host cannot see it."""
+        stat = self._read(pid, "stat")
+        if stat is None:
+            return None
+        try:
+            name, start = parse_stat(stat)
+        except (ValueError, IndexError):
+            return None
+        key = (pid, start)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        cgroup = self._read(pid, "cgroup") or ""
+        container, pod = parse_cgroup(cgroup)
+        proc = HostProcess(pid, start, name, container, pod)
+        self._cache[key] = proc
+        return proc
+
+    def resolve_all(self, pids: list[int]) -> dict[int, HostProcess]:
+        """Resolve the pids of one poll and forget processes that are gone."""
+        now = time.monotonic()
+        key = tuple(pids)
+        last = self._last
+        if last is not None and last[0] == key and now - last[1] < self.revalidate:
+            return last[2]  # the same processes as last time, all checked recently enough
+        found = {}
+        current = {}
+        for pid in pids:
+            seen = self._current.get(pid)
+            if seen is not None and now - seen[1] < self.revalidate:
+                found[pid] = seen[0]
+                current[pid] = seen
+                continue
+            proc = self.resolve(pid)
+            if proc is not None:
+                found[pid] = proc
+                current[pid] = (proc, now)
+        self._current = current
+        live = {(p.pid, p.start_ticks) for p in found.values()}
+        for gone in [k for k in self._cache if k not in live]:
+            del self._cache[gone]
+        # Checked times differ per pid; the fast path may reuse this result until the oldest
+        # check is due again.
+        oldest = min((checked for _, checked in current.values()), default=now)
+        self._last = (key, oldest, found)
+        if pids and not found and not self._warned_invisible:
+            self._warned_invisible = True
+            log.warning(
+                "none of the GPU processes (pids %s...) is visible under %s: process names and "
+                "containers are unavailable; run in the host PID namespace or set host.proc_root",
+                pids[:3], self.proc_root)
+        return found

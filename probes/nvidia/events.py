@@ -1,0 +1,199 @@
+"""The ``nvidia_events`` collector: XID errors counted by code, from an NVML event set.
+
+A dedicated thread waits on the event set (one second at a time, so it can stop and notice
+a re-initialised library) and counts each XID per device and code; the collector only
+publishes the counts, so the poll never blocks on events. Events that happen before the
+daemon registers for them are not delivered by NVML. The configured critical codes start at
+0 on every registered GPU so that the first occurrence shows as an increase.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.model import CollectorResult
+from gpuprobe.daemon.registry import register
+
+from .session import LIBRARY_FATAL, NvmlSession, classify, nvml_session
+
+log = logging.getLogger("gpuprobe.nvidia.events")
+
+XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
+WAIT_MS = 1000
+MAX_CODES_PER_DEVICE = 64  # bound on label values; further codes count as 0 ("unknown")
+REREGISTER_SECONDS = 30.0
+
+
+def handle_key(handle: Any) -> int:
+    """Identity of a device handle: the pointer NVML gave, or the object (simulation)."""
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value or id(handle)
+    except (TypeError, ctypes.ArgumentError):
+        return id(handle)
+
+
+class XidWatcher:
+    def __init__(self, session: NvmlSession) -> None:
+        self.session = session
+        self.lib = session.lib
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        self.registered: set[str] = set()
+        self._handles: dict[int, str] = {}  # handle_key -> uuid of registered devices
+        self.errors: Counter = Counter()
+        self.healthy = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.attempted = threading.Event()  # set once registration has been tried
+
+    def ensure_running(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="nvml-events", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def snapshot(self) -> tuple[dict[str, dict[int, int]], Counter]:
+        with self._lock:
+            counts = {uuid: dict(c) for uuid, c in self.counts.items()}
+            errors, self.errors = self.errors, Counter()
+        return counts, errors
+
+    def _failed(self, e: Exception) -> str:
+        cls = classify(self.lib, e)
+        if cls is None:
+            raise e
+        with self._lock:
+            self.errors[cls] += 1
+        return cls
+
+    def _register(self, event_set: Any) -> set[str]:
+        """Register every up physical GPU for XIDs; returns the registered uuids."""
+        lib = self.lib
+        registered = set()
+        for dev in self.session.known():
+            if dev.parent is not None or not dev.up:
+                continue
+            try:
+                mask = lib.nvmlDeviceGetSupportedEventTypes(dev.handle) & XID_EVENT
+                if mask:
+                    lib.nvmlDeviceRegisterEvents(dev.handle, mask, event_set)
+                    registered.add(dev.uuid)
+                    self._handles[handle_key(dev.handle)] = dev.uuid
+            except Exception as e:
+                if self._failed(e) == LIBRARY_FATAL:
+                    raise
+                log.debug("GPU %s: cannot register for XID events: %s", dev.identity.index, e)
+        return registered
+
+    def _run(self) -> None:
+        lib = self.lib
+        while not self._stop.is_set():
+            if not self.session.up:
+                self.healthy = False
+                self._stop.wait(0.1)
+                continue
+            generation = self.session.generation
+            try:
+                event_set = lib.nvmlEventSetCreate()
+            except Exception as e:
+                self._failed(e)
+                self.healthy = False
+                self._stop.wait(5.0)
+                continue
+            try:
+                self._watch(event_set, generation)
+            finally:
+                try:
+                    lib.nvmlEventSetFree(event_set)
+                except Exception:
+                    pass
+
+    def _watch(self, event_set: Any, generation: int) -> None:
+        lib = self.lib
+        try:
+            registered = self._register(event_set)
+        except Exception:
+            self.healthy = False
+            self.attempted.set()
+            self._stop.wait(1.0)
+            return
+        with self._lock:
+            self.registered = registered
+        self.healthy = True
+        self.attempted.set()
+        up_set = {d.uuid for d in self.session.known() if d.up and d.parent is None}
+        renew_at = time.monotonic() + REREGISTER_SECONDS
+        while not self._stop.is_set() and self.session.up and \
+                self.session.generation == generation:
+            now_up = {d.uuid for d in self.session.known() if d.up and d.parent is None}
+            if now_up != up_set or time.monotonic() > renew_at:
+                return  # a device left or came back: register afresh
+            try:
+                data = lib.nvmlEventSetWait(event_set, WAIT_MS)
+            except Exception as e:
+                if getattr(e, "value", None) == 10:  # NVML_ERROR_TIMEOUT: nothing happened
+                    continue
+                cls = self._failed(e)
+                if cls == LIBRARY_FATAL:
+                    self.healthy = False
+                    return
+                log.debug("event wait failed: %s", e)
+                self._stop.wait(0.5)
+                return
+            if not data.eventType & XID_EVENT:
+                continue
+            code = int(data.eventData)
+            uuid = self._handles.get(handle_key(data.device))
+            if uuid is None:  # not a handle we registered: ask NVML which device it is
+                try:
+                    uuid = lib.nvmlDeviceGetUUID(data.device)
+                    uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+                except Exception as e:
+                    self._failed(e)
+                    continue
+            with self._lock:
+                counts = self.counts[uuid]
+                if code not in counts and len(counts) >= MAX_CODES_PER_DEVICE:
+                    code = 0
+                counts[code] += 1
+            dev = self.session.devices.get(uuid)
+            log.warning("XID %d on GPU %s (%s)", code, dev.identity.index if dev else "?", uuid)
+
+
+@register("nvidia_events", interval=5.0, timeout=2.0,
+          description="XID errors counted by code, from an NVML event set on its own thread")
+class NvidiaEvents:
+    name = "nvidia_events"
+
+    def __init__(self, ctx: Context) -> None:
+        self.session = nvml_session(ctx)
+        self.codes = ctx.config.nvidia.xid_codes
+        self.watcher = ctx.shared("nvml.events", lambda: XidWatcher(self.session))
+        # Start now: NVML only delivers events that happen after registration.
+        self.watcher.ensure_running()
+
+    def collect(self, deadline: float) -> CollectorResult:
+        errors: Counter = Counter()
+        if not self.session.ensure(errors, deadline, drive=False):
+            return CollectorResult(ok=self.session.absent, errors=errors)
+        self.watcher.ensure_running()
+        self.watcher.attempted.wait(max(0.0, min(1.0, deadline - time.monotonic())))
+        counts, watch_errors = self.watcher.snapshot()
+        errors.update(watch_errors)
+        out: dict[str, dict[int, int]] = {}
+        for uuid in self.watcher.registered | set(counts):
+            merged = dict.fromkeys(self.codes, 0) if uuid in self.watcher.registered else {}
+            merged.update(counts.get(uuid, {}))
+            out[uuid] = merged
+        return CollectorResult(ok=self.watcher.healthy, xid_counts=out, errors=errors)
+
+    def close(self) -> None:
+        self.watcher.stop()

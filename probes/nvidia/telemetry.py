@@ -1,0 +1,400 @@
+"""The ``nvidia`` collector: per-device telemetry through NVML.
+
+Each GPU is read on its own worker thread; a GPU that does not answer by the deadline is
+reported down (reason "timeout") and not called again until its hung call returns, while the
+others report as usual. Counters (energy, ECC, PCIe bytes, replays, throttle time) come from
+one batched ``nvmlDeviceGetFieldValues`` call per GPU; SM activity and occupancy come from
+GPM on Hopper and newer. NVML units are converted to base units here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.model import (
+    Activity,
+    Clocks,
+    CollectorResult,
+    DeviceSample,
+    Errors,
+    Memory,
+    Pcie,
+    Power,
+    Thermal,
+    Throttle,
+)
+from gpuprobe.daemon.registry import register
+
+from .gpm import clamp_ratio, free_samples, read_gpm
+from .session import (
+    CLOCK_DOMAINS,
+    DEVICE_FATAL,
+    LIBRARY_FATAL,
+    UNSUPPORTED,
+    DeviceLost,
+    LibraryDown,
+    NvDevice,
+    NvmlSession,
+    Query,
+    classify,
+    log,
+    nvml_session,
+    run_on_devices,
+)
+
+# nvmlDeviceGetFieldValues ids (NVML_FI_DEV_*), read in one batch per GPU.
+F_ECC_CURRENT = 1
+F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG, F_ECC_DBE_AGG = 3, 4, 5, 6
+F_RETIRED_SBE, F_RETIRED_DBE, F_RETIRED_PENDING = 29, 30, 31
+F_THROTTLE_POWER_CAP, F_THROTTLE_SYNC_BOOST = 74, 76  # CLOCKS_EVENT_REASON_*, ns
+F_MEMORY_TEMP = 82  # celsius
+F_ENERGY = 83  # mJ since the driver loaded
+F_PCIE_REPLAY = 94
+F_REMAP_COR, F_REMAP_UNC, F_REMAP_PENDING, F_REMAP_FAILURE = 142, 143, 144, 145
+F_PCIE_RECOVERY = 169  # L0 to recovery transitions
+F_PCIE_NAKS_RECEIVED, F_PCIE_NAKS_SENT = 174, 177
+F_PCIE_TX_BYTES, F_PCIE_RX_BYTES = 197, 198
+F_THROTTLE_SW_THERMAL, F_THROTTLE_HW_THERMAL, F_THROTTLE_HW_POWER_BRAKE = 269, 270, 271
+
+FIELD_IDS = (
+    F_ECC_CURRENT, F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG, F_ECC_DBE_AGG,
+    F_RETIRED_SBE, F_RETIRED_DBE, F_RETIRED_PENDING, F_THROTTLE_POWER_CAP,
+    F_THROTTLE_SYNC_BOOST, F_MEMORY_TEMP, F_ENERGY, F_PCIE_REPLAY, F_REMAP_COR, F_REMAP_UNC,
+    F_REMAP_PENDING, F_REMAP_FAILURE, F_PCIE_RECOVERY, F_PCIE_NAKS_RECEIVED, F_PCIE_NAKS_SENT,
+    F_PCIE_TX_BYTES, F_PCIE_RX_BYTES, F_THROTTLE_SW_THERMAL, F_THROTTLE_HW_THERMAL,
+    F_THROTTLE_HW_POWER_BRAKE,
+)
+
+THROTTLE_FIELDS = {
+    "power_cap": F_THROTTLE_POWER_CAP,
+    "sync_boost": F_THROTTLE_SYNC_BOOST,
+    "sw_thermal": F_THROTTLE_SW_THERMAL,
+    "hw_thermal": F_THROTTLE_HW_THERMAL,
+    "hw_power_brake": F_THROTTLE_HW_POWER_BRAKE,
+}
+
+# nvmlClocksEventReason* bits
+THROTTLE_BITS = (
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks"),
+    (0x4, "power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal"),
+    (0x40, "hw_thermal"),
+    (0x80, "hw_power_brake"),
+    (0x100, "display_clocks"),
+)
+
+_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
+                 6: "usVal"}
+
+
+def _reasons(mask: int | None) -> frozenset[str]:
+    if mask is None:
+        return frozenset()
+    return frozenset(name for bit, name in THROTTLE_BITS if mask & bit)
+
+
+def read_fields(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, float]:
+    """The batched counters that this device supports, by field id."""
+    lib = session.lib
+    cached = dev.state.get("field_ids")
+    if cached is None or cached[0] != len(dev.unsupported):
+        cached = (len(dev.unsupported),
+                  [f for f in FIELD_IDS if f"field.{f}" not in dev.unsupported])
+        dev.state["field_ids"] = cached
+    ids = cached[1]
+    if not ids:
+        return {}
+    values = q(dev, "fields", lib.nvmlDeviceGetFieldValues, dev.handle, ids)
+    out: dict[int, float] = {}
+    if values is None:
+        return out
+    for v in values:
+        fid = int(v.fieldId)
+        if v.nvmlReturn != 0:
+            err = lib.NVMLError(int(v.nvmlReturn))
+            cls = classify(lib, err)
+            q.errors[cls] += 1
+            if cls == UNSUPPORTED:
+                dev.unsupported.add(f"field.{fid}")
+            elif cls == DEVICE_FATAL:
+                raise DeviceLost(f"field {fid}: {err}")
+            elif cls == LIBRARY_FATAL:
+                raise LibraryDown(err)
+            continue
+        member = _VALUE_MEMBER.get(int(v.valueType))
+        if member is not None:
+            out[fid] = getattr(v.value, member)
+    return out
+
+
+def _pcie_bytes(dev: NvDevice, fields: dict[int, float], gpm: dict[str, float] | None
+                ) -> tuple[float | None, float | None]:
+    """TX/RX byte counters: NVML's own where the driver has them, else GPM rates integrated
+    over the time between polls."""
+    if F_PCIE_TX_BYTES in fields or F_PCIE_RX_BYTES in fields:
+        return fields.get(F_PCIE_TX_BYTES), fields.get(F_PCIE_RX_BYTES)
+    if not gpm or "pcie_tx" not in gpm:
+        return None, None
+    now = time.monotonic()
+    acc = dev.state.setdefault("pcie_acc", {"tx": 0.0, "rx": 0.0, "t": None})
+    if acc["t"] is not None:
+        dt = now - acc["t"]
+        acc["tx"] += gpm.get("pcie_tx", 0.0) * dt
+        acc["rx"] += gpm.get("pcie_rx", 0.0) * dt
+    acc["t"] = now
+    return acc["tx"], acc["rx"]
+
+
+def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
+                ) -> DeviceSample:
+    lib, h = session.lib, dev.handle
+    if dev.parent is not None:
+        return _read_mig(session, dev, q, gpm_enabled)
+    s = dev.static
+
+    mem = q.first(dev, "memory", [
+        (lambda: lib.nvmlDeviceGetMemoryInfo(h, version=lib.nvmlMemory_v2), ()),
+        (lib.nvmlDeviceGetMemoryInfo, (h,)),
+    ])
+    bar1 = q(dev, "bar1", lib.nvmlDeviceGetBAR1MemoryInfo, h)
+    fields = read_fields(session, dev, q)
+
+    temps = {}
+    gpu_temp = q.first(dev, "temperature", [
+        ("nvmlDeviceGetTemperatureV", (h, 0)),
+        ("nvmlDeviceGetTemperature", (h, 0)),
+    ])
+    if gpu_temp is not None:
+        temps["gpu"] = float(gpu_temp)
+    if fields.get(F_MEMORY_TEMP):
+        temps["memory"] = float(fields[F_MEMORY_TEMP])
+
+    power_mw = q(dev, "power.draw", lib.nvmlDeviceGetPowerUsage, h)
+    limit_mw = q(dev, "power.limit", lib.nvmlDeviceGetEnforcedPowerLimit, h)
+    energy_mj = fields.get(F_ENERGY)
+
+    clocks = {}
+    for domain, clock in CLOCK_DOMAINS:
+        mhz = q(dev, f"clock.{domain}", lib.nvmlDeviceGetClockInfo, h, clock)
+        if mhz is not None:
+            clocks[domain] = mhz * 1e6
+
+    current = q.first(dev, "throttle.current", [
+        ("nvmlDeviceGetCurrentClocksEventReasons", (h,)),
+        ("nvmlDeviceGetCurrentClocksThrottleReasons", (h,)),
+    ])
+    supported = _reasons(s.get("throttle_supported")) if current is not None else frozenset()
+
+    gen = q(dev, "pcie.gen", lib.nvmlDeviceGetCurrPcieLinkGeneration, h)
+    width = q(dev, "pcie.width", lib.nvmlDeviceGetCurrPcieLinkWidth, h)
+
+    util = {}
+    rates = q(dev, "utilization", lib.nvmlDeviceGetUtilizationRates, h)
+    if rates is not None:
+        util["gpu"] = rates.gpu / 100.0
+        util["memory"] = rates.memory / 100.0
+    for engine, fn in (("encoder", lib.nvmlDeviceGetEncoderUtilization),
+                       ("decoder", lib.nvmlDeviceGetDecoderUtilization)):
+        value = q(dev, f"utilization.{engine}", fn, h)
+        if value is not None:
+            util[engine] = value[0] / 100.0
+
+    pstate = q(dev, "pstate", lib.nvmlDeviceGetPerformanceState, h)
+    gpm = read_gpm(session, dev, q) if gpm_enabled else None
+    tx, rx = _pcie_bytes(dev, fields, gpm)
+
+    def flag(fid: int) -> bool | None:
+        return bool(fields[fid]) if fid in fields else None
+
+    ecc_enabled = flag(F_ECC_CURRENT)
+    ecc = {f: fields.get(f) for f in (F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG,
+                                      F_ECC_DBE_AGG)}
+    if ecc_enabled is False:
+        ecc = dict.fromkeys(ecc)  # counts are meaningless with ECC off
+
+    return DeviceSample(
+        identity=dev.identity,
+        up=True,
+        memory=Memory(
+            total_bytes=getattr(mem, "total", None),
+            used_bytes=getattr(mem, "used", None),
+            free_bytes=getattr(mem, "free", None),
+            reserved_bytes=getattr(mem, "reserved", None),
+            bar1_total_bytes=getattr(bar1, "bar1Total", None),
+            bar1_used_bytes=getattr(bar1, "bar1Used", None),
+        ),
+        thermal=Thermal(temperatures=temps, thresholds=s.get("thresholds", {})),
+        power=Power(
+            draw_watts=power_mw / 1000.0 if power_mw is not None else None,
+            limit_watts=limit_mw / 1000.0 if limit_mw else None,
+            energy_joules=energy_mj / 1000.0 if energy_mj is not None else None,
+        ),
+        clocks=Clocks(current=clocks, maximum=s.get("max_clocks", {})),
+        throttle=Throttle(
+            supported=supported,
+            active=_reasons(current) & supported if supported else _reasons(current),
+            seconds_total={reason: fields[fid] / 1e9 for reason, fid in THROTTLE_FIELDS.items()
+                           if fid in fields},
+        ),
+        pcie=Pcie(
+            generation=gen or None,
+            width=width or None,
+            max_generation=s.get("max_generation") or None,
+            max_width=s.get("max_width") or None,
+            tx_bytes_total=tx,
+            rx_bytes_total=rx,
+            replays_total=fields.get(F_PCIE_REPLAY),
+            recoveries_total=fields.get(F_PCIE_RECOVERY),
+            naks_received_total=fields.get(F_PCIE_NAKS_RECEIVED),
+            naks_sent_total=fields.get(F_PCIE_NAKS_SENT),
+        ),
+        utilization=util,
+        activity=_activity(gpm),
+        errors=Errors(
+            ecc_enabled=ecc_enabled,
+            ecc_corrected_total=ecc[F_ECC_SBE_VOL],
+            ecc_uncorrected_total=ecc[F_ECC_DBE_VOL],
+            ecc_corrected_lifetime_total=ecc[F_ECC_SBE_AGG],
+            ecc_uncorrected_lifetime_total=ecc[F_ECC_DBE_AGG],
+            remapped_rows={cause: int(fields[fid]) for cause, fid in
+                           (("correctable", F_REMAP_COR), ("uncorrectable", F_REMAP_UNC))
+                           if fid in fields},
+            remap_pending=flag(F_REMAP_PENDING),
+            remap_failed=flag(F_REMAP_FAILURE),
+            retired_pages={cause: int(fields[fid]) for cause, fid in
+                           (("single_bit", F_RETIRED_SBE), ("double_bit", F_RETIRED_DBE))
+                           if fid in fields},
+            retired_pages_pending=flag(F_RETIRED_PENDING),
+        ),
+        performance_state=pstate if pstate is not None and 0 <= pstate <= 15 else None,
+    )
+
+
+def _activity(gpm: dict[str, float] | None) -> Activity:
+    if not gpm:
+        return Activity()
+    return Activity(
+        graphics_engine=clamp_ratio(gpm.get("graphics_engine")),
+        sm_active=clamp_ratio(gpm.get("sm_active")),
+        sm_occupancy=clamp_ratio(gpm.get("sm_occupancy")),
+        tensor_active=clamp_ratio(gpm.get("tensor_active")),
+        dram_active=clamp_ratio(gpm.get("dram_active")),
+    )
+
+
+def _read_mig(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
+              ) -> DeviceSample:
+    """A MIG instance reports its own memory and GPM activity; the rest is the parent's."""
+    lib = session.lib
+    mem = q(dev, "memory", lib.nvmlDeviceGetMemoryInfo, dev.handle)
+    gpm = read_gpm(session, dev, q) if gpm_enabled else None
+    return DeviceSample(
+        identity=dev.identity,
+        up=True,
+        memory=Memory(total_bytes=getattr(mem, "total", None),
+                      used_bytes=getattr(mem, "used", None),
+                      free_bytes=getattr(mem, "free", None)),
+        activity=_activity(gpm),
+    )
+
+
+def down_sample(dev: NvDevice, reason: str) -> DeviceSample:
+    return DeviceSample(identity=dev.identity, up=False, down_reason=reason)
+
+
+def refind(session: NvmlSession, dev: NvDevice, q: Query) -> bool:
+    """Look a lost device up again by UUID; True when it answers."""
+    lib = session.lib
+    try:
+        handle = lib.nvmlDeviceGetHandleByUUID(dev.uuid)
+        lib.nvmlDeviceGetMemoryInfo(handle)
+    except Exception as e:
+        cls = classify(lib, e)
+        if cls is None:
+            raise
+        q.errors[cls] += 1
+        if cls == LIBRARY_FATAL:
+            raise LibraryDown(e) from e
+        session._lose(dev, dev.lost_reason or str(e))
+        return False
+    dev.handle, dev.lost, dev.lost_reason = handle, False, None
+    dev.backoff = session.config.retry_initial
+    log.info("GPU %s (%s) answers again", dev.identity.index, dev.uuid)
+    session.rediscover_soon()
+    return True
+
+
+@register("nvidia", interval=5.0, timeout=4.0,
+          description="NVIDIA device telemetry through NVML (memory, thermal, power, clocks, "
+                      "throttling, PCIe, utilization, GPM activity, ECC)")
+class NvidiaTelemetry:
+    name = "nvidia"
+
+    def __init__(self, ctx: Context) -> None:
+        self.session = nvml_session(ctx)
+        self.session.driven = True
+        self.gpm_enabled = ctx.config.nvidia.gpm
+        self._stuck: set[str] = set()
+        self.session.on_shutdown(lambda: free_samples(self.session))
+
+    def _read(self, dev: NvDevice, q: Query) -> DeviceSample | None:
+        if dev.lost:
+            if time.monotonic() < dev.retry_at or dev.parent is not None:
+                return None
+            if not refind(self.session, dev, q):
+                return None
+        try:
+            return read_device(self.session, dev, q, self.gpm_enabled)
+        except DeviceLost as e:
+            self.session._lose(dev, str(e))
+            return None
+
+    def collect(self, deadline: float) -> CollectorResult:
+        errors: Counter = Counter()
+        session = self.session
+        if not session.ensure(errors, deadline):
+            return CollectorResult(
+                ok=session.absent,
+                devices=tuple(down_sample(d, "backend down") for d in session.known()),
+                backends=(session.status(),), errors=errors)
+        q = Query(session, errors)
+        devices = session.known()
+        results, stuck = run_on_devices(devices, lambda d: self._read(d, q), deadline)
+        samples = []
+        failure: BaseException | None = None
+        for dev in devices:
+            r: Any = results.get(dev.uuid)
+            if dev.uuid in stuck:
+                samples.append(down_sample(dev, "timeout"))
+            elif isinstance(r, LibraryDown):
+                failure = r.__cause__ or r
+            elif isinstance(r, BaseException):
+                raise r
+            elif r is None:
+                reason = dev.lost_reason or (dev.parent.lost_reason if dev.parent else None)
+                samples.append(down_sample(dev, reason or "lost"))
+            else:
+                samples.append(r)
+        if stuck != self._stuck:
+            if stuck - self._stuck:
+                log.warning("GPU(s) %s did not answer within the deadline; not called again "
+                            "until the hung call returns", ", ".join(sorted(
+                                d.identity.index for d in devices if d.uuid in stuck)))
+            self._stuck = stuck
+        if failure is not None:
+            session.mark_down(failure)
+            return CollectorResult(
+                ok=False,
+                devices=tuple(down_sample(d, "backend down") for d in devices),
+                backends=(session.status(),), errors=errors)
+        return CollectorResult(ok=True, devices=tuple(samples), backends=(session.status(),),
+                               errors=errors)
+
+    def close(self) -> None:
+        pass  # the shared session is closed with the context
