@@ -1,0 +1,356 @@
+"""The simulated devices themselves, vendor-neutral: state as a function of scenario time.
+
+A :class:`SimWorld` turns a :class:`~.scenario.Scenario` into devices whose memory,
+utilization, temperatures, clocks, link state and throttling follow from their processes and
+scheduled events, and whose counters (energy, PCIe bytes, throttle time, activity time, ECC,
+replays, XIDs) only ever grow. The vendor faces (simulated NVML, simulated amdsmi) read it and
+answer in their library's units and shapes. Scenario time runs ``time_acceleration`` times
+faster than the wall clock; with a ``duration`` the scenario repeats, and its processes come
+back with new pids, as restarted jobs do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from gpuprobe.daemon.model import pcie_link_bytes_per_second
+
+from .scenario import DeviceSpec, EventSpec, ProcessSpec, Scenario
+
+PID_CYCLE_STRIDE = 100_000
+CLOCK_TICKS = 100  # USER_HZ used for start times in the fake /proc
+STATE_RESOLUTION = 0.02  # wall seconds within which repeated queries see one state
+MAX_INTEGRATION_STEPS = 40
+INTEGRATED = ("energy_j", "pcie_tx", "pcie_rx", "graphics_engine", "sm_active",
+              "sm_occupancy", "tensor_active", "dram_active", "thr_power_cap", "thr_sw_thermal",
+              "thr_hw_thermal", "thr_hw_slowdown")
+
+
+class SimClock:
+    """Scenario seconds: wall time since start, times the acceleration."""
+
+    def __init__(self, acceleration: float = 1.0, start: float = 0.0) -> None:
+        self.acceleration = acceleration
+        self._t0 = time.monotonic()
+        self._start = start
+
+    def now(self) -> float:
+        return self._start + (time.monotonic() - self._t0) * self.acceleration
+
+
+class ManualClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: float = 0.0, acceleration: float = 1.0) -> None:
+        self.t = start
+        self.acceleration = acceleration
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@dataclass(frozen=True)
+class SimProcess:
+    pid: int
+    spec: ProcessSpec
+    started: float  # scenario time this incarnation started
+    memory: float  # bytes
+    utilization: float
+
+    @property
+    def start_ticks(self) -> int:
+        return int(self.started * CLOCK_TICKS) + 1
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    t: float
+    lost: bool
+    processes: tuple[SimProcess, ...]
+    used: float
+    instance_used: tuple[float, ...]
+    utilization: float
+    instance_utilization: tuple[float, ...]
+    temperature: float
+    memory_temperature: float
+    power_watts: float
+    sm_hz: float
+    memory_hz: float
+    throttle: frozenset[str]
+    generation: int
+    width: int
+    pstate: int
+
+
+def _uuid(seed: int, index: int, vendor: str) -> str:
+    h = hashlib.sha256(f"gpuprobe-sim/{seed}/{vendor}/{index}".encode()).hexdigest()
+    core = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+    return f"GPU-{core}" if vendor == "nvidia" else core
+
+
+class SimDevice:
+    def __init__(self, spec: DeviceSpec, index: int, scenario: Scenario) -> None:
+        self.spec = spec
+        self.index = index
+        self.seed = scenario.seed
+        self.duration = scenario.duration
+        self.uuid = spec.uuid or _uuid(scenario.seed, index, spec.vendor)
+        self.pci_bus_id = spec.pci_bus_id or f"00000000:{0x18 + 0x10 * index:02X}:00.0"
+        self.instance_uuids = tuple(
+            f"MIG-{_uuid(scenario.seed, index * 100 + j + 1, 'nvidia')[4:]}"
+            if spec.vendor == "nvidia" else _uuid(scenario.seed, index * 100 + j + 1, "amd")
+            for j in range(len(spec.instances)))
+        self._state_cache: DeviceState | None = None
+        self._totals = dict.fromkeys(INTEGRATED, 0.0)
+        self._instance_totals = [dict.fromkeys(INTEGRATED, 0.0) for _ in spec.instances]
+        self._t_integrated: float | None = None
+        self._lock = threading.RLock()
+
+    # -- time helpers -------------------------------------------------------------------------
+
+    def _cycle(self, t: float) -> tuple[int, float]:
+        if not self.duration:
+            return 0, t
+        k = math.floor(t / self.duration)
+        return k, t - k * self.duration
+
+    def _active(self, kind: str, local: float) -> EventSpec | None:
+        for e in self.spec.events:
+            if e.kind == kind and e.at <= local < e.at + e.duration:
+                return e
+        return None
+
+    def lost_at(self, t: float) -> bool:
+        return self._active("fall_off_bus", self._cycle(t)[1]) is not None
+
+    def generation_at(self, t: float) -> int:
+        """How many times the device has come back from falling off the bus by ``t``;
+        handles from before a return are stale, as after a driver re-bind."""
+        k, local = self._cycle(t)
+        falls = [e for e in self.spec.events if e.kind == "fall_off_bus"]
+        return k * len(falls) + sum(1 for e in falls if e.at + e.duration <= local)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def processes_at(self, t: float) -> tuple[SimProcess, ...]:
+        k, local = self._cycle(t)
+        out = []
+        for p in self.spec.processes:
+            if local < p.start or (p.end is not None and local >= p.end):
+                continue
+            age = local - p.start
+            pid = p.pid + PID_CYCLE_STRIDE * k
+            pid = 2 + (pid - 2) % 4_000_000
+            out.append(SimProcess(pid, p, t - age, p.memory.at(age, self.seed, p.pid),
+                                  p.utilization))
+        return tuple(out)
+
+    def state(self, t: float) -> DeviceState:
+        with self._lock:
+            c = self._state_cache
+            if c is not None and abs(c.t - t) < 1e-9:
+                return c
+            s = self._compute(t)
+            self._state_cache = s
+            return s
+
+    def _compute(self, t: float) -> DeviceState:
+        spec = self.spec
+        _, local = self._cycle(t)
+        lost = self._active("fall_off_bus", local) is not None
+        procs = self.processes_at(t)
+        capacity = spec.memory - spec.reserved
+        n_inst = len(spec.instances)
+        inst_used = [0.0] * n_inst
+        inst_util = [0.0] * n_inst
+        for p in procs:
+            if n_inst and p.spec.instance is not None:
+                inst_used[p.spec.instance] += p.memory
+                inst_util[p.spec.instance] += p.utilization if p.memory > 0 else 0.0
+        used = min(capacity, sum(p.memory for p in procs))
+        util = min(1.0, sum(p.utilization for p in procs if p.memory > 0))
+        throttle = set()
+        thermal = self._active("thermal_throttle", local) is not None
+        power = spec.idle_watts + (spec.max_watts - spec.idle_watts) * util
+        temp = spec.idle_celsius + (spec.busy_celsius - spec.idle_celsius) * util
+        sm = spec.sm_idle_hz + (spec.sm_max_hz - spec.sm_idle_hz) * min(1.0, util * 1.5)
+        if thermal:
+            temp = spec.slowdown_celsius + 1.0
+            throttle |= {"sw_thermal", "hw_thermal", "hw_slowdown"}
+            sm *= 0.6
+            power *= 0.7
+        if self._active("power_cap", local) is not None or power > spec.limit_watts:
+            throttle.add("power_cap")
+            power = min(power, spec.limit_watts)
+            sm *= 0.85
+        if util == 0:
+            throttle.add("gpu_idle")
+        gen = spec.generation
+        if spec.idle_downtrain and util == 0:
+            gen = 1
+        return DeviceState(
+            t=t, lost=lost, processes=procs, used=used,
+            instance_used=tuple(min(i.memory, u) for i, u in zip(spec.instances, inst_used,
+                                                                   strict=True)),
+            utilization=util, instance_utilization=tuple(min(1.0, u) for u in inst_util),
+            temperature=temp, memory_temperature=temp + spec.memory_offset_celsius,
+            power_watts=power, sm_hz=sm, memory_hz=spec.memory_hz,
+            throttle=frozenset(throttle), generation=gen, width=spec.width,
+            pstate=0 if util > 0 else 8)
+
+    # -- counters -------------------------------------------------------------------------------
+
+    def _rates(self, s: DeviceState, util: float) -> dict[str, float]:
+        link = pcie_link_bytes_per_second(s.generation, s.width) or 0.0
+        return {
+            "energy_j": s.power_watts,
+            "pcie_tx": util * 0.10 * link,
+            "pcie_rx": util * 0.18 * link,
+            "graphics_engine": util,
+            "sm_active": util * 0.92,
+            "sm_occupancy": util * 0.38,
+            "tensor_active": util * 0.30,
+            "dram_active": util * 0.45,
+            "thr_power_cap": 1.0 if "power_cap" in s.throttle else 0.0,
+            "thr_sw_thermal": 1.0 if "sw_thermal" in s.throttle else 0.0,
+            "thr_hw_thermal": 1.0 if "hw_thermal" in s.throttle else 0.0,
+            "thr_hw_slowdown": 1.0 if "hw_slowdown" in s.throttle else 0.0,
+        }
+
+    def totals(self, t: float, instance: int | None = None) -> dict[str, float]:
+        """Counters integrated from the start of the scenario to ``t``."""
+        with self._lock:
+            if self._t_integrated is None:
+                self._t_integrated = t
+            elif t > self._t_integrated:
+                t0 = self._t_integrated
+                steps = min(MAX_INTEGRATION_STEPS, max(1, math.ceil((t - t0) / 5.0)))
+                dt = (t - t0) / steps
+                for i in range(steps):
+                    s = self._compute(t0 + (i + 0.5) * dt)
+                    for key, rate in self._rates(s, s.utilization).items():
+                        self._totals[key] += rate * dt
+                    for j, tot in enumerate(self._instance_totals):
+                        for key, rate in self._rates(s, s.instance_utilization[j]).items():
+                            tot[key] += rate * dt
+                self._t_integrated = t
+            return dict(self._totals if instance is None else self._instance_totals[instance])
+
+    def _count(self, t: float, kind: str, value: str) -> int:
+        """A cumulative count of scheduled events of ``kind`` up to ``t``, over cycles."""
+        k, local = self._cycle(t)
+        per_cycle = sum(getattr(e, value) for e in self.spec.events if e.kind == kind)
+        now = sum(getattr(e, value) for e in self.spec.events if e.kind == kind and e.at <= local)
+        return k * per_cycle + now
+
+    def ecc(self, t: float) -> tuple[int, int]:
+        return self._count(t, "ecc", "corrected"), self._count(t, "ecc", "uncorrected")
+
+    def remapped_rows(self, t: float) -> tuple[int, int, bool]:
+        """(correctable, uncorrectable, pending) row remaps."""
+        unc = self._count(t, "row_remap", "count")
+        pending = self._active("row_remap", self._cycle(t)[1]) is not None
+        return 0, unc, pending
+
+    def replays(self, t: float) -> int:
+        return int(self.spec.replay_rate * max(t, 0.0))
+
+    def xids_between(self, t0: float, t1: float) -> list[tuple[float, int]]:
+        """XID events (time, code) in (t0, t1], including the 79 of a fall off the bus."""
+        out = []
+        spans = [(e.at, e.code, e.count, e.spacing) for e in self.spec.events if e.kind == "xid"]
+        spans += [(e.at, 79, 1, 0.0) for e in self.spec.events if e.kind == "fall_off_bus"]
+        k0 = self._cycle(max(t0, 0.0))[0]
+        k1 = self._cycle(t1)[0]
+        for k in range(k0, k1 + 1):
+            base = k * (self.duration or 0.0)
+            for at, code, count, spacing in spans:
+                for n in range(count):
+                    te = base + at + n * spacing
+                    if t0 < te <= t1:
+                        out.append((te, code))
+        return sorted(out)
+
+
+class SimProcTree:
+    """A fake ``/proc`` with ``stat`` and ``cgroup`` for each simulated process."""
+
+    def __init__(self) -> None:
+        self.base = tempfile.mkdtemp(prefix="gpuprobe-sim-")
+        self.root = os.path.join(self.base, "proc")
+        os.makedirs(self.root)
+        self._present: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def sync(self, procs: list[SimProcess]) -> None:
+        want = {p.pid: p for p in procs}
+        with self._lock:
+            for pid in [pid for pid, start in self._present.items()
+                        if pid not in want or want[pid].start_ticks != start]:
+                shutil.rmtree(os.path.join(self.root, str(pid)), ignore_errors=True)
+                del self._present[pid]
+            for pid, p in want.items():
+                if pid in self._present:
+                    continue
+                d = os.path.join(self.root, str(pid))
+                os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, "stat"), "w") as f:
+                    f.write(f"{pid} ({p.spec.name}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 "
+                            f"0 20 0 1 0 {p.start_ticks} 0 0 18446744073709551615 0 0 0\n")
+                with open(os.path.join(d, "cgroup"), "w") as f:
+                    f.write(_cgroup(p.spec) + "\n")
+                self._present[pid] = p.start_ticks
+
+    def close(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _cgroup(spec: ProcessSpec) -> str:
+    if spec.pod:
+        pod = spec.pod.replace("-", "_")
+        cid = spec.container or "0" * 64
+        return (f"0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod}.slice"
+                f"/cri-containerd-{cid}.scope")
+    if spec.container:
+        return f"0::/system.slice/docker-{spec.container}.scope"
+    return "0::/user.slice/user-1000.slice/session-1.scope"
+
+
+class SimWorld:
+    def __init__(self, scenario: Scenario, clock: SimClock | ManualClock | None = None,
+                 proc_tree: bool = True) -> None:
+        self.scenario = scenario
+        self.clock = clock or SimClock(scenario.time_acceleration)
+        self.devices = [SimDevice(spec, i, scenario) for i, spec in enumerate(scenario.devices)]
+        self.procfs = SimProcTree() if proc_tree else None
+        self._synced_at: float | None = None
+
+    def now(self) -> float:
+        """Scenario time, quantised so one poll's calls see one state."""
+        t = self.clock.now()
+        q = STATE_RESOLUTION * getattr(self.clock, "acceleration", 1.0)
+        return math.floor(t / q) * q if q > 0 else t
+
+    def vendor_devices(self, vendor: str) -> list[SimDevice]:
+        return [d for d in self.devices if d.spec.vendor == vendor]
+
+    def sync_processes(self, t: float) -> None:
+        """Make the fake /proc match the processes alive at ``t``."""
+        if self.procfs is None or self._synced_at == t:
+            return
+        self._synced_at = t
+        self.procfs.sync([p for d in self.devices for p in d.processes_at(t)])
+
+    def close(self) -> None:
+        if self.procfs is not None:
+            self.procfs.close()
