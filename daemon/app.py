@@ -1,0 +1,93 @@
+"""The daemon assembled: collectors from the config, scheduler, store, exporter, HTTP."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from . import registry
+from .config import Config
+from .context import Context
+from .exporter import SnapshotCollector, version
+from .http import HttpServer, landing_page
+from .scheduler import TICK_SECONDS, Scheduler
+from .state import Store
+
+log = logging.getLogger("gpuprobe")
+
+HEALTH_GRACE = 10.0  # seconds without a scheduler tick before /healthz fails
+
+
+class Daemon:
+    def __init__(self, config: Config, simulation: Any = None) -> None:
+        self.config = config
+        self.simulation = simulation
+        self.context = Context(
+            config,
+            nvml=simulation.nvml if simulation else None,
+            proc_root=simulation.proc_root if simulation else None,
+            simulation=simulation,
+        )
+        known = registry.load_builtin()
+        collectors = []
+        for name, info in known.items():
+            cfg = config.collectors[name]
+            if cfg.enabled:
+                collectors.append((info.factory(self.context), cfg))
+        self.store = Store()
+        self.scheduler = Scheduler(collectors, self.store)
+        # auto_describe lets ?name[]= find the process_* metrics too (ours have describe()).
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(SnapshotCollector(self.store, config.exporter))
+        ProcessCollector(registry=self.registry)
+        self.http: HttpServer | None = None
+
+    def start(self, serve: bool = True) -> None:
+        """Bind the port (raises OSError), then start collecting."""
+        # Objects made so far (modules, the library bindings, the catalogue) live as long as
+        # the process: keep them out of the cyclic GC's full passes, which otherwise made the
+        # slowest 1% of /metrics renders twice as slow (benchmarks/overhead.py).
+        gc.freeze()
+        if serve:
+            host, port = self.config.listen_address()
+            self.http = HttpServer(host, port, self.registry, self.health, self.ready,
+                                   self.landing)
+            self.http.start()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        if self.http is not None:
+            self.http.stop()
+        for c in self.scheduler.collectors:
+            try:
+                c.close()
+            except Exception:
+                log.debug("closing collector %s", c.name, exc_info=True)
+        self.context.close()
+        if self.simulation is not None:
+            self.simulation.close()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.scheduler.heartbeat < max(HEALTH_GRACE, 4 * TICK_SECONDS)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        age = time.monotonic() - self.scheduler.heartbeat
+        return self.alive(), {"scheduler_tick_age_seconds": round(age, 3)}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        view = self.store.view()
+        backends = {b.name: {"up": b.up, "reason": b.reason}
+                    for r in view.results.values() for b in r.backends}
+        ready = self.scheduler.attempted_all()
+        return ready, {"ready": ready, "backends": backends,
+                       "collectors": {n: h.up for n, h in view.health.items()}}
+
+    def landing(self) -> str:
+        view = self.store.view()
+        return landing_page(version(), self.config.listen, len(view.devices()),
+                            {n: h.up for n, h in view.health.items()})

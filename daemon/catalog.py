@@ -1,0 +1,329 @@
+"""Every metric gpuprobe exports, in one table: name, type, help, labels, unit, sources.
+
+The exporter renders from this table and ``docs/metrics.md`` is generated from it
+(``python -m gpuprobe.daemon.catalog --write docs/metrics.md``; a test fails when the file is
+out of date). Per-device metrics carry the labels ``gpu``, ``uuid``, ``vendor`` (and
+``parent_uuid`` on a MIG instance); the ``labels`` column lists the labels a metric adds.
+Each device metric has an extractor from a :class:`DeviceSample` to ``(label values, value)``
+pairs; an absent value yields no series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .model import DeviceSample
+
+Series = Iterable[tuple[tuple[str, ...], float]]
+DEVICE_LABELS = ("gpu", "uuid", "vendor")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # as exposed: counters end in _total, info metrics in _info
+    type: str  # gauge, counter or info
+    help: str
+    unit: str
+    scope: str  # device, process, xid, collector, backend, build
+    nvidia: str
+    amd: str = "not yet collected (AMD backend pending)"
+    labels: tuple[str, ...] = ()
+    values: Callable[[DeviceSample], Series] | None = None
+
+    @property
+    def family(self) -> str:
+        """The name without the suffix prometheus_client adds for the type."""
+        if self.type == "counter":
+            return self.name.removesuffix("_total")
+        if self.type == "info":
+            return self.name.removesuffix("_info")
+        return self.name
+
+
+def one(get: Callable[[DeviceSample], float | int | bool | None]
+        ) -> Callable[[DeviceSample], Series]:
+    def series(d: DeviceSample) -> Series:
+        v = get(d)
+        return () if v is None else (((), float(v)),)
+    return series
+
+
+def keyed(get: Callable[[DeviceSample], dict]) -> Callable[[DeviceSample], Series]:
+    def series(d: DeviceSample) -> Series:
+        return [((k,) if isinstance(k, str) else tuple(k), float(v))
+                for k, v in sorted(get(d).items())]
+    return series
+
+
+def _throttle_active(d: DeviceSample) -> Series:
+    t = d.throttle
+    return [((r,), 1.0 if r in t.active else 0.0) for r in sorted(t.supported)]
+
+
+M = MetricSpec
+CATALOG: tuple[MetricSpec, ...] = (
+    # -- identity and health ---------------------------------------------------------------
+    M("gpuprobe_device_info", "info",
+      "Identity of a GPU (or MIG instance / partition); always 1. Join on uuid for labels.",
+      "", "device", "nvmlDeviceGetName, GetPciInfo, GetSerial, GetVbiosVersion, "
+      "GetArchitecture, GetCudaComputeCapability; MIG: GetMigDeviceHandleByIndex",
+      labels=("model", "pci_bus_id", "serial", "driver_version", "firmware_version",
+              "architecture", "compute_capability", "parent_uuid", "partition")),
+    M("gpuprobe_device_up", "gauge",
+      "1 when the device answered the last poll, 0 when it is lost, hung or its library is "
+      "down. A device once seen stays listed.", "", "device", "any device-fatal NVML error "
+      "(GPU_IS_LOST, RESET_REQUIRED, ...), a missed deadline, or the library down",
+      values=one(lambda d: d.up)),
+    # -- memory ----------------------------------------------------------------------------
+    M("gpuprobe_memory_total_bytes", "gauge", "Total device memory in bytes.", "bytes",
+      "device", "nvmlDeviceGetMemoryInfo (v2) .total", values=one(lambda d: d.memory.total_bytes)),
+    M("gpuprobe_memory_used_bytes", "gauge",
+      "Device memory allocated by processes and the driver in bytes, excluding memory "
+      "reserved by the driver and firmware.", "bytes", "device",
+      "nvmlDeviceGetMemoryInfo (v2) .used", values=one(lambda d: d.memory.used_bytes)),
+    M("gpuprobe_memory_free_bytes", "gauge", "Device memory free for allocation in bytes.",
+      "bytes", "device", "nvmlDeviceGetMemoryInfo (v2) .free",
+      values=one(lambda d: d.memory.free_bytes)),
+    M("gpuprobe_memory_reserved_bytes", "gauge",
+      "Device memory reserved by the driver and firmware in bytes.", "bytes", "device",
+      "nvmlDeviceGetMemoryInfo (v2) .reserved", values=one(lambda d: d.memory.reserved_bytes)),
+    M("gpuprobe_bar1_memory_total_bytes", "gauge",
+      "Size of the BAR1 aperture (device memory mapped for the host and peers) in bytes.",
+      "bytes", "device", "nvmlDeviceGetBAR1MemoryInfo .bar1Total",
+      values=one(lambda d: d.memory.bar1_total_bytes)),
+    M("gpuprobe_bar1_memory_used_bytes", "gauge", "BAR1 aperture in use in bytes.", "bytes",
+      "device", "nvmlDeviceGetBAR1MemoryInfo .bar1Used",
+      values=one(lambda d: d.memory.bar1_used_bytes)),
+    # -- thermal ---------------------------------------------------------------------------
+    M("gpuprobe_temperature_celsius", "gauge", "Temperature of a device sensor in celsius.",
+      "celsius", "device", "sensor=gpu: nvmlDeviceGetTemperatureV (GetTemperature on older "
+      "drivers); sensor=memory: field NVML_FI_DEV_MEMORY_TEMP (82)", labels=("sensor",),
+      values=keyed(lambda d: d.thermal.temperatures)),
+    M("gpuprobe_temperature_threshold_celsius", "gauge",
+      "Temperature at which the device acts: slowdown (clocks cut), shutdown, max_operating "
+      "(software slowdown starts).", "celsius", "device",
+      "nvmlDeviceGetTemperatureThreshold: SHUTDOWN, SLOWDOWN, GPU_MAX (sensor=gpu), MEM_MAX "
+      "(sensor=memory)", labels=("sensor", "threshold"),
+      values=keyed(lambda d: d.thermal.thresholds)),
+    # -- power -----------------------------------------------------------------------------
+    M("gpuprobe_power_draw_watts", "gauge", "Power drawn by the device in watts.", "watts",
+      "device", "nvmlDeviceGetPowerUsage (mW; a 1 s average on Ampere and newer, except GA100)",
+      values=one(lambda d: d.power.draw_watts)),
+    M("gpuprobe_power_limit_watts", "gauge", "Power limit the device enforces in watts.",
+      "watts", "device", "nvmlDeviceGetEnforcedPowerLimit (mW)",
+      values=one(lambda d: d.power.limit_watts)),
+    M("gpuprobe_energy_joules_total", "counter",
+      "Energy consumed by the device since the driver loaded, in joules.", "joules", "device",
+      "field NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION (83, mJ)",
+      values=one(lambda d: d.power.energy_joules)),
+    # -- clocks ----------------------------------------------------------------------------
+    M("gpuprobe_clock_hertz", "gauge", "Current clock frequency of a clock domain in hertz.",
+      "hertz", "device", "nvmlDeviceGetClockInfo: GRAPHICS, SM, MEM, VIDEO (MHz)",
+      labels=("clock",), values=keyed(lambda d: d.clocks.current)),
+    M("gpuprobe_clock_max_hertz", "gauge", "Maximum clock frequency of a clock domain in hertz.",
+      "hertz", "device", "nvmlDeviceGetMaxClockInfo (MHz)", labels=("clock",),
+      values=keyed(lambda d: d.clocks.maximum)),
+    # -- throttling ------------------------------------------------------------------------
+    M("gpuprobe_throttle_active", "gauge",
+      "1 while a reason holds the clocks down, 0 otherwise; one series per reason the device "
+      "reports (gpu_idle, applications_clocks, power_cap, hw_slowdown, sync_boost, sw_thermal, "
+      "hw_thermal, hw_power_brake, display_clocks).", "", "device",
+      "nvmlDeviceGetCurrentClocksEventReasons bits, limited to "
+      "nvmlDeviceGetSupportedClocksEventReasons", labels=("reason",), values=_throttle_active),
+    M("gpuprobe_throttle_seconds_total", "counter",
+      "Time the clocks were held down for a reason, in seconds since the driver loaded. "
+      "Counts events too short for a poll to see.", "seconds", "device",
+      "fields NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP (74), SYNC_BOOST (76), "
+      "SW_THERM_SLOWDOWN (269), HW_THERM_SLOWDOWN (270), HW_POWER_BRAKE_SLOWDOWN (271) (ns)",
+      labels=("reason",), values=keyed(lambda d: d.throttle.seconds_total)),
+    M("gpuprobe_performance_state", "gauge",
+      "Performance state: 0 is maximum performance, 15 minimum.", "", "device",
+      "nvmlDeviceGetPerformanceState (P0-P15)", values=one(lambda d: d.performance_state)),
+    # -- PCIe ------------------------------------------------------------------------------
+    M("gpuprobe_pcie_link_generation", "gauge",
+      "PCIe generation the link is trained at now. Idle GPUs may train down to save power.",
+      "", "device", "nvmlDeviceGetCurrPcieLinkGeneration",
+      values=one(lambda d: d.pcie.generation)),
+    M("gpuprobe_pcie_link_width", "gauge", "PCIe lanes the link is trained at now.", "",
+      "device", "nvmlDeviceGetCurrPcieLinkWidth", values=one(lambda d: d.pcie.width)),
+    M("gpuprobe_pcie_link_max_generation", "gauge",
+      "Highest PCIe generation both the device and its slot support.", "", "device",
+      "nvmlDeviceGetMaxPcieLinkGeneration", values=one(lambda d: d.pcie.max_generation)),
+    M("gpuprobe_pcie_link_max_width", "gauge", "Most PCIe lanes the device supports.", "",
+      "device", "nvmlDeviceGetMaxPcieLinkWidth", values=one(lambda d: d.pcie.max_width)),
+    M("gpuprobe_pcie_transmit_bytes_total", "counter",
+      "Bytes the device sent over PCIe (device to host and peers), headers included.",
+      "bytes", "device", "field NVML_FI_DEV_PCIE_COUNT_TX_BYTES (197); without it, GPM "
+      "PCIE_TX_PER_SEC integrated over the poll interval",
+      values=one(lambda d: d.pcie.tx_bytes_total)),
+    M("gpuprobe_pcie_receive_bytes_total", "counter",
+      "Bytes the device received over PCIe (host and peers to device), headers included.",
+      "bytes", "device", "field NVML_FI_DEV_PCIE_COUNT_RX_BYTES (198); without it, GPM "
+      "PCIE_RX_PER_SEC integrated over the poll interval",
+      values=one(lambda d: d.pcie.rx_bytes_total)),
+    M("gpuprobe_pcie_replays_total", "counter",
+      "PCIe packets the link layer had to send again (a link-health signal).", "", "device",
+      "field NVML_FI_DEV_PCIE_REPLAY_COUNTER (94)", values=one(lambda d: d.pcie.replays_total)),
+    M("gpuprobe_pcie_link_recoveries_total", "counter",
+      "Times the PCIe link left L0 for recovery.", "", "device",
+      "field NVML_FI_DEV_PCIE_L0_TO_RECOVERY_COUNTER (169)",
+      values=one(lambda d: d.pcie.recoveries_total)),
+    M("gpuprobe_pcie_naks_received_total", "counter", "PCIe NAKs the device received.", "",
+      "device", "field NVML_FI_DEV_PCIE_COUNT_NAKS_RECEIVED (174)",
+      values=one(lambda d: d.pcie.naks_received_total)),
+    M("gpuprobe_pcie_naks_sent_total", "counter", "PCIe NAKs the device sent.", "", "device",
+      "field NVML_FI_DEV_PCIE_COUNT_NAKS_SENT (177)", values=one(lambda d: d.pcie.naks_sent_total)),
+    # -- utilization and activity ----------------------------------------------------------
+    M("gpuprobe_utilization_ratio", "gauge",
+      "Share of the driver's last sample period an engine was busy (gpu: any kernel running, "
+      "not SM occupancy; memory: device memory being read or written).", "ratio", "device",
+      "nvmlDeviceGetUtilizationRates .gpu, .memory; GetEncoderUtilization, "
+      "GetDecoderUtilization (%); not on MIG", labels=("engine",),
+      values=keyed(lambda d: d.utilization)),
+    M("gpuprobe_graphics_engine_active_ratio", "gauge",
+      "Share of the last poll interval the graphics or compute engine was active.", "ratio",
+      "device", "GPM NVML_GPM_METRIC_GRAPHICS_UTIL (1), Hopper and newer",
+      values=one(lambda d: d.activity.graphics_engine)),
+    M("gpuprobe_sm_active_ratio", "gauge",
+      "Share of SM cycles with at least one warp resident, averaged over the SMs, over the "
+      "last poll interval.", "ratio", "device", "GPM NVML_GPM_METRIC_SM_UTIL (2), Hopper and newer",
+      values=one(lambda d: d.activity.sm_active)),
+    M("gpuprobe_sm_occupancy_ratio", "gauge",
+      "Resident warps as a share of the SMs' maximum, over the last poll interval.", "ratio",
+      "device", "GPM NVML_GPM_METRIC_SM_OCCUPANCY (3), Hopper and newer",
+      values=one(lambda d: d.activity.sm_occupancy)),
+    M("gpuprobe_tensor_active_ratio", "gauge",
+      "Share of the last poll interval the tensor pipes were active.", "ratio", "device",
+      "GPM NVML_GPM_METRIC_ANY_TENSOR_UTIL (5), Hopper and newer",
+      values=one(lambda d: d.activity.tensor_active)),
+    M("gpuprobe_dram_active_ratio", "gauge",
+      "Device memory bandwidth used as a share of its peak, over the last poll interval.",
+      "ratio", "device", "GPM NVML_GPM_METRIC_DRAM_BW_UTIL (10), Hopper and newer",
+      values=one(lambda d: d.activity.dram_active)),
+    # -- hardware errors -------------------------------------------------------------------
+    M("gpuprobe_ecc_enabled", "gauge", "1 when ECC is on for device memory.", "", "device",
+      "field NVML_FI_DEV_ECC_CURRENT (1)", values=one(lambda d: d.errors.ecc_enabled)),
+    M("gpuprobe_ecc_corrected_errors_total", "counter",
+      "Corrected (single-bit) ECC errors since the driver loaded.", "", "device",
+      "field NVML_FI_DEV_ECC_SBE_VOL_TOTAL (3)",
+      values=one(lambda d: d.errors.ecc_corrected_total)),
+    M("gpuprobe_ecc_uncorrected_errors_total", "counter",
+      "Uncorrected (double-bit) ECC errors since the driver loaded.", "", "device",
+      "field NVML_FI_DEV_ECC_DBE_VOL_TOTAL (4)",
+      values=one(lambda d: d.errors.ecc_uncorrected_total)),
+    M("gpuprobe_ecc_lifetime_corrected_errors_total", "counter",
+      "Corrected ECC errors over the device's life (kept in its infoROM).", "", "device",
+      "field NVML_FI_DEV_ECC_SBE_AGG_TOTAL (5)",
+      values=one(lambda d: d.errors.ecc_corrected_lifetime_total)),
+    M("gpuprobe_ecc_lifetime_uncorrected_errors_total", "counter",
+      "Uncorrected ECC errors over the device's life (kept in its infoROM).", "", "device",
+      "field NVML_FI_DEV_ECC_DBE_AGG_TOTAL (6)",
+      values=one(lambda d: d.errors.ecc_uncorrected_lifetime_total)),
+    M("gpuprobe_remapped_rows_total", "counter",
+      "Memory rows remapped to spares, by the kind of error that caused it.", "", "device",
+      "fields NVML_FI_DEV_REMAPPED_COR (142), REMAPPED_UNC (143); Ampere and newer",
+      labels=("cause",), values=keyed(lambda d: d.errors.remapped_rows)),
+    M("gpuprobe_row_remap_pending", "gauge",
+      "1 when a row remap waits for a GPU reset to take effect.", "", "device",
+      "field NVML_FI_DEV_REMAPPED_PENDING (144)", values=one(lambda d: d.errors.remap_pending)),
+    M("gpuprobe_row_remap_failed", "gauge",
+      "1 when a row could not be remapped (no spare rows left).", "", "device",
+      "field NVML_FI_DEV_REMAPPED_FAILURE (145)", values=one(lambda d: d.errors.remap_failed)),
+    M("gpuprobe_retired_pages_total", "counter",
+      "Memory pages retired, by cause (pre-Ampere GPUs; newer ones remap rows).", "", "device",
+      "fields NVML_FI_DEV_RETIRED_SBE (29), RETIRED_DBE (30)", labels=("cause",),
+      values=keyed(lambda d: d.errors.retired_pages)),
+    M("gpuprobe_retired_pages_pending", "gauge",
+      "1 when pages wait for a reboot to be retired.", "", "device",
+      "field NVML_FI_DEV_RETIRED_PENDING (31)",
+      values=one(lambda d: d.errors.retired_pages_pending)),
+    M("gpuprobe_xid_errors_total", "counter",
+      "XID errors the driver reported, by code, since gpuprobe started watching. Critical "
+      "codes (config nvidia.xid_codes) start at 0.", "", "xid",
+      "NVML event set, nvmlEventTypeXidCriticalError, on its own thread", labels=("xid",)),
+    # -- processes -------------------------------------------------------------------------
+    M("gpuprobe_process_memory_used_bytes", "gauge",
+      "Device memory a process holds, in bytes. The largest processes per device are kept "
+      "(config exporter.max_processes_per_device); ended processes disappear.", "bytes",
+      "process", "nvmlDeviceGetComputeRunningProcesses, GetGraphicsRunningProcesses, "
+      "GetMPSComputeRunningProcesses .usedGpuMemory; name and start time from /proc/<pid>/stat, "
+      "container_id and pod_uid from /proc/<pid>/cgroup",
+      labels=("pid", "process_name", "container_id", "pod_uid")),
+    M("gpuprobe_device_processes", "gauge",
+      "Processes holding memory on the device, all of them (not capped).", "", "device",
+      "length of the process lists above"),
+    # -- gpuprobe itself -------------------------------------------------------------------
+    M("gpuprobe_collector_up", "gauge",
+      "1 when the collector's last run succeeded and is not stalled.", "", "collector",
+      "scheduler", labels=("collector",)),
+    M("gpuprobe_collector_stalled", "gauge",
+      "1 while a collector's call is past its deadline; it is not called again until the call "
+      "returns.", "", "collector", "scheduler", labels=("collector",)),
+    M("gpuprobe_collector_last_success_timestamp_seconds", "gauge",
+      "Unix time of the collector's last successful run.", "seconds", "collector", "scheduler",
+      labels=("collector",)),
+    M("gpuprobe_collector_duration_seconds", "gauge",
+      "How long the collector's last run took, in seconds.", "seconds", "collector",
+      "scheduler", labels=("collector",)),
+    M("gpuprobe_collector_errors_total", "counter",
+      "Vendor-call errors by class: unsupported (metric absent, not asked again), transient "
+      "(retried next cycle), device_fatal, library_fatal; timeout (run past its deadline) and "
+      "internal (a bug in gpuprobe).", "", "collector", "the backend's error choke point",
+      labels=("collector", "class")),
+    M("gpuprobe_backend_up", "gauge",
+      "1 when the vendor library is loaded and initialised; 0 while it is missing or being "
+      "re-initialised.", "", "backend", "nvmlInit", labels=("backend",)),
+    M("gpuprobe_backend_info", "info", "Versions of a vendor library and driver; always 1.", "",
+      "backend", "nvmlSystemGetNVMLVersion, nvmlSystemGetDriverVersion",
+      labels=("backend", "library_version", "driver_version")),
+    M("gpuprobe_build_info", "info", "gpuprobe's version and Python's; always 1.", "", "build",
+      "package metadata", labels=("version", "python_version")),
+)
+
+BY_NAME = {m.name: m for m in CATALOG}
+
+
+def markdown() -> str:
+    """The metric table for docs/metrics.md."""
+    scope_labels = {"device": DEVICE_LABELS, "process": DEVICE_LABELS, "xid": DEVICE_LABELS,
+                    "collector": (), "backend": (), "build": ()}
+    lines = ["| Metric | Type | Unit | Labels | Meaning | NVIDIA source | AMD source |",
+             "|---|---|---|---|---|---|---|"]
+    for m in CATALOG:
+        labels = ", ".join((*scope_labels[m.scope], *m.labels)) or "-"
+        lines.append(f"| `{m.name}` | {m.type} | {m.unit or '-'} | {labels} | {m.help} | "
+                     f"{m.nvidia} | {m.amd} |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- BEGIN GENERATED: python -m gpuprobe.daemon.catalog --write docs/metrics.md -->"
+END = "<!-- END GENERATED -->"
+
+
+def render_doc(existing: str) -> str:
+    """``existing`` with the part between the markers replaced by the current table."""
+    head, found, rest = existing.partition(BEGIN)
+    if not found:
+        raise ValueError(f"marker {BEGIN!r} not found")
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}\n\n{markdown()}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", metavar="FILE", help="rewrite the generated part of FILE")
+    args = parser.parse_args(argv)
+    if args.write:
+        path = Path(args.write)
+        path.write_text(render_doc(path.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Command line: ``gpuprobe run | snapshot | check-config | --version``.
+
+This is the only place that exits. A configuration or scenario problem prints one line,
+``gpuprobe: error: ...``, and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from . import config as config_mod
+from .exporter import version
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+
+log = logging.getLogger("gpuprobe")
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd the journal adds its own timestamps.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _load_config(args: argparse.Namespace) -> config_mod.Config:
+    try:
+        cfg = config_mod.load(getattr(args, "config", None))
+        overrides: dict[str, Any] = {}
+        if getattr(args, "listen", None):
+            config_mod.parse_listen(args.listen, "--listen")
+            overrides["listen"] = args.listen
+        if getattr(args, "log_level", None):
+            overrides["log_level"] = args.log_level
+        if getattr(args, "simulate", None) is not None:
+            overrides["simulation"] = config_mod.SimulationConfig(
+                enabled=True, scenario=args.simulate or cfg.simulation.scenario)
+        return dataclasses.replace(cfg, **overrides)
+    except config_mod.ConfigError as e:
+        raise _Fail(str(e)) from None
+
+
+def _simulation(cfg: config_mod.Config) -> Any:
+    if not cfg.simulation.enabled:
+        return None
+    from gpuprobe.probes.sim import ScenarioError, Simulation
+
+    try:
+        return Simulation.from_file(cfg.simulation.scenario or None)
+    except ScenarioError as e:
+        raise _Fail(str(e)) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if cfg.simulation.enabled and cfg.simulation.scenario:
+        sim = _simulation(cfg)
+        sim.close()
+    enabled = [n for n, c in cfg.collectors.items() if c.enabled]
+    print(f"{args.config}: OK (listen {cfg.listen}; collectors: {', '.join(enabled) or 'none'})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    setup_logging(cfg.log_level)
+    sim = _simulation(cfg)
+    from .app import Daemon
+
+    daemon = Daemon(cfg, sim)
+    try:
+        daemon.start()
+    except OSError as e:
+        daemon.stop()
+        raise _Fail(f"cannot listen on {cfg.listen}: {e.strerror or e}", EXIT_RUNTIME) from None
+    mode = f"simulating scenario {sim.scenario.name!r}" if sim else "real devices"
+    log.info("gpuprobe %s listening on %s (%s)", version(), cfg.listen, mode)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):
+        pass
+    daemon.stop()
+    return 0
+
+
+def _human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.0f}%"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def render_snapshot(view: Any) -> str:
+    devices = sorted(view.devices(), key=lambda d: (d.identity.vendor, d.identity.index))
+    rows = [["GPU", "VENDOR", "MODEL", "UP", "TEMP", "POWER/LIMIT", "MEMORY USED/TOTAL", "UTIL",
+             "SM ACTIVE", "PCIE NOW (MAX)", "THROTTLE"]]
+    for d in devices:
+        i, t = d.identity, d.thermal.temperatures.get("gpu")
+        p = d.power
+        power = "-" if p.draw_watts is None else f"{p.draw_watts:.0f}" + (
+            f"/{p.limit_watts:.0f} W" if p.limit_watts else " W")
+        m = d.memory
+        mem = "-" if m.used_bytes is None else f"{_human_bytes(m.used_bytes)} / " \
+                                              f"{_human_bytes(m.total_bytes)}"
+        pc = d.pcie
+        link = "-" if pc.generation is None else \
+            f"Gen{pc.generation} x{pc.width} (Gen{pc.max_generation} x{pc.max_width})"
+        active = sorted(d.throttle.active - {"gpu_idle"})
+        rows.append([i.index, i.vendor, (i.model or "?")[:34], "yes" if d.up else
+                     f"NO ({d.down_reason})", "-" if t is None else f"{t:.0f}C", power, mem,
+                     _pct(d.utilization.get("gpu")), _pct(d.activity.sm_active), link,
+                     ",".join(active) or "-"])
+    out = [_table(rows)]
+    index = {d.identity.uuid: d.identity.index for d in devices}
+    procs = [p for r in view.results.values() for p in r.processes]
+    if procs:
+        prow = [["GPU", "PID", "NAME", "MEMORY", "CONTAINER", "POD"]]
+        for p in sorted(procs, key=lambda p: (index.get(p.device_uuid, "?"), p.pid)):
+            prow.append([index.get(p.device_uuid, "?"), str(p.pid), p.name or "?",
+                         _human_bytes(p.used_memory_bytes), (p.container_id or "-")[:12],
+                         p.pod_uid or "-"])
+        out.append(_table(prow))
+    backends = {b.name: b for r in view.results.values() for b in r.backends}
+    for b in backends.values():
+        out.append(f"{b.name}: " + (f"up (driver {b.driver_version})" if b.up
+                                    else f"unavailable: {b.reason}"))
+    return "\n\n".join(out) + "\n"
+
+
+def snapshot_json(view: Any) -> dict[str, Any]:
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, dict):
+            return {("/".join(k) if isinstance(k, tuple) else str(k)): plain(v)
+                    for k, v in obj.items()}
+        if isinstance(obj, frozenset | set):
+            return sorted(obj)
+        if isinstance(obj, tuple) and hasattr(obj, "_asdict"):
+            return {k: plain(v) for k, v in obj._asdict().items()}
+        if isinstance(obj, tuple | list):
+            return [plain(v) for v in obj]
+        return obj
+
+    return {
+        "devices": [plain(d) for d in view.devices()],
+        "processes": [plain(p) for r in view.results.values() for p in r.processes],
+        "xid_counts": {u: {str(k): v for k, v in c.items()}
+                       for r in view.results.values() for u, c in r.xid_counts.items()},
+        "backends": [plain(b) for r in view.results.values() for b in r.backends],
+        "collectors": {n: plain(h) for n, h in view.health.items()},
+    }
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    setup_logging("warning" if cfg.log_level == "info" else cfg.log_level)
+    sim = _simulation(cfg)
+    from .app import Daemon
+
+    daemon = Daemon(cfg, sim)
+    try:
+        daemon.scheduler.run_once()
+        time.sleep(0.3)  # GPM rates need two samples more than 100 ms apart
+        daemon.scheduler.run_once()
+        view = daemon.store.view()
+        if args.json:
+            json.dump(snapshot_json(view), sys.stdout, indent=2, sort_keys=True)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(render_snapshot(view))
+    finally:
+        daemon.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpuprobe", description="Cross-vendor GPU profiler daemon and Prometheus exporter.")
+    parser.add_argument("--version", action="version", version=f"gpuprobe {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="YAML configuration file")
+        p.add_argument("--simulate", nargs="?", const="", metavar="SCENARIO.yaml",
+                       help="use simulated GPUs (the built-in scenario if no file is given)")
+
+    run = sub.add_parser("run", help="run the daemon and serve /metrics")
+    common(run)
+    run.add_argument("--listen", metavar="HOST:PORT",
+                     help=f"address to serve on (default {config_mod.DEFAULT_LISTEN})")
+    run.add_argument("--log-level", choices=config_mod.LOG_LEVELS)
+    run.set_defaults(func=cmd_run)
+
+    snap = sub.add_parser("snapshot", help="collect once and print a table across vendors")
+    common(snap)
+    snap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    snap.set_defaults(func=cmd_snapshot)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("config", metavar="FILE")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _Fail as e:
+        print(f"gpuprobe: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The one prometheus_client collector: renders the latest published view, never a library.
+
+Families are built fresh on every scrape from the immutable view, so concurrent scrapes
+cannot race and series of vanished processes or devices cannot linger. Labels that a device
+or process does not have (``parent_uuid`` on a whole GPU, ``container_id`` outside a
+container) are left out rather than exported empty.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import defaultdict
+from collections.abc import Iterator
+from importlib import metadata
+
+from prometheus_client.metrics_core import Metric
+
+from .catalog import CATALOG, DEVICE_LABELS, MetricSpec
+from .config import ExporterConfig
+from .model import DeviceIdentity, ProcessSample
+from .state import Store
+
+ERROR_CLASSES = ("unsupported", "transient", "device_fatal", "library_fatal", "timeout",
+                 "internal")
+
+
+def version() -> str:
+    try:
+        return metadata.version("gpuprobe")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _sample_name(spec: MetricSpec) -> str:
+    return spec.family + {"counter": "_total", "info": "_info"}.get(spec.type, "")
+
+
+def device_labels(identity: DeviceIdentity) -> dict[str, str]:
+    labels = dict(zip(DEVICE_LABELS, (identity.index, identity.uuid, identity.vendor),
+                      strict=True))
+    if identity.parent_uuid:
+        labels["parent_uuid"] = identity.parent_uuid
+    return labels
+
+
+class _Families:
+    def __init__(self) -> None:
+        self.metrics = {m.name: Metric(m.family, m.help, m.type) for m in CATALOG}
+        self._names = {m.name: _sample_name(m) for m in CATALOG}
+
+    def add(self, name: str, labels: dict[str, str], value: float) -> None:
+        """Add a sample whose label values are all non-empty strings."""
+        self.metrics[name].add_sample(self._names[name], labels, float(value))
+
+    def add_optional(self, name: str, labels: dict[str, str | None], value: float) -> None:
+        """Add a sample, leaving out labels without a value."""
+        self.add(name, {k: str(v) for k, v in labels.items() if v is not None and v != ""},
+                 value)
+
+
+class SnapshotCollector:
+    def __init__(self, store: Store, config: ExporterConfig) -> None:
+        self.store = store
+        self.config = config
+        self.build = {"version": version(), "python_version": platform.python_version()}
+        self._device_specs = [(m.name, m.values, m.labels) for m in CATALOG
+                              if m.scope == "device" and m.values]
+
+    def describe(self) -> Iterator[Metric]:
+        for m in CATALOG:
+            yield Metric(m.family, m.help, m.type)
+
+    def collect(self) -> Iterator[Metric]:
+        view = self.store.view()
+        f = _Families()
+        devices = view.devices()
+        ids = {}
+        for d in devices:
+            ident = d.identity
+            base = device_labels(ident)
+            ids[ident.uuid] = base
+            f.add_optional("gpuprobe_device_info", {
+                **base, "model": ident.model, "pci_bus_id": ident.pci_bus_id,
+                "serial": ident.serial, "driver_version": ident.driver_version,
+                "firmware_version": ident.firmware_version, "architecture": ident.architecture,
+                "compute_capability": ident.compute_capability,
+                "parent_uuid": ident.parent_uuid, "partition": ident.partition}, 1)
+            for spec, values, names in self._device_specs:
+                for extra, value in values(d):
+                    if not extra:
+                        f.add(spec, base, value)
+                    elif len(extra) == 1:
+                        f.add(spec, {**base, names[0]: extra[0]}, value)
+                    else:
+                        f.add(spec, {**base, **dict(zip(names, extra, strict=True))}, value)
+
+        processes: dict[str, list[ProcessSample]] = defaultdict(list)
+        for result in view.results.values():
+            for p in result.processes:
+                processes[p.device_uuid].append(p)
+            for uuid, codes in result.xid_counts.items():
+                if uuid in ids:
+                    for code, count in sorted(codes.items()):
+                        f.add("gpuprobe_xid_errors_total", {**ids[uuid], "xid": str(code)},
+                              count)
+        for uuid, procs in processes.items():
+            if uuid not in ids:
+                continue
+            f.add("gpuprobe_device_processes", ids[uuid], len(procs))
+            if not self.config.process_metrics:
+                continue
+            procs.sort(key=lambda p: (-(p.used_memory_bytes or 0), p.pid))
+            for p in procs[: self.config.max_processes_per_device]:
+                if p.used_memory_bytes is None:
+                    continue
+                labels = {**ids[uuid], "pid": str(p.pid)}
+                if p.name:
+                    labels["process_name"] = p.name
+                if p.container_id:
+                    labels["container_id"] = p.container_id
+                if p.pod_uid:
+                    labels["pod_uid"] = p.pod_uid
+                f.add("gpuprobe_process_memory_used_bytes", labels, p.used_memory_bytes)
+
+        for name, h in sorted(view.health.items()):
+            c = {"collector": name}
+            f.add("gpuprobe_collector_up", c, h.up)
+            f.add("gpuprobe_collector_stalled", c, h.stalled)
+            if h.last_success is not None:
+                f.add("gpuprobe_collector_last_success_timestamp_seconds", c, h.last_success)
+            if h.last_duration is not None:
+                f.add("gpuprobe_collector_duration_seconds", c, h.last_duration)
+            for cls in ERROR_CLASSES:
+                f.add("gpuprobe_collector_errors_total", {**c, "class": cls},
+                      h.errors_total.get(cls, 0))
+
+        backends = {}
+        for result in view.results.values():
+            for b in result.backends:
+                backends[b.name] = b
+        for name, b in sorted(backends.items()):
+            f.add("gpuprobe_backend_up", {"backend": name}, b.up)
+            f.add_optional("gpuprobe_backend_info", {
+                "backend": name, "library_version": b.library_version,
+                "driver_version": b.driver_version}, 1)
+        f.add("gpuprobe_build_info", self.build, 1)
+        yield from (m for m in f.metrics.values() if m.samples)
