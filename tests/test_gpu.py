@@ -1,0 +1,54 @@
+"""On a machine with an NVIDIA GPU: the backend against the real NVML. Skipped elsewhere."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpuprobe.daemon import config
+from gpuprobe.daemon.app import Daemon
+
+pytestmark = pytest.mark.gpu
+
+
+def _nvml_available() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return False
+
+
+requires_gpu = pytest.mark.skipif(not _nvml_available(), reason="no NVIDIA GPU or driver")
+
+
+@requires_gpu
+def test_real_gpu_reports():
+    d = Daemon(config.from_mapping({}))
+    try:
+        d.scheduler.run_once()
+        time.sleep(0.3)
+        d.scheduler.run_once()
+        view = d.store.view()
+        devices = view.devices()
+        assert devices and all(s.up for s in devices)
+        for s in devices:
+            if s.identity.parent_uuid is None:
+                assert s.memory.total_bytes and s.memory.used_bytes is not None
+                assert s.power.draw_watts is not None and s.power.draw_watts > 0
+                assert s.thermal.temperatures.get("gpu") is not None
+                assert s.pcie.max_generation and s.pcie.max_width
+        assert view.health["nvidia"].up
+        text = generate_latest(d.registry).decode()
+        names = {f.name for f in text_string_to_metric_families(text)}
+        assert "gpuprobe_memory_used_bytes" in names
+    finally:
+        d.stop()
