@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs them: a virtual environment (.venv) with gpuprobe and
+# its test extras, and Debian's prometheus package (prometheus and promtool), unpacked into
+# .cache/prometheus without starting any service. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    if [ ! -x .cache/prometheus/usr/bin/promtool ]; then
+        mkdir -p .cache/prometheus
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        # apt-get download needs the package lists; fetch them if this machine has none.
+        if ! (cd .cache/prometheus && apt-get download prometheus >/dev/null 2>&1); then
+            $SUDO apt-get update -qq
+            (cd .cache/prometheus && apt-get download prometheus)
+        fi
+        dpkg -x .cache/prometheus/prometheus_*.deb .cache/prometheus
+    fi
+    export PATH="$PWD/.cache/prometheus/usr/bin:$PATH"
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/ruff check .
+GPUPROBE_REQUIRE_PROMETHEUS=1 .venv/bin/pytest -q "$@"
