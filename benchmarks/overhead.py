@@ -10,6 +10,7 @@
 Targets (issue 2): overhead at most 1.3x, /metrics p99 at most 10 ms, RSS at most 60 MB.
 
     .venv/bin/python benchmarks/overhead.py [--cycles 40] [--write docs/performance.md]
+    python3 benchmarks/overhead.py --real     # on a GPU host: both arms against real NVML
 
 The XID event thread is left out of (1): on real hardware it blocks inside the driver,
 while the simulated NVML answers its wait by polling.
@@ -96,6 +97,74 @@ def bare_cycle(nvml, handles, field_ids, samples) -> list:
     return out
 
 
+class CountingNvml:
+    """pynvml with a count of calls by function name, for both arms alike (--real)."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+        self.calls_by_device: Counter = Counter()
+
+    def __getattr__(self, name: str):
+        value = getattr(self._module, name)
+        if name.startswith("nvml") and callable(value) and not isinstance(value, type):
+            def counted(*args, **kwargs):
+                self.calls_by_device[(name, None)] += 1
+                return value(*args, **kwargs)
+            return counted
+        return value
+
+
+def measure_real(cycles: int) -> dict:
+    """One process, the real NVML for both arms, through the same counting wrapper."""
+    import pynvml
+
+    cfg = config_mod.from_mapping(CONFIG)
+    ours_nvml, bare_nvml = CountingNvml(pynvml), CountingNvml(pynvml)
+    ours = Daemon(cfg, nvml=ours_nvml)
+    try:
+        for _ in range(3):
+            ours.scheduler.run_once()
+            time.sleep(0.11)
+        session = ours.context._shared["nvml"]
+        devs = [d for d in session.known() if d.parent is None]
+        handles = [d.handle for d in devs]
+        field_ids = devs[0].state["field_ids"][1]  # the fields this GPU supports
+        samples = [(bare_nvml.nvmlGpmSampleAlloc(), bare_nvml.nvmlGpmSampleAlloc())
+                   for _ in handles]
+        for h, (smp, _) in zip(handles, samples, strict=True):
+            bare_nvml.nvmlGpmSampleGet(h, smp)
+        gc.freeze()
+        b_ours, b_bare = Counter(ours_nvml.calls_by_device), Counter(bare_nvml.calls_by_device)
+        time.sleep(0.11)
+        ours.scheduler.run_once()
+        bare_cycle(bare_nvml, handles, field_ids, samples)
+        a = steady_calls(ours_nvml.calls_by_device, b_ours)
+        b = steady_calls(bare_nvml.calls_by_device, b_bare)
+        ours_cpu, bare_cpu = [], []
+        for _ in range(cycles):
+            time.sleep(0.11)
+            ours_cpu.append(cpu_of(ours.scheduler.run_once))
+            bare_cpu.append(cpu_of(lambda: bare_cycle(bare_nvml, handles, field_ids, samples)))
+        render = []
+        encoder = exposition.Encoder()
+        for _ in range(300):
+            t0 = time.perf_counter()
+            exposition.render(ours.registry, encoder=encoder)
+            render.append(time.perf_counter() - t0)
+    finally:
+        ours.stop()
+    render.sort()
+    return {"gpus": len(handles), "calls_ours": {k[0]: v for k, v in a.items()},
+            "calls_bare": {k[0]: v for k, v in b.items()},
+            "same_calls": a == b,
+            "ours_cpu_ms": statistics.median(ours_cpu) * 1e3,
+            "bare_cpu_ms": statistics.median(bare_cpu) * 1e3,
+            "ratio": statistics.median(ours_cpu) / statistics.median(bare_cpu),
+            "ours_wall_note": "CPU time, all threads",
+            "render_p50_ms": render[len(render) // 2] * 1e3,
+            "render_p99_ms": render[int(len(render) * 0.99)] * 1e3}
+
+
 def steady_calls(calls: Counter, before: Counter) -> Counter:
     """Calls by (function, GPU) made since ``before``."""
     return Counter({k: v - before.get(k, 0) for k, v in calls.items() if v - before.get(k, 0)})
@@ -171,7 +240,7 @@ def measure_cycles(cycles: int) -> dict:
     }
 
 
-def measure_rss(warmup: float) -> dict:
+def measure_rss(warmup: float, real: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         scen = Path(tmp) / "bench.yaml"
         scen.write_text(yaml.safe_dump(scenario()))
@@ -183,7 +252,8 @@ def measure_rss(warmup: float) -> dict:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuprobe.daemon", "run", "--simulate", str(scen),
+            [sys.executable, "-m", "gpuprobe.daemon", "run",
+             *([] if real else ["--simulate", str(scen)]),
              "--config", str(conf), "--listen", f"127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -244,7 +314,13 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=40)
     ap.add_argument("--rss-warmup", type=float, default=30.0)
     ap.add_argument("--write", metavar="FILE", help="update this markdown file's table")
+    ap.add_argument("--real", action="store_true", help="measure against this host's GPUs")
     args = ap.parse_args()
+    if args.real:
+        r = measure_real(args.cycles)
+        r["rss"] = measure_rss(args.rss_warmup, real=True)
+        print(json.dumps(r, indent=2))
+        return 0
     r = measure_cycles(args.cycles)
     r["cycles"] = args.cycles
     rss = measure_rss(args.rss_warmup)

@@ -23,12 +23,14 @@ HEALTH_GRACE = 10.0  # seconds without a scheduler tick before /healthz fails
 
 
 class Daemon:
-    def __init__(self, config: Config, simulation: Any = None) -> None:
+    def __init__(self, config: Config, simulation: Any = None, nvml: Any = None) -> None:
+        """``nvml`` replaces the pynvml module (a wrapper in benchmarks); ``simulation`` brings
+        its own library faces."""
         self.config = config
         self.simulation = simulation
         self.context = Context(
             config,
-            nvml=simulation.nvml if simulation else None,
+            nvml=simulation.nvml if simulation else nvml,
             proc_root=simulation.proc_root if simulation else None,
             simulation=simulation,
         )
