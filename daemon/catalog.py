@@ -156,14 +156,18 @@ CATALOG: tuple[MetricSpec, ...] = (
     M("gpuprobe_pcie_link_max_width", "gauge", "Most PCIe lanes the device supports.", "",
       "device", "nvmlDeviceGetMaxPcieLinkWidth", values=one(lambda d: d.pcie.max_width)),
     M("gpuprobe_pcie_transmit_bytes_total", "counter",
-      "Bytes the device sent over PCIe (device to host and peers), headers included.",
-      "bytes", "device", "field NVML_FI_DEV_PCIE_COUNT_TX_BYTES (197); without it, GPM "
-      "PCIE_TX_PER_SEC integrated over the poll interval",
+      "Bytes the device sent over PCIe (device to host and peers), headers included, since "
+      "gpuprobe started watching it.",
+      "bytes", "device", "GPM PCIE_TX_PER_SEC (20) integrated over each poll interval on "
+      "Hopper+; else field NVML_FI_DEV_PCIE_COUNT_TX_BYTES (197), a 32-bit counter whose "
+      "wraps are followed (more than 4 GiB between polls is undercounted)",
       values=one(lambda d: d.pcie.tx_bytes_total)),
     M("gpuprobe_pcie_receive_bytes_total", "counter",
-      "Bytes the device received over PCIe (host and peers to device), headers included.",
-      "bytes", "device", "field NVML_FI_DEV_PCIE_COUNT_RX_BYTES (198); without it, GPM "
-      "PCIE_RX_PER_SEC integrated over the poll interval",
+      "Bytes the device received over PCIe (host and peers to device), headers included, "
+      "since gpuprobe started watching it.",
+      "bytes", "device", "GPM PCIE_RX_PER_SEC (21) integrated over each poll interval on "
+      "Hopper+; else field NVML_FI_DEV_PCIE_COUNT_RX_BYTES (198), a 32-bit counter whose "
+      "wraps are followed (more than 4 GiB between polls is undercounted)",
       values=one(lambda d: d.pcie.rx_bytes_total)),
     M("gpuprobe_pcie_replays_total", "counter",
       "PCIe packets the link layer had to send again (a link-health signal).", "", "device",

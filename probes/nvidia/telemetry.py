@@ -99,8 +99,10 @@ def _reasons(mask: int | None) -> frozenset[str]:
     return frozenset(name for bit, name in THROTTLE_BITS if mask & bit)
 
 
-def read_fields(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, float]:
-    """The batched counters that this device supports, by field id."""
+def read_fields(session: NvmlSession, dev: NvDevice, q: Query
+                ) -> tuple[dict[int, float], set[int]]:
+    """The batched counters that this device supports, by field id, and the ids whose value
+    came as a 64-bit integer."""
     lib = session.lib
     cached = dev.state.get("field_ids")
     if cached is None or cached[0] != len(dev.unsupported):
@@ -108,12 +110,13 @@ def read_fields(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, floa
                   [f for f in FIELD_IDS if f"field.{f}" not in dev.unsupported])
         dev.state["field_ids"] = cached
     ids = cached[1]
-    if not ids:
-        return {}
-    values = q(dev, "fields", lib.nvmlDeviceGetFieldValues, dev.handle, ids)
     out: dict[int, float] = {}
+    wide: set[int] = set()
+    if not ids:
+        return out, wide
+    values = q(dev, "fields", lib.nvmlDeviceGetFieldValues, dev.handle, ids)
     if values is None:
-        return out
+        return out, wide
     for v in values:
         fid = int(v.fieldId)
         if v.nvmlReturn != 0:
@@ -127,27 +130,49 @@ def read_fields(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, floa
             elif cls == LIBRARY_FATAL:
                 raise LibraryDown(err)
             continue
-        member = _VALUE_MEMBER.get(int(v.valueType))
+        vtype = int(v.valueType)
+        member = _VALUE_MEMBER.get(vtype)
         if member is not None:
             out[fid] = getattr(v.value, member)
-    return out
+            if vtype in (3, 4):  # unsigned / signed long long
+                wide.add(fid)
+    return out, wide
 
 
-def _pcie_bytes(dev: NvDevice, fields: dict[int, float], gpm: dict[str, float] | None
-                ) -> tuple[float | None, float | None]:
-    """TX/RX byte counters: NVML's own where the driver has them, else GPM rates integrated
-    over the time between polls."""
-    if F_PCIE_TX_BYTES in fields or F_PCIE_RX_BYTES in fields:
-        return fields.get(F_PCIE_TX_BYTES), fields.get(F_PCIE_RX_BYTES)
-    if not gpm or "pcie_tx" not in gpm:
-        return None, None
+def _pcie_bytes(dev: NvDevice, fields: dict[int, float], wide: set[int],
+                gpm: dict[str, float] | None) -> tuple[float | None, float | None]:
+    """PCIe TX/RX byte counters, counted from when gpuprobe first saw the device.
+
+    GPM's rates (Hopper+) are averages over the whole poll interval, so integrating them
+    misses nothing. Without GPM, NVML's byte-counter fields are used; on the drivers seen so
+    far they are 32 bits wide and wrap every 4 GiB (a tenth of a second at Gen5 speed), so
+    their deltas are taken modulo 2**32: traffic of more than 4 GiB between two polls is
+    undercounted there.
+    """
+    acc = dev.state.get("pcie_acc")
     now = time.monotonic()
-    acc = dev.state.setdefault("pcie_acc", {"tx": 0.0, "rx": 0.0, "t": None})
-    if acc["t"] is not None:
-        dt = now - acc["t"]
-        acc["tx"] += gpm.get("pcie_tx", 0.0) * dt
-        acc["rx"] += gpm.get("pcie_rx", 0.0) * dt
-    acc["t"] = now
+    if "gpm" in dev.state:  # this GPU has GPM: count from its rates only
+        if not gpm or "pcie_tx" not in gpm or "pcie_rx" not in gpm:
+            return (acc["tx"], acc["rx"]) if acc else (None, None)  # no rate this poll
+        if acc is None or "t" not in acc:  # first rate (after a transient, the field's count)
+            acc = dev.state["pcie_acc"] = {"tx": acc["tx"] if acc else 0.0,
+                                           "rx": acc["rx"] if acc else 0.0, "t": now}
+        else:
+            dt = now - acc["t"]
+            acc["tx"] += gpm["pcie_tx"] * dt
+            acc["rx"] += gpm["pcie_rx"] * dt
+            acc["t"] = now
+        return acc["tx"], acc["rx"]
+    if F_PCIE_TX_BYTES not in fields or F_PCIE_RX_BYTES not in fields:
+        return None, None
+    raw = {"tx": fields[F_PCIE_TX_BYTES], "rx": fields[F_PCIE_RX_BYTES]}
+    if acc is None:
+        acc = dev.state["pcie_acc"] = {"tx": 0.0, "rx": 0.0, "raw": raw}
+    else:
+        for key, fid in (("tx", F_PCIE_TX_BYTES), ("rx", F_PCIE_RX_BYTES)):
+            modulus = 2**64 if fid in wide else 2**32
+            acc[key] += (raw[key] - acc["raw"][key]) % modulus
+        acc["raw"] = raw
     return acc["tx"], acc["rx"]
 
 
@@ -163,7 +188,7 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
         (lib.nvmlDeviceGetMemoryInfo, (h,)),
     ])
     bar1 = q(dev, "bar1", lib.nvmlDeviceGetBAR1MemoryInfo, h)
-    fields = read_fields(session, dev, q)
+    fields, wide = read_fields(session, dev, q)
 
     temps = {}
     gpu_temp = q.first(dev, "temperature", [
@@ -207,7 +232,7 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
 
     pstate = q(dev, "pstate", lib.nvmlDeviceGetPerformanceState, h)
     gpm = read_gpm(session, dev, q) if gpm_enabled else None
-    tx, rx = _pcie_bytes(dev, fields, gpm)
+    tx, rx = _pcie_bytes(dev, fields, wide, gpm)
 
     def flag(fid: int) -> bool | None:
         return bool(fields[fid]) if fid in fields else None

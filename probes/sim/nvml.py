@@ -505,7 +505,8 @@ class SimNvml:
         if fid in (174, 177):
             return uint, dev.replays(t) // (2 if fid == 174 else 3)
         if fid in (197, 198) and "pcie_counters" not in u:
-            return ull, int(dev.totals(t)["pcie_tx" if fid == 197 else "pcie_rx"])
+            # 32 bits wide, wrapping, as on the H100 (driver 580) we measured
+            return uint, int(dev.totals(t)["pcie_tx" if fid == 197 else "pcie_rx"]) % 2**32
         return None
 
     @_api
@@ -595,7 +596,8 @@ class SimNvml:
             if key not in self._gpm:
                 raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
             buf = self._gpm[key][0]
-            self._gpm[key] = (buf, (id(dev), instance, t, dev.totals(t, instance)))
+            self._gpm[key] = (buf, (id(dev), instance, t, dev.totals(t, instance),
+                                    time.monotonic()))
         return sample
 
     @_api
@@ -620,8 +622,11 @@ class SimNvml:
             b = self._gpm.get(ctypes.cast(get.sample2, ctypes.c_void_p).value)
         if a is None or b is None or a[1] is None or b[1] is None or a[1][:2] != b[1][:2]:
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        (_, _, t1, tot1), (_, _, t2, tot2) = a[1], b[1]
+        (_, _, t1, tot1, wall1), (_, _, t2, tot2, wall2) = a[1], b[1]
         dt = t2 - t1
+        # Byte rates per wall-clock second, as a real GPU's would be; under time
+        # acceleration the bytes are scenario bytes, like every other simulated counter.
+        wall = max(wall2 - wall1, 1e-6)
         names = {1: "graphics_engine", 2: "sm_active", 3: "sm_occupancy", 5: "tensor_active",
                  10: "dram_active", 20: "pcie_tx", 21: "pcie_rx"}
         for k in range(get.numMetrics):
@@ -630,8 +635,10 @@ class SimNvml:
             if name is None or dt <= 0:
                 m.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
-            rate = (tot2[name] - tot1[name]) / dt
-            m.value = rate / MIB if name.startswith("pcie") else rate * 100.0
+            if name.startswith("pcie"):
+                m.value = (tot2[name] - tot1[name]) / wall / MIB
+            else:
+                m.value = (tot2[name] - tot1[name]) / dt * 100.0
             m.nvmlReturn = pynvml.NVML_SUCCESS
         return get
 
