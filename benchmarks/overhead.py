@@ -82,6 +82,7 @@ def bare_cycle(nvml, handles, field_ids, samples) -> list:
         out.append(nvml.nvmlDeviceGetEncoderUtilization(h)[0])
         out.append(nvml.nvmlDeviceGetDecoderUtilization(h)[0])
         out.append(nvml.nvmlDeviceGetPerformanceState(h))
+        out.append(nvml.nvmlDeviceGetComputeMode(h))
         prev, cur = samples[i]
         nvml.nvmlGpmSampleGet(h, cur)
         get = nvml.c_nvmlGpmMetricsGet_t()

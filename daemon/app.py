@@ -34,13 +34,14 @@ class Daemon:
             proc_root=simulation.proc_root if simulation else None,
             simulation=simulation,
         )
+        self.store = Store()
+        self.context.store = self.store
         known = registry.load_builtin()
         collectors = []
         for name, info in known.items():
             cfg = config.collectors[name]
             if cfg.enabled:
                 collectors.append((info.factory(self.context), cfg))
-        self.store = Store()
         self.scheduler = Scheduler(collectors, self.store)
         # auto_describe lets ?name[]= find the process_* metrics too (ours have describe()).
         self.registry = CollectorRegistry(auto_describe=True)

@@ -260,6 +260,51 @@ CATALOG: tuple[MetricSpec, ...] = (
     M("gpuprobe_device_processes", "gauge",
       "Processes holding memory on the device, all of them (not capped).", "", "device",
       "length of the process lists above"),
+    # -- active probes ---------------------------------------------------------------------
+    M("gpuprobe_probe_pcie_bandwidth_bytes_per_second", "gauge",
+      "Bandwidth the last successful PCIe probe measured, per direction (a cached "
+      "measurement, refreshed every probes.pcie.every; not a poll).", "bytes", "probe",
+      "probe child: pinned host memory, cuMemcpyHtoDAsync_v2 / cuMemcpyDtoHAsync_v2 timed "
+      "with events, median of repetitions",
+      "probe child: hipHostMalloc, hipMemcpyHtoDAsync / hipMemcpyDtoHAsync timed with events",
+      labels=("direction",)),
+    M("gpuprobe_probe_pcie_link_bytes_per_second", "gauge",
+      "Theoretical per-direction rate of the link as trained during the last PCIe probe "
+      "(generation and width, after line encoding; Gen5 x16 is 63 GB/s). Cached.", "bytes",
+      "probe", "nvmlDeviceGetCurrPcieLinkGeneration/Width read by the probe child while "
+      "its copies run", "the device's last reported link (amdsmi)"),
+    M("gpuprobe_probe_pcie_bandwidth_ratio", "gauge",
+      "Measured bandwidth over the trained link's theoretical rate, per direction; about "
+      "0.85-0.9 is normal (packet overhead). Cached.", "ratio", "probe",
+      "the two metrics above", "the two metrics above", labels=("direction",)),
+    M("gpuprobe_probe_launch_latency_seconds", "gauge",
+      "Time from a kernel launch to its first block starting, from the last launch probe "
+      "(cached). Microseconds on an idle GPU; a time-sliced GPU makes work wait longer.",
+      "seconds", "probe", "probe child: PTX kernel reading %globaltimer, related to the host "
+      "clock by minimum-round-trip calibration", "probe child: hipRTC kernel reading "
+      "wall_clock64(), rate calibrated against the host clock"),
+    M("gpuprobe_probe_sm_reach_ratio", "gauge",
+      "Share of the SMs (compute units) that the launch probe's blocks reached within "
+      "probes.launch.reach_bound of the first block (cached).", "ratio", "probe",
+      "%smid of each block of 2 x SM-count one-warp blocks", "__smid() of each block"),
+    M("gpuprobe_probe_duration_seconds", "gauge",
+      "Wall time of the last probe run, child process start to exit.", "seconds", "probe",
+      "orchestrator", "orchestrator", labels=("probe",)),
+    M("gpuprobe_probe_last_success_timestamp_seconds", "gauge",
+      "Unix time of the last successful probe run.", "seconds", "probe", "orchestrator",
+      "orchestrator", labels=("probe",)),
+    M("gpuprobe_probe_runs_total", "counter",
+      "Probe runs by outcome: ok, skipped (see gpuprobe_probe_skips_total), failed, timeout "
+      "(killed at probes.timeout), discarded (a process appeared during the run).", "",
+      "probe", "orchestrator", "orchestrator", labels=("probe", "outcome")),
+    M("gpuprobe_probe_skips_total", "counter",
+      "Probe runs skipped, by reason: device_down, mig, compute_mode, mps, thermal, busy, "
+      "processes, no_runtime.", "", "probe", "orchestrator", "orchestrator",
+      labels=("probe", "reason")),
+    M("gpuprobe_probe_gpu_seconds_total", "counter",
+      "Time probes held a context on the GPU, in seconds; the duty cycle is its rate.",
+      "seconds", "probe", "probe child (context retained to released)",
+      "probe child (device set to synchronized)", labels=("probe",)),
     # -- gpuprobe itself -------------------------------------------------------------------
     M("gpuprobe_collector_up", "gauge",
       "1 when the collector's last run succeeded and is not stalled.", "", "collector",
@@ -294,7 +339,7 @@ BY_NAME = {m.name: m for m in CATALOG}
 def markdown() -> str:
     """The metric table for docs/metrics.md."""
     scope_labels = {"device": DEVICE_LABELS, "process": DEVICE_LABELS, "xid": DEVICE_LABELS,
-                    "collector": (), "backend": (), "build": ()}
+                    "probe": DEVICE_LABELS, "collector": (), "backend": (), "build": ()}
     lines = ["| Metric | Type | Unit | Labels | Meaning | NVIDIA source | AMD source |",
              "|---|---|---|---|---|---|---|"]
     for m in CATALOG:

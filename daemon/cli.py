@@ -213,6 +213,81 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe_row(probe: str, d: Any, out: Any) -> list[str]:
+    v = out.values
+    head = [d.identity.index, (d.identity.model or "?")[:30]]
+    if out.outcome != "ok":
+        return [*head, f"{out.outcome}: {out.detail}"]
+    if probe == "pcie":
+        link = v.get("link") or {}
+        from .model import pcie_link_bytes_per_second
+
+        rate = pcie_link_bytes_per_second(link.get("generation"), link.get("width"))
+        h2d, d2h = v["host_to_device_bytes_per_second"], v["device_to_host_bytes_per_second"]
+        ratio = (lambda x: f"{x / rate:.0%}") if rate else (lambda x: "-")
+        return [*head, "ok", f"{h2d / 1e9:.1f}", f"{d2h / 1e9:.1f}",
+                f"Gen{link.get('generation')} x{link.get('width')}" if link else "-",
+                f"{rate / 1e9:.1f}" if rate else "-", ratio(h2d), ratio(d2h),
+                f"{out.gpu_seconds:.2f}s"]
+    return [*head, "ok", f"{v['launch_latency_seconds'] * 1e6:.1f}",
+            f"{v.get('launch_latency_uncertainty_seconds', 0) * 1e6:.1f}",
+            f"{v['sm_reach_ratio']:.0%}" if v.get("sm_reach_ratio") is not None else "-",
+            f"{v.get('block_start_spread_seconds', 0) * 1e6:.1f}", f"{out.gpu_seconds:.2f}s"]
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    # The command runs the probe itself; the scheduled probes stay off meanwhile.
+    collectors = {n: dataclasses.replace(c, enabled=False) if n.endswith("_probe") else c
+                  for n, c in cfg.collectors.items()}
+    cfg = dataclasses.replace(cfg, collectors=collectors)
+    setup_logging("warning" if cfg.log_level == "info" else cfg.log_level)
+    sim = _simulation(cfg)
+    from gpuprobe.probes.orchestrator import orchestrator
+
+    from .app import Daemon
+
+    daemon = Daemon(cfg, sim)
+    try:
+        daemon.scheduler.run_once()
+        view = daemon.store.view()
+        devices = [d for d in view.devices() if d.identity.parent_uuid is None]
+        if args.gpu is not None:
+            chosen = [d for d in devices if d.identity.index == args.gpu]
+            if not chosen:
+                known = ", ".join(d.identity.index for d in devices) or "none"
+                raise _Fail(f"--gpu {args.gpu}: no such GPU (found: {known})")
+            devices = chosen
+        if not devices:
+            reasons = [f"{b.name}: {b.reason}" for r in view.results.values()
+                       for b in r.backends if not b.up]
+            print("no GPUs found" + (f" ({'; '.join(reasons)})" if reasons else ""),
+                  file=sys.stderr)
+            return EXIT_RUNTIME
+        orch = orchestrator(daemon.context)
+        rows = []
+        for d in devices:
+            print(f"GPU {d.identity.index} ({d.identity.model}): {args.probe} probe",
+                  file=sys.stderr, flush=True)
+            out = orch.run_now(args.probe, d.identity.uuid, force=args.force,
+                               progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+            rows.append((d, out))
+    finally:
+        daemon.stop()
+    if args.probe == "pcie":
+        header = ["GPU", "MODEL", "OUTCOME", "H2D GB/s", "D2H GB/s", "LINK", "LINK GB/s",
+                  "H2D/LINK", "D2H/LINK", "GPU TIME"]
+    else:
+        header = ["GPU", "MODEL", "OUTCOME", "LATENCY us", "+/- us", "SM REACH",
+                  "SPREAD us", "GPU TIME"]
+    table = [header]
+    for d, out in rows:
+        row = _probe_row(args.probe, d, out)
+        table.append(row + [""] * (len(header) - len(row)))
+    sys.stdout.write(_table(table) + "\n")
+    return 0 if all(out.outcome == "ok" for _, out in rows) else EXIT_RUNTIME
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpuprobe", description="Cross-vendor GPU profiler daemon and Prometheus exporter.")
@@ -235,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(snap)
     snap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     snap.set_defaults(func=cmd_snapshot)
+
+    probe = sub.add_parser("probe", help="run an active probe now and print what it measured")
+    probe.add_argument("probe", choices=("pcie", "launch"),
+                       help="pcie: host-device bandwidth; launch: kernel launch latency")
+    common(probe)
+    probe.add_argument("--gpu", metavar="N", help="only this GPU (its index, as in snapshot)")
+    probe.add_argument("--force", action="store_true",
+                       help="probe even a busy GPU or one other processes hold (never one "
+                            "in MIG, MPS or an exclusive compute mode)")
+    probe.set_defaults(func=cmd_probe)
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("config", metavar="FILE")

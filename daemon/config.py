@@ -58,6 +58,38 @@ class NvidiaConfig:
 
 
 @dataclass(frozen=True)
+class PcieProbeConfig:
+    every: float = field(default=900.0, metadata=_duration(1.0))
+    buffer_size: int = field(default=64 * 2**20, metadata={"size": True, "min": 2**20,
+                                                            "max": 1024 * 2**20})
+    copies: int = field(default=4, metadata={"min": 1, "max": 64})
+    repetitions: int = field(default=5, metadata={"min": 1, "max": 50})
+
+
+@dataclass(frozen=True)
+class LaunchProbeConfig:
+    every: float = field(default=300.0, metadata=_duration(1.0))
+    spin: float = field(default=20e-6, metadata=_duration(1e-6, max=0.01))
+    reach_bound: float = field(default=100e-6, metadata=_duration(1e-6, max=1.0))
+    calibrations: int = field(default=20, metadata={"min": 1, "max": 1000})
+
+
+@dataclass(frozen=True)
+class ProbesConfig:
+    # Largest share of a GPU's wall time probes may use (context held), with the next run
+    # pushed back accordingly; 0.001 is 0.1%.
+    duty_cycle: float = field(default=0.001, metadata={"min": 1e-6, "max": 0.1})
+    jitter: float = field(default=0.2, metadata={"min": 0.0, "max": 0.9})
+    timeout: float = field(default=30.0, metadata=_duration(1.0))
+    backoff_max: float = field(default=3600.0, metadata=_duration(1.0))
+    skip_when_processes: bool = True
+    max_utilization: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    min_thermal_margin: float = field(default=10.0, metadata={"min": 0.0, "max": 100.0})
+    pcie: PcieProbeConfig = field(default_factory=PcieProbeConfig)
+    launch: LaunchProbeConfig = field(default_factory=LaunchProbeConfig)
+
+
+@dataclass(frozen=True)
 class ExporterConfig:
     process_metrics: bool = True
     max_processes_per_device: int = field(default=32, metadata={"min": 0, "max": 4096})
@@ -82,6 +114,7 @@ class Config:
     collectors: Mapping[str, CollectorConfig] = field(default_factory=dict)
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
     host: HostConfig = field(default_factory=HostConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
@@ -102,12 +135,13 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
     return host, port
 
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
+# Sub-second units divide, so that "20us" is exactly 20e-6.
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_duration(value: Any, key: str) -> float:
-    """Seconds from a number or a string such as ``500ms``, ``5s``, ``2m``, ``1h``."""
+    """Seconds from a number or a string such as ``20us``, ``500ms``, ``5s``, ``2m``, ``1h``."""
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a duration such as 5s or 1m, got {value!r}")
     if isinstance(value, int | float):
@@ -115,8 +149,25 @@ def parse_duration(value: Any, key: str) -> float:
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
-            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            unit = _UNIT_SECONDS[m.group(2)]
+            return float(m.group(1)) / (1 / unit) if unit < 1 else float(m.group(1)) * unit
     raise ConfigError(f"{key}: expected a duration such as 5s or 1m, got {value!r}")
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+               "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_size(value: Any, key: str) -> float:
+    """Bytes from a number or a string such as ``512MiB`` or ``80GiB``."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    raise ConfigError(f"{key}: expected a size such as 512MiB or 80GiB, got {value!r}")
 
 
 def _type_name(value: Any) -> str:
@@ -144,6 +195,10 @@ def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
         seconds = parse_duration(value, key)
         _check_range(seconds, meta, key)
         return seconds
+    if meta.get("size"):
+        size = int(parse_size(value, key))
+        _check_range(size, meta, key)
+        return size
     if is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
@@ -235,6 +290,11 @@ def from_mapping(data: Any) -> Config:
     config.listen_address()
     if config.nvidia.retry_max < config.nvidia.retry_initial:
         raise ConfigError("nvidia.retry_max: must not be shorter than nvidia.retry_initial")
+    for name in ("pcie_probe", "launch_probe"):
+        cc = config.collectors.get(name)
+        if cc is not None and cc.enabled and cc.deadline() <= config.probes.timeout:
+            raise ConfigError(f"collectors.{name}.timeout: must be longer than probes.timeout "
+                              f"({config.probes.timeout:g}s), got {cc.deadline():g}s")
     return config
 
 

@@ -22,8 +22,9 @@ class Context:
         self.simulation = simulation
         self._nvml = nvml
         self.proc_root = proc_root or config.host.proc_root
+        self.store: Any = None  # the daemon's Store, for collectors that act on what others saw
         self._shared: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a factory may ask for another shared object
 
     def nvml(self) -> Any:
         """The pynvml module, or the simulated NVML face."""

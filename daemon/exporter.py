@@ -17,9 +17,10 @@ from prometheus_client.metrics_core import Metric
 
 from .catalog import CATALOG, DEVICE_LABELS, MetricSpec
 from .config import ExporterConfig
-from .model import DeviceIdentity, ProcessSample
+from .model import DeviceIdentity, ProbeSample, ProcessSample
 from .state import Store
 
+PROBE_OUTCOMES = ("ok", "skipped", "failed", "timeout", "discarded")
 ERROR_CLASSES = ("unsupported", "transient", "device_fatal", "library_fatal", "timeout",
                  "internal")
 
@@ -65,6 +66,36 @@ class SnapshotCollector:
         self.build = {"version": version(), "python_version": platform.python_version()}
         self._device_specs = [(m.name, m.values, m.labels) for m in CATALOG
                               if m.scope == "device" and m.values]
+
+    @staticmethod
+    def _probe(f: _Families, base: dict[str, str], ps: ProbeSample) -> None:
+        v = ps.values
+        if ps.probe == "pcie":
+            for direction in ("host_to_device", "device_to_host"):
+                if direction in v:
+                    d = {**base, "direction": direction}
+                    f.add("gpuprobe_probe_pcie_bandwidth_bytes_per_second", d, v[direction])
+                    if f"{direction}_ratio" in v:
+                        f.add("gpuprobe_probe_pcie_bandwidth_ratio", d, v[f"{direction}_ratio"])
+            if "link_bytes_per_second" in v:
+                f.add("gpuprobe_probe_pcie_link_bytes_per_second", base,
+                      v["link_bytes_per_second"])
+        else:
+            if "launch_latency_seconds" in v:
+                f.add("gpuprobe_probe_launch_latency_seconds", base, v["launch_latency_seconds"])
+            if "sm_reach_ratio" in v:
+                f.add("gpuprobe_probe_sm_reach_ratio", base, v["sm_reach_ratio"])
+        p = {**base, "probe": ps.probe}
+        if ps.duration_seconds is not None:
+            f.add("gpuprobe_probe_duration_seconds", p, ps.duration_seconds)
+        if ps.last_success is not None:
+            f.add("gpuprobe_probe_last_success_timestamp_seconds", p, ps.last_success)
+        for outcome in PROBE_OUTCOMES:
+            f.add("gpuprobe_probe_runs_total", {**p, "outcome": outcome},
+                  ps.runs.get(outcome, 0))
+        for reason, n in sorted(ps.skips.items()):
+            f.add("gpuprobe_probe_skips_total", {**p, "reason": reason}, n)
+        f.add("gpuprobe_probe_gpu_seconds_total", p, ps.gpu_seconds_total)
 
     def describe(self) -> Iterator[Metric]:
         for m in CATALOG:
@@ -121,6 +152,11 @@ class SnapshotCollector:
                 if p.pod_uid:
                     labels["pod_uid"] = p.pod_uid
                 f.add("gpuprobe_process_memory_used_bytes", labels, p.used_memory_bytes)
+
+        for result in view.results.values():
+            for ps in result.probes:
+                if ps.device_uuid in ids:
+                    self._probe(f, ids[ps.device_uuid], ps)
 
         for name, h in sorted(view.health.items()):
             c = {"collector": name}

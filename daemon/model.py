@@ -143,6 +143,8 @@ class DeviceSample:
     activity: Activity = field(default_factory=Activity)
     errors: Errors = field(default_factory=Errors)
     performance_state: int | None = None
+    # "default", "exclusive_process" or "prohibited": who may create a context on the GPU
+    compute_mode: str | None = None
 
 
 class ProcessSample(NamedTuple):
@@ -158,6 +160,24 @@ class ProcessSample(NamedTuple):
     start_ticks: int | None = None
     container_id: str | None = None
     pod_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSample:
+    """What gpuprobe's active probes have measured on a device, and how their runs went.
+
+    ``values`` are from the last successful run (a cached measurement, not a poll);
+    ``runs`` counts runs by outcome (ok, skipped, failed, timeout, discarded) and ``skips``
+    the skipped ones by reason."""
+
+    device_uuid: str
+    probe: str
+    values: Mapping[str, float] = field(default_factory=dict)
+    duration_seconds: float | None = None
+    last_success: float | None = None
+    runs: Mapping[str, int] = field(default_factory=dict)
+    skips: Mapping[str, int] = field(default_factory=dict)
+    gpu_seconds_total: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +205,7 @@ class CollectorResult:
     # device uuid -> {xid code: count since the daemon started watching}
     xid_counts: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     backends: tuple[BackendStatus, ...] = ()
+    probes: tuple[ProbeSample, ...] = ()
     errors: Mapping[str, int] = field(default_factory=dict)
 
 

@@ -44,6 +44,8 @@ BUILTIN_MODULES = (
     "gpuprobe.probes.nvidia.telemetry",
     "gpuprobe.probes.nvidia.processes",
     "gpuprobe.probes.nvidia.events",
+    "gpuprobe.probes.pcie_probe",
+    "gpuprobe.probes.launch_probe",
 )
 
 

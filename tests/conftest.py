@@ -50,7 +50,9 @@ FAST = {
     "nvidia": {"retry_initial": "10ms", "retry_max": "50ms", "discovery_interval": "1h"},
     "collectors": {"nvidia": {"interval": "1s", "timeout": "500ms"},
                    "nvidia_processes": {"interval": "1s", "timeout": "500ms"},
-                   "nvidia_events": {"interval": "1s", "timeout": "200ms"}},
+                   "nvidia_events": {"interval": "1s", "timeout": "200ms"},
+                   # probes have tests of their own (test_probes.py)
+                   "pcie_probe": {"enabled": False}, "launch_probe": {"enabled": False}},
 }
 
 

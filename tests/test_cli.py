@@ -75,7 +75,7 @@ def test_snapshot_json():
     p = run("snapshot", "--simulate", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    assert len(data["devices"]) == 7
+    assert len(data["devices"]) == 8
     gpu0 = next(d for d in data["devices"] if d["identity"]["index"] == "0")
     assert gpu0["memory"]["total_bytes"] == 80 * 2**30
     assert gpu0["activity"]["sm_active"] is not None  # two samples were taken for GPM

@@ -16,8 +16,11 @@ pytestmark = pytest.mark.slow
 
 FAST_CONFIG = {
     "collectors": {"nvidia": {"interval": "500ms"}, "nvidia_processes": {"interval": "500ms"},
-                   "nvidia_events": {"interval": "500ms"}},
+                   "nvidia_events": {"interval": "500ms"},
+                   "pcie_probe": {"interval": "500ms", "timeout": "45s"},
+                   "launch_probe": {"interval": "500ms", "timeout": "45s"}},
     "nvidia": {"retry_initial": "100ms", "retry_max": "500ms"},
+    "probes": {"pcie": {"every": "2s"}, "launch": {"every": "2s"}},
 }
 # Families the built-in scenario has no hardware for: retired pages exist before Ampere only.
 NOT_IN_DEFAULT_SCENARIO = {"gpuprobe_retired_pages_total", "gpuprobe_retired_pages_pending"}
@@ -49,7 +52,7 @@ def test_default_scenario_serves_every_family_and_promtool_is_clean(fast_config,
             names = {m.name for m in catalog.CATALOG if m.name not in NOT_IN_DEFAULT_SCENARIO}
             found = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
             return text if status == 200 and names <= found else None
-        text = wait_for(complete, timeout=30)
+        text = wait_for(complete, timeout=60)
         check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                                capture_output=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr

@@ -52,3 +52,41 @@ def test_real_gpu_reports():
         assert "gpuprobe_memory_used_bytes" in names
     finally:
         d.stop()
+
+
+@requires_gpu
+def test_real_pcie_probe():
+    import pynvml
+
+    from gpuprobe.probes.orchestrator import probe_values, run_child
+
+    pynvml.nvmlInit()
+    uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+    pynvml.nvmlShutdown()
+    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+    req = {"probe": "pcie", "backend": "cuda", "uuid": uuid, "size": 64 * 2**20, "copies": 4,
+           "repetitions": 3}
+    out = run_child(req, {"CUDA_VISIBLE_DEVICES": uuid}, 60)
+    assert out.outcome == "ok", out.detail
+    v = probe_values("pcie", out.values)
+    assert v["host_to_device"] > 1e9 and v["device_to_host"] > 1e9
+    assert v["link_generation"] >= 1 and 0.3 < v["host_to_device_ratio"] < 1.0
+
+
+@requires_gpu
+def test_real_launch_probe():
+    import pynvml
+
+    from gpuprobe.probes.orchestrator import run_child
+
+    pynvml.nvmlInit()
+    uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+    pynvml.nvmlShutdown()
+    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+    req = {"probe": "launch", "backend": "cuda", "uuid": uuid, "spin_ns": 20_000,
+           "reach_bound_ns": 100_000, "calibrations": 20}
+    out = run_child(req, {"CUDA_VISIBLE_DEVICES": uuid}, 60)
+    assert out.outcome == "ok", out.detail
+    assert 0 < out.values["launch_latency_seconds"] < 0.1
+    assert out.values["sm_reach_ratio"] > 0.5
+    assert out.values["blocks"] == 2 * out.values["sm_count"]

@@ -53,6 +53,19 @@ def list_processes(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, i
     return out
 
 
+def current_pids(session: NvmlSession, uuid: str, deadline: float) -> set[int] | None:
+    """The pids holding a GPU (or its MIG instances) now; None if it cannot be told."""
+    dev = session.devices.get(uuid)
+    if dev is None or not session.up or not dev.up:
+        return None
+    targets = [d for d in session.known() if d.parent is dev] if dev.mig_enabled else [dev]
+    q = Query(session, Counter())
+    results, stuck = run_on_devices(targets, lambda d: list_processes(session, d, q), deadline)
+    if stuck or any(isinstance(r, BaseException) or r is None for r in results.values()):
+        return None
+    return {pid for r in results.values() for pid in r}
+
+
 def resolver(ctx: Context) -> ProcessResolver:
     return ctx.shared("host.processes", lambda: ProcessResolver(ctx.proc_root))
 
@@ -65,6 +78,7 @@ class NvidiaProcesses:
     def __init__(self, ctx: Context) -> None:
         self.session = nvml_session(ctx)
         self.resolver = resolver(ctx)
+        self.probe_children: set[int] = ctx.shared("probe.children", set)
 
     def _list(self, dev: NvDevice, q: Query) -> dict[int, int | None] | None:
         try:
@@ -87,6 +101,9 @@ class NvidiaProcesses:
                 return CollectorResult(ok=False, errors=errors)
             if isinstance(r, BaseException):
                 raise r
+        if self.probe_children:  # gpuprobe's own probe, not a user's process
+            results = {u: {p: m for p, m in r.items() if p not in self.probe_children}
+                       if isinstance(r, dict) else r for u, r in results.items()}
         listed = [(uuid, r) for uuid, r in results.items() if r]
         host = self.resolver.resolve_all([pid for _, r in listed for pid in r])
         samples = []

@@ -517,7 +517,18 @@ ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing"
 
 
 def nvml_session(ctx: Context) -> NvmlSession:
-    return ctx.shared("nvml", lambda: NvmlSession(ctx.nvml(), ctx.config.nvidia))
+    def make() -> NvmlSession:
+        session = NvmlSession(ctx.nvml(), ctx.config.nvidia)
+
+        def lister(uuid: str, deadline: float) -> set[int] | None:
+            from .processes import current_pids  # processes imports this module
+            return current_pids(session, uuid, deadline)
+
+        # The probes ask which processes hold a GPU before and after each run.
+        ctx.shared("probe.listers", dict)["nvidia"] = lister
+        return session
+
+    return ctx.shared("nvml", make)
 
 
 def _each(fn: Callable[[NvDevice], Any], devices: list[NvDevice]) -> dict[str, Any]:

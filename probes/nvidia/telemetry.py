@@ -89,6 +89,9 @@ THROTTLE_BITS = (
     (0x100, "display_clocks"),
 )
 
+# nvmlComputeMode_t: EXCLUSIVE_THREAD (1) is no longer supported by drivers.
+COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
+
 _VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
                  6: "usVal"}
 
@@ -231,6 +234,7 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
             util[engine] = value[0] / 100.0
 
     pstate = q(dev, "pstate", lib.nvmlDeviceGetPerformanceState, h)
+    mode = q(dev, "compute_mode", lib.nvmlDeviceGetComputeMode, h)
     gpm = read_gpm(session, dev, q) if gpm_enabled else None
     tx, rx = _pcie_bytes(dev, fields, wide, gpm)
 
@@ -298,6 +302,7 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
             retired_pages_pending=flag(F_RETIRED_PENDING),
         ),
         performance_state=pstate if pstate is not None and 0 <= pstate <= 15 else None,
+        compute_mode=COMPUTE_MODES.get(mode) if mode is not None else None,
     )
 
 

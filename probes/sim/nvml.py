@@ -275,8 +275,10 @@ class SimNvml:
 
     @_api
     def nvmlDeviceGetComputeMode(self, handle: _Handle) -> int:
-        self._dev(handle, self._t())
-        return pynvml.NVML_COMPUTEMODE_DEFAULT
+        mode = self._dev(handle, self._t()).spec.compute_mode
+        return {"default": pynvml.NVML_COMPUTEMODE_DEFAULT,
+                "exclusive_process": pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
+                "prohibited": pynvml.NVML_COMPUTEMODE_PROHIBITED}[mode]
 
     # -- MIG -------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from gpuprobe.daemon.config import ConfigError, parse_duration
+from gpuprobe.daemon.config import parse_size as config_parse_size
 
 from .patterns import PATTERNS, MemoryPattern
 
@@ -33,22 +34,16 @@ class ScenarioError(ValueError):
     """A scenario problem, phrased as one line naming the key."""
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-               "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _RATE_RE = re.compile(r"^\s*(.+?)\s*/\s*(s|min|h)\s*$")
 _PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def parse_size(value: Any, key: str) -> float:
     """Bytes from an integer or a string such as ``512MiB`` or ``80GiB``."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            return float(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    raise ScenarioError(f"{key}: expected a size such as 512MiB or 80GiB, got {value!r}")
+    try:
+        return config_parse_size(value, key)
+    except ConfigError as e:
+        raise ScenarioError(str(e)) from None
 
 
 def parse_rate(value: Any, key: str) -> float:
@@ -133,6 +128,7 @@ class DeviceSpec:
     events: tuple[EventSpec, ...] = ()
     instances: tuple[InstanceSpec, ...] = ()
     partition: str | None = None  # AMD compute partition mode, e.g. "CPX"
+    compute_mode: str = "default"  # or exclusive_process, prohibited
     unsupported: frozenset[str] = frozenset()
 
 
@@ -331,7 +327,8 @@ _MODELS = {
 def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpec:
     r = _Reader(data, key, ("vendor", "model", "architecture", "memory", "reserved", "serial",
                             "uuid", "pci_bus_id", "pcie", "power", "thermal", "clocks", "ecc",
-                            "processes", "events", "instances", "partition", "unsupported"))
+                            "processes", "events", "instances", "partition", "unsupported",
+                            "compute_mode"))
     vendor = r.str_("vendor", "nvidia")
     if vendor not in _MODELS:
         raise ScenarioError(f"{r.sub('vendor')}: must be nvidia or amd, got {vendor!r}")
@@ -394,8 +391,20 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
         events=tuple(_event(e, k) for k, e in r.items("events")),
         instances=instances,
         partition=r.str_("partition"),
+        compute_mode=_compute_mode(r),
         unsupported=frozenset(unsupported),
     )
+
+
+COMPUTE_MODES = ("default", "exclusive_process", "prohibited")
+
+
+def _compute_mode(r: _Reader) -> str:
+    mode = r.str_("compute_mode", "default") or "default"
+    if mode not in COMPUTE_MODES:
+        raise ScenarioError(f"{r.sub('compute_mode')}: must be one of "
+                            f"{', '.join(COMPUTE_MODES)}; got {mode!r}")
+    return mode
 
 
 def parse(data: Any, source: str = "scenario", base_dir: Path | None = None) -> Scenario:

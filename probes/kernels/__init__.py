@@ -1,0 +1,1 @@
+"""Probe kernels and the code that runs them, inside short-lived child processes only."""

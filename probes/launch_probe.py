@@ -1,0 +1,31 @@
+"""The ``launch_probe`` collector: how long a kernel waits to start, and how many SMs it
+reaches.
+
+A tiny kernel, two one-warp blocks per SM, records each block's SM and start time on the
+GPU's global timer, related to the host clock by calibration (``probes/kernels/``). On a busy
+or time-sliced GPU the wait shows how long work queues, which no counter gives. Each call
+runs at most one due probe; ``probes.launch.every`` sets how often a GPU is measured.
+"""
+
+from __future__ import annotations
+
+from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.model import CollectorResult
+from gpuprobe.daemon.registry import register
+
+from .orchestrator import orchestrator
+
+
+@register("launch_probe", interval=15.0, timeout=45.0,
+          description="Kernel launch latency and SM reach, in a child process per run")
+class LaunchProbe:
+    name = "launch_probe"
+
+    def __init__(self, ctx: Context) -> None:
+        self.orchestrator = orchestrator(ctx)
+
+    def collect(self, deadline: float) -> CollectorResult:
+        return self.orchestrator.tick("launch")
+
+    def close(self) -> None:
+        pass
