@@ -57,6 +57,7 @@ SIGNATURES: dict[str, list[Any]] = {
     "cuStreamCreate": [P(CUstream), C.c_uint],
     "cuStreamDestroy_v2": [CUstream],
     "cuStreamSynchronize": [CUstream],
+    "cuStreamQuery": [CUstream],
     "cuEventCreate": [P(CUevent), C.c_uint],
     "cuEventDestroy_v2": [CUevent],
     "cuEventRecord": [CUevent, CUstream],
@@ -77,6 +78,7 @@ CU_CTX_SCHED_BLOCKING_SYNC = 0x4  # wait on events without spinning a CPU core
 CU_MEMHOSTALLOC_PORTABLE = 0x1
 CU_STREAM_NON_BLOCKING = 0x1
 CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
+CUDA_ERROR_NOT_READY = 600
 CU_JIT_ERROR_LOG_BUFFER = 5
 CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6
 
@@ -252,6 +254,19 @@ def _launch(d: CudaProbeDevice, f: CUfunction, blocks: int, threads: int, args: 
     d.cuda("cuLaunchKernel", f, blocks, 1, 1, threads, 1, 1, 0, stream, params, None)
 
 
+def _poll(d: CudaProbeDevice, stream: CUstream, limit_s: float = 0.05) -> None:
+    """Wait for a stream by polling, for a short job; fall back to a blocking wait."""
+    query = d.cuda.fn["cuStreamQuery"]
+    give_up = time.monotonic() + limit_s
+    while time.monotonic() < give_up:
+        rc = query(stream)
+        if rc == 0:
+            return
+        if rc != CUDA_ERROR_NOT_READY:
+            raise CudaError(f"cuStreamQuery: {d.cuda.error_name(rc)}")
+    d.cuda("cuStreamSynchronize", stream)
+
+
 def launch(d: CudaProbeDevice, spin_ns: int, reach_bound_ns: int, calibrations: int,
            progress: Callable[[str], None]) -> dict:
     """How long a kernel launched now waits before its first block runs, and the share of
@@ -259,7 +274,9 @@ def launch(d: CudaProbeDevice, spin_ns: int, reach_bound_ns: int, calibrations: 
 
     The GPU's global timer is related to the host's monotonic clock by launching a
     one-thread kernel that reads it, ``calibrations`` times, and keeping the run with the
-    shortest round trip (as NTP does); its half round trip bounds the error."""
+    shortest round trip (as NTP does); its half round trip bounds the error. The round trip
+    polls the stream rather than sleeping on it (a blocking wait adds tens of microseconds
+    of wake-up); the kernel is one thread, so the poll lasts microseconds."""
     cu = d.cuda
     module = load_ptx(d)
     sms = d.sm_count()
@@ -277,7 +294,7 @@ def launch(d: CudaProbeDevice, spin_ns: int, reach_bound_ns: int, calibrations: 
         for _ in range(calibrations):
             t0 = time.monotonic_ns()
             _launch(d, stamp, 1, 1, [buf.value], stream)
-            cu("cuStreamSynchronize", stream)
+            _poll(d, stream)
             t1 = time.monotonic_ns()
             cu("cuMemcpyDtoH_v2", C.byref(gt), buf, 8)
             rtt, offset = t1 - t0, gt.value - (t0 + t1) // 2
