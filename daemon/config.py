@@ -90,6 +90,20 @@ class ProbesConfig:
 
 
 @dataclass(frozen=True)
+class LeaksConfig:
+    """The memory-leak detector; docs/leaks.md gives the reasoning behind each default."""
+
+    window: float = field(default=1800.0, metadata=_duration(60.0))
+    min_samples: int = field(default=12, metadata={"min": 6, "max": 10000})
+    segments: int = field(default=6, metadata={"min": 3, "max": 60})
+    min_rate: float = field(default=2**19 / 60, metadata={"rate": True, "min": 0.0})
+    min_snr: float = field(default=4.0, metadata={"min": 0.0})
+    min_duration: float = field(default=240.0, metadata=_duration(0.0))
+    max_pause: float = field(default=360.0, metadata=_duration(0.0))
+    warmup_grace: float = field(default=600.0, metadata=_duration(0.0))
+
+
+@dataclass(frozen=True)
 class ExporterConfig:
     process_metrics: bool = True
     max_processes_per_device: int = field(default=32, metadata={"min": 0, "max": 4096})
@@ -115,6 +129,7 @@ class Config:
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
+    leaks: LeaksConfig = field(default_factory=LeaksConfig)
     host: HostConfig = field(default_factory=HostConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
@@ -170,6 +185,21 @@ def parse_size(value: Any, key: str) -> float:
     raise ConfigError(f"{key}: expected a size such as 512MiB or 80GiB, got {value!r}")
 
 
+_RATE_RE = re.compile(r"^\s*(.+?)\s*/\s*(s|min|h)\s*$")
+_PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: Any, key: str) -> float:
+    """Bytes per second from a number or a string such as ``20MiB/min``."""
+    if isinstance(value, str):
+        m = _RATE_RE.match(value)
+        if m:
+            return parse_size(m.group(1), key) / _PER[m.group(2)]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{key}: expected a rate such as 1MiB/min, got {value!r}")
+
+
 def _type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number", type(None): "nothing"}.get(type(value),
@@ -195,6 +225,10 @@ def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
         seconds = parse_duration(value, key)
         _check_range(seconds, meta, key)
         return seconds
+    if meta.get("rate"):
+        rate = parse_rate(value, key)
+        _check_range(rate, meta, key)
+        return rate
     if meta.get("size"):
         size = int(parse_size(value, key))
         _check_range(size, meta, key)

@@ -7,6 +7,7 @@ simulator's process tree; the backends cannot tell the difference.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +25,15 @@ class Context:
         self.proc_root = proc_root or config.host.proc_root
         self.store: Any = None  # the daemon's Store, for collectors that act on what others saw
         self._shared: dict[str, Any] = {}
+        self._epoch = time.time()
         self._lock = threading.RLock()  # a factory may ask for another shared object
+
+    def now(self) -> float:
+        """Unix seconds, or under simulation the scenario's clock on the same scale (it
+        starts at the daemon's start and runs time_acceleration times faster)."""
+        if self.simulation is not None:
+            return self._epoch + self.simulation.world.clock.now()
+        return time.time()
 
     def nvml(self) -> Any:
         """The pynvml module, or the simulated NVML face."""

@@ -181,6 +181,26 @@ class ProbeSample:
 
 
 @dataclass(frozen=True, slots=True)
+class LeakSample:
+    """The leak detector's view of one memory series: a device's, or a process's on a device.
+
+    Rates are bytes per second and times seconds, of the time the series was sampled in
+    (scenario time under --simulate). ``exhaustion_seconds`` is None when not growing."""
+
+    kind: str  # "device" or "process"
+    device_uuid: str
+    growth_bytes_per_second: float
+    suspected: bool
+    confidence: float
+    growth_seconds: float
+    exhaustion_seconds: float | None = None
+    pid: int | None = None
+    name: str | None = None
+    container_id: str | None = None
+    pod_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BackendStatus:
     """State of a vendor library as seen by the daemon."""
 
@@ -206,7 +226,10 @@ class CollectorResult:
     xid_counts: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
     backends: tuple[BackendStatus, ...] = ()
     probes: tuple[ProbeSample, ...] = ()
+    leaks: tuple[LeakSample, ...] = ()
     errors: Mapping[str, int] = field(default_factory=dict)
+    # When the readings were taken (Unix seconds; scenario time under --simulate).
+    timestamp: float | None = None
 
 
 # PCIe raw rate per lane (GT/s) and encoding efficiency, by generation. Gen 6 uses FLIT mode:

@@ -79,6 +79,7 @@ class NvidiaProcesses:
         self.session = nvml_session(ctx)
         self.resolver = resolver(ctx)
         self.probe_children: set[int] = ctx.shared("probe.children", set)
+        self.now = ctx.now
 
     def _list(self, dev: NvDevice, q: Query) -> dict[int, int | None] | None:
         try:
@@ -115,7 +116,8 @@ class NvidiaProcesses:
                 else:
                     samples.append(ProcessSample(uuid, pid, used, h.name, h.start_ticks,
                                                  h.container_id, h.pod_uid))
-        return CollectorResult(ok=True, processes=tuple(samples), errors=errors)
+        return CollectorResult(ok=True, processes=tuple(samples), errors=errors,
+                               timestamp=self.now())
 
     def close(self) -> None:
         pass  # the shared session is closed with the context

@@ -369,6 +369,7 @@ class NvidiaTelemetry:
     def __init__(self, ctx: Context) -> None:
         self.session = nvml_session(ctx)
         self.session.driven = True
+        self.now = ctx.now
         self.gpm_enabled = ctx.config.nvidia.gpm
         self._stuck: set[str] = set()
         self.session.on_shutdown(lambda: free_samples(self.session))
@@ -424,7 +425,7 @@ class NvidiaTelemetry:
                 devices=tuple(down_sample(d, "backend down") for d in devices),
                 backends=(session.status(),), errors=errors)
         return CollectorResult(ok=True, devices=tuple(samples), backends=(session.status(),),
-                               errors=errors)
+                               errors=errors, timestamp=self.now())
 
     def close(self) -> None:
         pass  # the shared session is closed with the context

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from gpuprobe.daemon.config import ConfigError, parse_duration
+from gpuprobe.daemon.config import parse_rate as config_parse_rate
 from gpuprobe.daemon.config import parse_size as config_parse_size
 
 from .patterns import PATTERNS, MemoryPattern
@@ -34,10 +35,6 @@ class ScenarioError(ValueError):
     """A scenario problem, phrased as one line naming the key."""
 
 
-_RATE_RE = re.compile(r"^\s*(.+?)\s*/\s*(s|min|h)\s*$")
-_PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
-
-
 def parse_size(value: Any, key: str) -> float:
     """Bytes from an integer or a string such as ``512MiB`` or ``80GiB``."""
     try:
@@ -48,13 +45,10 @@ def parse_size(value: Any, key: str) -> float:
 
 def parse_rate(value: Any, key: str) -> float:
     """Bytes per second from a string such as ``20MiB/min``."""
-    if isinstance(value, str):
-        m = _RATE_RE.match(value)
-        if m:
-            return parse_size(m.group(1), key) / _PER[m.group(2)]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ScenarioError(f"{key}: expected a rate such as 20MiB/min, got {value!r}")
+    try:
+        return config_parse_rate(value, key)
+    except ConfigError as e:
+        raise ScenarioError(str(e).replace("1MiB/min", "20MiB/min")) from None
 
 
 def _seconds(value: Any, key: str) -> float:
