@@ -60,44 +60,47 @@ def flat_then_leak(base: float, rate_mib_min: float, start: float, noise: float,
     return f
 
 
-def corpus() -> list[Trace]:
+def corpus(seed: int = 0) -> list[Trace]:
+    """The traces; ``seed`` shifts every trace's noise (0: the published table)."""
+    s = seed * 100
     leaks = [Trace(f"steady leak, {r:g} MiB/min from the start", True,
-                   flat_then_leak(2 * GIB, r, 0, 1 * MIB, 10 + i), 0, r)
+                   flat_then_leak(2 * GIB, r, 0, 1 * MIB, s + 10 + i), 0, r)
              for i, r in enumerate((1, 4))]
     leaks += [Trace(f"steady leak, {r:g} MiB/min after 20 min flat", True,
-                    flat_then_leak(4 * GIB, r, 1200, 2 * MIB, 20 + i), 1200, r)
+                    flat_then_leak(4 * GIB, r, 1200, 2 * MIB, s + 20 + i), 1200, r)
               for i, r in enumerate((1, 16, 64, 256))]
     leaks += [
         Trace("steady leak, 1 MiB/min after 2 h flat", True,
-              flat_then_leak(6 * GIB, 1, 7200, 2 * MIB, 30), 7200, 1),
+              flat_then_leak(6 * GIB, 1, 7200, 2 * MIB, s + 30), 7200, 1),
         Trace("staircase leak, +64 MiB every 5 min", True,
               pattern(MemoryPattern("staircase", base=3 * GIB, step=64 * MIB, period=300,
-                                    noise=1 * MIB), 31), 0, 64 / 5),
+                                    noise=1 * MIB), s + 31), 0, 64 / 5),
         Trace("slow leak under noise, 2 MiB/min +/- 8 MiB", True,
-              flat_then_leak(5 * GIB, 2, 600, 8 * MIB, 32), 600, 2),
+              flat_then_leak(5 * GIB, 2, 600, 8 * MIB, s + 32), 600, 2),
     ]
     quiet = [
         Trace("allocator sawtooth, 4-12 GiB every 10 min", False,
               pattern(MemoryPattern("sawtooth", base=4 * GIB, peak=12 * GIB, period=600,
-                                    noise=16 * MIB), 40)),
+                                    noise=16 * MIB), s + 40)),
         Trace("fast allocator sawtooth, 2-6 GiB every 45 s", False,
-              pattern(MemoryPattern("sawtooth", base=2 * GIB, peak=6 * GIB, period=45), 41)),
+              pattern(MemoryPattern("sawtooth", base=2 * GIB, peak=6 * GIB, period=45), s + 41)),
         Trace("warm-up to 22 GiB over 5 min, then plateau", False,
               pattern(MemoryPattern("warmup", base=1 * GIB, peak=22 * GIB, ramp=300,
-                                    noise=64 * MIB), 42)),
+                                    noise=64 * MIB), s + 42)),
         Trace("staged warm-up: +4 GiB at 0, 2 and 4 min", False,
-              lambda t: (4 + 4 * min(2, int(t // 120))) * GIB + 8 * MIB * smooth_noise(43, 43, t)),
+              lambda t: (4 + 4 * min(2, int(t // 120))) * GIB
+              + 8 * MIB * smooth_noise(s + 43, 43, t)),
         Trace("training epochs: 30 GiB, 52 GiB peaks of 8 min every 40 min", False,
               pattern(MemoryPattern("epochs", base=30 * GIB, peak=52 * GIB, period=2400,
-                                    ramp=480, noise=32 * MIB), 44)),
+                                    ramp=480, noise=32 * MIB), s + 44)),
         Trace("periodic spikes: +4 GiB for 1 min every 10 min", False,
               pattern(MemoryPattern("epochs", base=10 * GIB, peak=14 * GIB, period=600,
-                                    ramp=60, noise=16 * MIB), 45)),
+                                    ramp=60, noise=16 * MIB), s + 45)),
         Trace("flat with noise, 10 GiB +/- 32 MiB", False,
-              pattern(MemoryPattern("constant", base=10 * GIB, noise=32 * MIB), 46)),
+              pattern(MemoryPattern("constant", base=10 * GIB, noise=32 * MIB), s + 46)),
         Trace("flat, then frees everything at 5 h", False,
               lambda t: 0.0 if t >= 5 * 3600 else 15 * GIB * min(1.0, t / 60)
-              + 4 * MIB * smooth_noise(47, 47, t)),
+              + 4 * MIB * smooth_noise(s + 47, 47, t)),
     ]
     return leaks + quiet
 
@@ -143,10 +146,10 @@ def evaluate(trace: Trace, cfg: LeaksConfig) -> dict[str, float | None]:
     return fired
 
 
-def run(cfg: LeaksConfig | None = None) -> list[dict]:
+def run(cfg: LeaksConfig | None = None, seed: int = 0) -> list[dict]:
     cfg = cfg or LeaksConfig()
     rows = []
-    for trace in corpus():
+    for trace in corpus(seed):
         fired = evaluate(trace, cfg)
         row = {"trace": trace, "fired": fired}
         if trace.leak:
@@ -215,13 +218,41 @@ def table(rows: list[dict], cfg: LeaksConfig) -> str:
     return "\n".join(lines)
 
 
+def robustness(cfg: LeaksConfig, seeds: int) -> str:
+    """The corpus again with other noise: how often each target holds across seeds."""
+    failures: dict[str, list[str]] = {}
+    met = {k: 0 for k in ("no false alarm", "every leak within 15 min",
+                          "faster than predict_linear")}
+    for seed in range(1, seeds + 1):
+        rows = run(cfg, seed)
+        for k, ok in verdicts(rows).items():
+            met[k] += ok
+        for r in rows:
+            tr = r["trace"]
+            if not tr.leak and r["fired"]["gpuprobe"] is not None:
+                failures.setdefault(tr.name, []).append(f"seed {seed}: false alarm")
+            if tr.leak and tr.rate >= 1 and (r["latency"]["gpuprobe"] is None
+                                             or r["latency"]["gpuprobe"] > 900):
+                failures.setdefault(tr.name, []).append(f"seed {seed}: late or missed")
+    lines = [f"The same corpus with the noise of {seeds} other seeds "
+             f"(`--seeds {seeds}`): " + "; ".join(f"{k}: {n} of {seeds}"
+                                                   for k, n in met.items()) + "."]
+    for name, what in failures.items():
+        lines.append(f"- {name}: " + ", ".join(what))
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", metavar="FILE")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="also rerun the corpus with this many other noise seeds")
     args = ap.parse_args()
     cfg = LeaksConfig()
     rows = run(cfg)
     text = table(rows, cfg)
+    if args.seeds:
+        text = text.replace("\n" + END, "\n\n" + robustness(cfg, args.seeds) + "\n" + END)
     print(text)
     if args.write:
         path = Path(args.write)

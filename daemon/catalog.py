@@ -260,6 +260,63 @@ CATALOG: tuple[MetricSpec, ...] = (
     M("gpuprobe_device_processes", "gauge",
       "Processes holding memory on the device, all of them (not capped).", "", "device",
       "length of the process lists above"),
+    # -- memory-leak detector (daemon/leaks.py; docs/leaks.md) -------------------------------
+    M("gpuprobe_memory_growth_bytes_per_second", "gauge",
+      "Robust (Theil-Sen) growth rate of the device's used memory over the leak detector's "
+      "window, in bytes per second; negative when it shrinks.",
+      "bytes", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+    M("gpuprobe_memory_leak_suspected", "gauge",
+      "1 while the leak detector sees sustained growth of the device's used memory that a "
+      "sawtooth, a warm-up, peaks or noise do not explain, 0 otherwise.",
+      "", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+    M("gpuprobe_memory_leak_confidence_ratio", "gauge",
+      "How sure the leak detector is of the growth of the device's used memory (0-1): its margin "
+      "over the noise and how long it has lasted.",
+      "ratio", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+    M("gpuprobe_memory_growth_duration_seconds", "gauge",
+      "How long the leak-like growth of the device's used memory has lasted without a break "
+      "longer than leaks.max_pause; 0 when there is none.",
+      "seconds", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+    M("gpuprobe_memory_exhaustion_seconds", "gauge",
+      "Projected time until the device's memory is full if the device's used memory goes on "
+      "growing at its current rate; present only while a leak is suspected.",
+      "seconds", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+    M("gpuprobe_process_memory_growth_bytes_per_second", "gauge",
+      "Robust (Theil-Sen) growth rate of the process's memory over the leak detector's window, in"
+      " bytes per second; negative when it shrinks.",
+      "bytes", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      labels=("pid", "process_name", "container_id", "pod_uid")),
+    M("gpuprobe_process_memory_leak_suspected", "gauge",
+      "1 while the leak detector sees sustained growth of the process's memory that a sawtooth, a"
+      " warm-up, peaks or noise do not explain, 0 otherwise. Suspected processes are always "
+      "exported, even beyond exporter.max_processes_per_device.",
+      "", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      labels=("pid", "process_name", "container_id", "pod_uid")),
+    M("gpuprobe_process_memory_leak_confidence_ratio", "gauge",
+      "How sure the leak detector is of the growth of the process's memory (0-1): its margin over"
+      " the noise and how long it has lasted.",
+      "ratio", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      labels=("pid", "process_name", "container_id", "pod_uid")),
+    M("gpuprobe_process_memory_growth_duration_seconds", "gauge",
+      "How long the leak-like growth of the process's memory has lasted without a break longer "
+      "than leaks.max_pause; 0 when there is none.",
+      "seconds", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      labels=("pid", "process_name", "container_id", "pod_uid")),
+    M("gpuprobe_process_memory_exhaustion_seconds", "gauge",
+      "Projected time until the device's memory is full if the process's memory goes on growing "
+      "at its current rate; present only while a leak is suspected.",
+      "seconds", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
+      labels=("pid", "process_name", "container_id", "pod_uid")),
     # -- active probes ---------------------------------------------------------------------
     M("gpuprobe_probe_pcie_bandwidth_bytes_per_second", "gauge",
       "Bandwidth the last successful PCIe probe measured, per direction (a cached "
@@ -339,6 +396,7 @@ BY_NAME = {m.name: m for m in CATALOG}
 def markdown() -> str:
     """The metric table for docs/metrics.md."""
     scope_labels = {"device": DEVICE_LABELS, "process": DEVICE_LABELS, "xid": DEVICE_LABELS,
+                    "leak": DEVICE_LABELS, "process_leak": DEVICE_LABELS,
                     "probe": DEVICE_LABELS, "collector": (), "backend": (), "build": ()}
     lines = ["| Metric | Type | Unit | Labels | Meaning | NVIDIA source | AMD source |",
              "|---|---|---|---|---|---|---|"]

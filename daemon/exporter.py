@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import Metric
 
 from .catalog import CATALOG, DEVICE_LABELS, MetricSpec
 from .config import ExporterConfig
-from .model import DeviceIdentity, ProbeSample, ProcessSample
+from .model import DeviceIdentity, LeakSample, ProbeSample, ProcessSample
 from .state import Store
 
 PROBE_OUTCOMES = ("ok", "skipped", "failed", "timeout", "discarded")
@@ -41,6 +41,18 @@ def device_labels(identity: DeviceIdentity) -> dict[str, str]:
                       strict=True))
     if identity.parent_uuid:
         labels["parent_uuid"] = identity.parent_uuid
+    return labels
+
+
+def _process_labels(base: dict[str, str], pid: int, name: str | None,
+                    container_id: str | None, pod_uid: str | None) -> dict[str, str]:
+    labels = {**base, "pid": str(pid)}
+    if name:
+        labels["process_name"] = name
+    if container_id:
+        labels["container_id"] = container_id
+    if pod_uid:
+        labels["pod_uid"] = pod_uid
     return labels
 
 
@@ -97,6 +109,25 @@ class SnapshotCollector:
             f.add("gpuprobe_probe_skips_total", {**p, "reason": reason}, n)
         f.add("gpuprobe_probe_gpu_seconds_total", p, ps.gpu_seconds_total)
 
+    def _leak(self, f: _Families, base: dict[str, str], leak: LeakSample,
+              shown: set[tuple[str, int]]) -> None:
+        if leak.kind == "device":
+            prefix, labels = "gpuprobe_", base
+        else:
+            # Processes beyond the cap have no series, unless they are suspected of leaking.
+            if not self.config.process_metrics or leak.pid is None or (
+                    (leak.device_uuid, leak.pid) not in shown and not leak.suspected):
+                return
+            prefix = "gpuprobe_process_"
+            labels = _process_labels(base, leak.pid, leak.name, leak.container_id,
+                                     leak.pod_uid)
+        f.add(prefix + "memory_growth_bytes_per_second", labels, leak.growth_bytes_per_second)
+        f.add(prefix + "memory_leak_suspected", labels, leak.suspected)
+        f.add(prefix + "memory_leak_confidence_ratio", labels, leak.confidence)
+        f.add(prefix + "memory_growth_duration_seconds", labels, leak.growth_seconds)
+        if leak.exhaustion_seconds is not None:
+            f.add(prefix + "memory_exhaustion_seconds", labels, leak.exhaustion_seconds)
+
     def describe(self) -> Iterator[Metric]:
         for m in CATALOG:
             yield Metric(m.family, m.help, m.type)
@@ -134,6 +165,7 @@ class SnapshotCollector:
                     for code, count in sorted(codes.items()):
                         f.add("gpuprobe_xid_errors_total", {**ids[uuid], "xid": str(code)},
                               count)
+        shown: set[tuple[str, int]] = set()  # (device uuid, pid) with per-process series
         for uuid, procs in processes.items():
             if uuid not in ids:
                 continue
@@ -144,14 +176,15 @@ class SnapshotCollector:
             for p in procs[: self.config.max_processes_per_device]:
                 if p.used_memory_bytes is None:
                     continue
-                labels = {**ids[uuid], "pid": str(p.pid)}
-                if p.name:
-                    labels["process_name"] = p.name
-                if p.container_id:
-                    labels["container_id"] = p.container_id
-                if p.pod_uid:
-                    labels["pod_uid"] = p.pod_uid
-                f.add("gpuprobe_process_memory_used_bytes", labels, p.used_memory_bytes)
+                shown.add((uuid, p.pid))
+                f.add("gpuprobe_process_memory_used_bytes",
+                      _process_labels(ids[uuid], p.pid, p.name, p.container_id, p.pod_uid),
+                      p.used_memory_bytes)
+
+        for result in view.results.values():
+            for leak in result.leaks:
+                if leak.device_uuid in ids:
+                    self._leak(f, ids[leak.device_uuid], leak, shown)
 
         for result in view.results.values():
             for ps in result.probes:

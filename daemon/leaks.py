@@ -14,8 +14,8 @@ these hold:
 * it never drops: no sample falls below the highest before it by more than the noise, and
   the window's segment medians never step down (an allocator sawtooth, epoch peaks and
   spikes drop; a leak only grows);
-* it is still growing: the median of the last third is above the middle third's (a warm-up
-  has reached its plateau);
+* it is still growing: the median of the last third rose over the middle third's by at least
+  half of what the slope predicts (a warm-up that reached its plateau has not);
 * it reaches a new high: above any level the series held before the window (a sawtooth and
   repeated peaks come back to the same highs; a leak exceeds them).
 
@@ -105,8 +105,11 @@ def judge(t: list[float], v: list[float], past_high: float | None,
     if any(b - a < -tol for a, b in itertools.pairwise(medians)):
         return _Window(slope, snr, False)  # it stepped down
     third = max(1, n // 3)
-    if _median(v[-third:]) <= _median(v[n - 2 * third:n - third]) + tol / 3:
-        return _Window(slope, snr, False)  # no longer growing: a plateau
+    recent = _median(v[-third:]) - _median(v[n - 2 * third:n - third])
+    if recent <= max(tol / 3, 0.5 * slope * (t[-1] - t[n - 2 * third])):
+        # The last third grew less than half what steady growth at this slope would have
+        # added since the middle third: a ramp that reached its plateau, not a leak.
+        return _Window(slope, snr, False)
     if past_high is not None and medians[-1] <= past_high + tol:
         return _Window(slope, snr, False)  # not above what it held before: not new memory
     return _Window(slope, snr, True)
@@ -115,8 +118,8 @@ def judge(t: list[float], v: list[float], past_high: float | None,
 class Series:
     """One memory series and the state of its judgement."""
 
-    __slots__ = ("evicted", "first", "growing_since", "high", "last_growing", "suspected",
-                 "t", "v")
+    __slots__ = ("evicted", "first", "growing_since", "high", "last", "last_growing",
+                 "suspected", "t", "v")
 
     def __init__(self) -> None:
         self.t = array("d")
@@ -127,6 +130,7 @@ class Series:
         self.growing_since: float | None = None  # start of the current run of growth
         self.last_growing: float | None = None  # when growth was last seen
         self.suspected = False
+        self.last: Assessment | None = None  # the assessment of the newest sample
 
     def add(self, t: float, v: float, keep: float) -> None:
         if self.t and t <= self.t[-1]:
@@ -206,14 +210,28 @@ class LeakDetector:
         s.add(t, value, self.keep_seconds())
 
     def assess(self, key: Hashable) -> Assessment | None:
+        """Judge the series at its newest sample. Call once per new sample: the growth run
+        it tracks advances with each call (``last`` re-reads the verdict)."""
         s = self.series.get(key)
         if s is None or len(s.t) < 2:
             return None
         if self._interval is not None and self.cfg.window < self.cfg.min_samples * self._interval:
             # Sparse sampling: judge over min_samples samples instead of the window.
             cfg = LeaksConfig(**{**self.cfg.__dict__, "window": self.keep_seconds()})
-            return s.assess(cfg)
-        return s.assess(self.cfg)
+            s.last = s.assess(cfg)
+        else:
+            s.last = s.assess(self.cfg)
+        return s.last
+
+    def last(self, key: Hashable) -> Assessment | None:
+        s = self.series.get(key)
+        return None if s is None else s.last
+
+    def restart_grace(self, key: Hashable, t: float) -> None:
+        """Start the warm-up grace of a series again at ``t`` (a new job on a device)."""
+        s = self.series.get(key)
+        if s is not None:
+            s.first = t
 
     def forget(self, keys: set) -> None:
         for k in keys:

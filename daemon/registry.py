@@ -46,6 +46,7 @@ BUILTIN_MODULES = (
     "gpuprobe.probes.nvidia.events",
     "gpuprobe.probes.pcie_probe",
     "gpuprobe.probes.launch_probe",
+    "gpuprobe.probes.memory_leaks",
 )
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 FAST_CONFIG = {
     "collectors": {"nvidia": {"interval": "500ms"}, "nvidia_processes": {"interval": "500ms"},
-                   "nvidia_events": {"interval": "500ms"},
+                   "nvidia_events": {"interval": "500ms"}, "memory_leaks": {"interval": "250ms"},
                    "pcie_probe": {"interval": "500ms", "timeout": "45s"},
                    "launch_probe": {"interval": "500ms", "timeout": "45s"}},
     "nvidia": {"retry_initial": "100ms", "retry_max": "500ms"},
