@@ -186,7 +186,7 @@ BEGIN, END = "<!-- BEGIN leaks.py -->", "<!-- END leaks.py -->"
 def table(rows: list[dict], cfg: LeaksConfig) -> str:
     v = verdicts(rows)
     lines = [BEGIN,
-             f"Measured by `.venv/bin/python benchmarks/leaks.py --write docs/performance.md`, "
+             f"Measured by `.venv/bin/python benchmarks/leaks.py {' '.join(sys.argv[1:])}`, "
              f"{time.strftime('%Y-%m-%d')}. Each trace: one process on an 80 GiB GPU, a sample "
              f"every 10 s for 6 h; rules evaluated every minute. Leaks: time from the leak's "
              f"start to the first alarm. Detector defaults: window {cfg.window / 60:g} min, "

@@ -23,8 +23,8 @@ from gpuprobe.daemon.registry import register
 NAME = "memory_leaks"
 MISSES_BEFORE_FORGET = 3
 # A hard bound whatever the host runs: beyond it, new series are not tracked (the detector's
-# memory stays under MAX_SERIES * ~3 KB).
-MAX_SERIES = 4096
+# memory stays under MAX_SERIES * 3.7 KB, 7.5 MB).
+MAX_SERIES = 2048
 
 
 def _exhaustion(a: Assessment, free: int | None) -> float | None:
