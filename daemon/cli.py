@@ -19,6 +19,7 @@ from typing import Any
 
 from . import config as config_mod
 from .exporter import version
+from .systemd import Notifier
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -89,6 +90,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import Daemon
 
     daemon = Daemon(cfg, sim)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         daemon.start()
     except OSError as e:
@@ -96,18 +106,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _Fail(f"cannot listen on {cfg.listen}: {e.strerror or e}", EXIT_RUNTIME) from None
     mode = f"simulating scenario {sim.scenario.name!r}" if sim else "real devices"
     log.info("gpuprobe %s listening on %s (%s)", version(), cfg.listen, mode)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(1.0):
-        pass
+    supervise(daemon, stop, Notifier())
     daemon.stop()
     return 0
+
+
+def supervise(daemon: Any, stop: threading.Event, notifier: Notifier) -> None:
+    """Tell systemd when the daemon is ready (config loaded, port bound, every collector
+    tried once: device discovery has been attempted), ping its watchdog while the scheduler
+    ticks (whether or not the GPUs answer), and say when it stops."""
+    ping = notifier.watchdog_seconds / 2 if notifier.watchdog_seconds else None
+    ready = False
+    next_ping = 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        if not ready and daemon.scheduler.attempted_all():
+            ready = True
+            devices = len(daemon.store.view().devices())
+            notifier.ready(f"serving {daemon.config.listen}; {devices} devices")
+            log.info("ready: every collector has run once (%d devices)", devices)
+        if ping is not None and now >= next_ping:
+            if daemon.alive():
+                notifier.watchdog()
+            else:  # a wedged scheduler: let systemd's watchdog restart us
+                log.error("scheduler has not ticked for %.0f s; not pinging the watchdog",
+                          now - daemon.scheduler.heartbeat)
+            next_ping = now + ping
+        stop.wait(min(0.25 if not ready else 1.0, ping or 1.0))
+    notifier.stopping()
 
 
 def _human_bytes(n: float | None) -> str:

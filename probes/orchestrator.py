@@ -42,6 +42,7 @@ from gpuprobe.daemon.model import (
     ProcessSample,
     pcie_link_bytes_per_second,
 )
+from gpuprobe.daemon.systemd import child_environment
 
 log = logging.getLogger("gpuprobe.probes")
 
@@ -70,7 +71,7 @@ def run_child(request: dict, env: Mapping[str, str], timeout: float,
               started: Callable[[int], None] | None = None) -> Outcome:
     """Run one probe in a child process; kill it (and its group) at ``timeout``."""
     with tempfile.TemporaryDirectory(prefix="gpuprobe-probe-") as private:
-        full_env = {**os.environ, **env, "CUDA_MPS_PIPE_DIRECTORY": private,
+        full_env = {**child_environment(os.environ), **env, "CUDA_MPS_PIPE_DIRECTORY": private,
                     "CUDA_MPS_LOG_DIRECTORY": private, "CUDA_MODULE_LOADING": "LAZY"}
         if os.environ.get("CACHE_DIRECTORY"):  # systemd's CacheDirectory=: keep JIT'd PTX
             full_env["CUDA_CACHE_PATH"] = os.path.join(os.environ["CACHE_DIRECTORY"], "cuda")

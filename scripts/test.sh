@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: a virtual environment (.venv) with gpuprobe and
 # its test extras, and Debian's prometheus package (prometheus and promtool), unpacked into
-# .cache/prometheus without starting any service. Extra arguments go to pytest.
+# .cache/prometheus without starting any service, and systemd-analyze (Debian's systemd
+# package) where it is missing. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,14 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
         dpkg -x .cache/prometheus/prometheus_*.deb .cache/prometheus
     fi
     export PATH="$PWD/.cache/prometheus/usr/bin:$PATH"
+fi
+
+# systemd-analyze checks the shipped unit (tests/test_systemd.py); nothing is started.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd
 fi
 
 python3 -m venv .venv
