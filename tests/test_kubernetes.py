@@ -1,0 +1,95 @@
+"""The Kubernetes manifests: valid against the Kubernetes schemas (kubernetes-validate,
+offline), consistent with each other, and the PrometheusRule equal to the rules file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gpuprobe.daemon import config as config_mod
+
+from .conftest import ROOT
+
+K8S = ROOT / "deploy" / "kubernetes"
+RULES = ROOT / "deploy" / "prometheus" / "gpuprobe-rules.yml"
+CORE = ["namespace.yaml", "configmap.yaml", "daemonset.yaml", "service.yaml"]
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((K8S / name).read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_manifests_validate_strictly_against_the_kubernetes_schema(name):
+    kubernetes_validate.validate(load(name), kubernetes_validate.latest_version(), strict=True)
+
+
+def test_validator_rejects_a_broken_manifest():
+    ds = load("daemonset.yaml")
+    ds["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_daemonset_has_what_process_attribution_and_gpus_need():
+    ds = load("daemonset.yaml")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True
+    c = pod["containers"][0]
+    assert c["securityContext"]["privileged"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and "compute" in env[
+        "NVIDIA_DRIVER_CAPABILITIES"]
+    assert c["ports"][0] == {"name": "metrics", "containerPort": 14787, "protocol": "TCP"}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert ds["spec"]["selector"]["matchLabels"].items() <= pod.get(
+        "labels", ds["spec"]["template"]["metadata"]["labels"]).items()
+
+
+def test_configmap_is_a_valid_gpuprobe_config():
+    data = yaml.safe_load(load("configmap.yaml")["data"]["gpuprobe.yaml"])
+    cfg = config_mod.from_mapping(data)
+    assert cfg.listen_address()[1] == 14787
+
+
+def test_service_and_servicemonitor_select_the_pods():
+    ds, svc, sm = load("daemonset.yaml"), load("service.yaml"), load("servicemonitor.yaml")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == [svc["metadata"]["namespace"]]
+    endpoint = sm["spec"]["endpoints"][0]
+    assert endpoint["port"] == svc["spec"]["ports"][0]["name"]
+    # The Operator names the job after the Service: the exporter-down alert selects it.
+    assert svc["metadata"]["name"] == "gpuprobe"
+    assert 'up{job="gpuprobe"}' in RULES.read_text(encoding="utf-8")
+
+
+def test_prometheusrule_holds_the_rules_file_and_is_up_to_date(promtool, tmp_path):
+    pr = load("prometheusrule.yaml")
+    assert pr["apiVersion"] == "monitoring.coreos.com/v1" and pr["kind"] == "PrometheusRule"
+    assert pr["spec"]["groups"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-prometheusrule.py"),
+                        "--check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rules = tmp_path / "from-prometheusrule.yml"
+    rules.write_text(yaml.safe_dump({"groups": pr["spec"]["groups"]}))
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_kustomization_lists_every_manifest():
+    k = load("kustomization.yaml")
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(k["resources"]) == files
+    image = load("daemonset.yaml")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.split(":")[0] in {i["name"] for i in k["images"]}
