@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""Builds gpuprobe's Grafana dashboards (grafana/dashboards/*.json) from the panel lists below.
+
+    python grafana/build.py          # rewrite the JSON files
+    python grafana/build.py --check  # exit 1 if a file differs from what this builds
+
+One source keeps the five dashboards consistent: the same variables (datasource, instance,
+vendor, gpu), a unit on every panel, and no query that names a vendor. tests/test_grafana.py
+checks the files and that they equal this script's output; tests/test_e2e_prometheus.py runs
+every query against a real Prometheus scraping the simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+SCHEMA_VERSION = 39
+DS = {"type": "prometheus", "uid": "${datasource}"}
+# The device selector every device panel uses.
+S = 'instance=~"$instance", vendor=~"$vendor", gpu=~"$gpu"'
+I = 'instance=~"$instance"'  # noqa: E741 - the instance selector
+RI = "$__rate_interval"
+
+
+@dataclass
+class Q:
+    expr: str
+    legend: str = ""
+
+
+@dataclass
+class P:
+    title: str
+    unit: str
+    queries: list[Q]
+    kind: str = "timeseries"
+    description: str = ""
+    width: int = 12
+    height: int = 8
+    options: dict = field(default_factory=dict)
+    thresholds: list[tuple[float | None, str]] | None = None
+
+
+def _var_datasource() -> dict:
+    return {"name": "datasource", "label": "Data source", "type": "datasource",
+            "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "options": []}
+
+
+def _var_query(name: str, label: str, query: str, multi: bool = True) -> dict:
+    return {"name": name, "label": label, "type": "query", "datasource": DS,
+            "query": {"query": query, "refId": f"{name}-values"}, "definition": query,
+            "refresh": 2, "sort": 3, "multi": multi, "includeAll": multi,
+            "allValue": ".*" if multi else None, "current": {}, "hide": 0, "options": []}
+
+
+def variables(gpu_multi: bool = True) -> list[dict]:
+    return [
+        _var_datasource(),
+        _var_query("instance", "Host", "label_values(gpuprobe_build_info, instance)"),
+        _var_query("vendor", "Vendor",
+                   'label_values(gpuprobe_device_info{instance=~"$instance"}, vendor)'),
+        _var_query("gpu", "GPU", 'label_values(gpuprobe_device_info{instance=~"$instance", '
+                                 'vendor=~"$vendor"}, gpu)', multi=gpu_multi),
+    ]
+
+
+def _panel(p: P, pid: int, x: int, y: int) -> dict:
+    targets = [{"refId": chr(ord("A") + i), "datasource": DS, "expr": q.expr,
+                "legendFormat": q.legend or "__auto", "range": p.kind != "table",
+                "instant": p.kind in ("table", "stat", "bargauge")}
+               for i, q in enumerate(p.queries)]
+    defaults: dict = {"unit": p.unit}
+    if p.thresholds:
+        defaults["thresholds"] = {"mode": "absolute", "steps": [
+            {"color": c, "value": v} for v, c in p.thresholds]}
+    if p.kind == "timeseries":
+        defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 0,
+                              "showPoints": "never", "spanNulls": False}
+    panel = {"id": pid, "type": p.kind, "title": p.title, "description": p.description,
+             "datasource": DS, "gridPos": {"h": p.height, "w": p.width, "x": x, "y": y},
+             "fieldConfig": {"defaults": defaults, "overrides": []},
+             "options": p.options or _default_options(p.kind), "targets": targets}
+    return panel
+
+
+def _default_options(kind: str) -> dict:
+    if kind == "timeseries":
+        return {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                           "calcs": ["lastNotNull", "max"]},
+                "tooltip": {"mode": "multi", "sort": "desc"}}
+    if kind == "stat":
+        return {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                "colorMode": "value", "graphMode": "area", "textMode": "auto"}
+    if kind == "table":
+        return {"showHeader": True, "cellHeight": "sm"}
+    return {}
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[P],
+              gpu_multi: bool = True) -> dict:
+    laid, x, y, row_h = [], 0, 0, 0
+    for i, p in enumerate(panels, start=1):
+        if x + p.width > 24:
+            x, y, row_h = 0, y + row_h, 0
+        laid.append(_panel(p, i, x, y))
+        x += p.width
+        row_h = max(row_h, p.height)
+    return {
+        "uid": uid, "title": title, "description": description,
+        "tags": ["gpuprobe", "gpu"], "editable": True, "graphTooltip": 1,
+        "schemaVersion": SCHEMA_VERSION, "version": 1, "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"}, "timezone": "",
+        "templating": {"list": variables(gpu_multi)},
+        "annotations": {"list": []},
+        "links": [{"type": "dashboards", "tags": ["gpuprobe"], "asDropdown": True,
+                   "title": "gpuprobe", "includeVars": True, "keepTime": True}],
+        "panels": laid,
+    }
+
+
+def fleet() -> dict:
+    return dashboard("gpuprobe-fleet", "gpuprobe / Fleet overview",
+                     "Every GPU of every host: up or down, heat, memory, throttling, errors.", [
+        P("GPUs up", "none", [Q(f"sum(gpuprobe_device_up{{{S}}})")], "stat", width=4, height=4),
+        P("GPUs down", "none", [Q(f"sum(1 - gpuprobe_device_up{{{S}}})")], "stat", width=4,
+          height=4, thresholds=[(None, "green"), (1, "red")]),
+        P("Suspected memory leaks", "none",
+          [Q(f"sum(gpuprobe_process_memory_leak_suspected{{{S}}})")], "stat", width=4,
+          height=4, thresholds=[(None, "green"), (1, "orange")]),
+        P("Collectors failing", "none", [Q(f"sum(1 - gpuprobe_collector_up{{{I}}})")], "stat",
+          width=4, height=4, thresholds=[(None, "green"), (1, "red")]),
+        P("Hosts", "none", [Q(f"count(gpuprobe_build_info{{{I}}})")], "stat", width=4,
+          height=4),
+        P("GPUs", "none", [Q(f"count(gpuprobe_device_info{{{S}}})")], "stat", width=4,
+          height=4),
+        P("GPUs up and down per host", "none",
+          [Q(f"sum by (instance) (gpuprobe_device_up{{{S}}})", "{{instance}} up"),
+           Q(f"sum by (instance) (1 - gpuprobe_device_up{{{S}}})", "{{instance}} down")]),
+        P("Headroom to the slowdown temperature", "celsius",
+          [Q(f'gpuprobe_temperature_threshold_celsius{{{S}, threshold="slowdown"}} '
+             f"- ignoring (threshold) gpuprobe_temperature_celsius{{{S}}}",
+             "{{instance}} GPU {{gpu}} {{sensor}}")],
+          description="Degrees below the temperature at which each sensor's GPU cuts its "
+                      "clocks; the device's own threshold, not a constant.",
+          thresholds=[(None, "red"), (5, "orange"), (10, "green")]),
+        P("Memory used", "percentunit",
+          [Q(f"gpuprobe_memory_used_bytes{{{S}}} / gpuprobe_memory_total_bytes{{{S}}}",
+             "{{instance}} GPU {{gpu}}")]),
+        P("Time throttled, by reason", "percentunit",
+          [Q(f'sum by (instance, gpu, reason) (rate(gpuprobe_throttle_seconds_total{{{S}, '
+             f'reason!="gpu_idle"}}[{RI}]))', "{{instance}} GPU {{gpu}} {{reason}}")]),
+        P("Power draw", "watt", [Q(f"gpuprobe_power_draw_watts{{{S}}}",
+                                   "{{instance}} GPU {{gpu}}")]),
+        P("Hardware errors in the last hour", "short",
+          [Q(f"sum by (instance, gpu, xid) (increase(gpuprobe_xid_errors_total{{{S}}}[1h]))",
+             "{{instance}} GPU {{gpu}} XID {{xid}}"),
+           Q(f"sum by (instance, gpu) (increase(gpuprobe_ecc_uncorrected_errors_total{{{S}}}"
+             f"[1h]))", "{{instance}} GPU {{gpu}} uncorrectable ECC")]),
+        P("Probe runs not ok in the last hour", "short",
+          [Q(f'sum by (instance, gpu, probe, outcome) (increase(gpuprobe_probe_runs_total{{{S}, '
+             f'outcome!="ok"}}[1h]))', "{{instance}} GPU {{gpu}} {{probe}} {{outcome}}")]),
+    ])
+
+
+def device() -> dict:
+    one = "{{gpu}}"
+    return dashboard("gpuprobe-device", "gpuprobe / Device detail",
+                     "Every metric of one GPU (or MIG instance / partition).", [
+        P("Identity", "none",
+          [Q(f"gpuprobe_device_info{{{S}}}")], "table", width=24, height=5),
+        P("Up", "none", [Q(f"gpuprobe_device_up{{{S}}}", one)], "stat", width=4, height=4),
+        P("Processes", "none", [Q(f"gpuprobe_device_processes{{{S}}}", one)], "stat", width=4,
+          height=4),
+        P("Performance state", "none", [Q(f"gpuprobe_performance_state{{{S}}}", one)], "stat",
+          width=4, height=4),
+        P("ECC enabled", "none", [Q(f"gpuprobe_ecc_enabled{{{S}}}", one)], "stat", width=4,
+          height=4),
+        P("Row remap pending / failed", "none",
+          [Q(f"gpuprobe_row_remap_pending{{{S}}}", "pending {{gpu}}"),
+           Q(f"gpuprobe_row_remap_failed{{{S}}}", "failed {{gpu}}")], "stat", width=8, height=4),
+        P("Memory", "bytes",
+          [Q(f"gpuprobe_memory_used_bytes{{{S}}}", "used {{gpu}}"),
+           Q(f"gpuprobe_memory_free_bytes{{{S}}}", "free {{gpu}}"),
+           Q(f"gpuprobe_memory_reserved_bytes{{{S}}}", "reserved {{gpu}}"),
+           Q(f"gpuprobe_memory_total_bytes{{{S}}}", "total {{gpu}}")]),
+        P("Temperatures and thresholds", "celsius",
+          [Q(f"gpuprobe_temperature_celsius{{{S}}}", "{{sensor}} {{gpu}}"),
+           Q(f"gpuprobe_temperature_threshold_celsius{{{S}}}",
+             "{{sensor}} {{threshold}} {{gpu}}")]),
+        P("Power", "watt",
+          [Q(f"gpuprobe_power_draw_watts{{{S}}}", "draw {{gpu}}"),
+           Q(f"gpuprobe_power_limit_watts{{{S}}}", "limit {{gpu}}"),
+           Q(f"rate(gpuprobe_energy_joules_total{{{S}}}[{RI}])", "from energy {{gpu}}")]),
+        P("Clocks", "hertz",
+          [Q(f"gpuprobe_clock_hertz{{{S}}}", "{{clock}} {{gpu}}"),
+           Q(f"gpuprobe_clock_max_hertz{{{S}}}", "{{clock}} max {{gpu}}")]),
+        P("Throttle reasons active", "none",
+          [Q(f"gpuprobe_throttle_active{{{S}}}", "{{reason}} {{gpu}}")]),
+        P("Time throttled, by reason", "percentunit",
+          [Q(f"rate(gpuprobe_throttle_seconds_total{{{S}}}[{RI}])", "{{reason}} {{gpu}}")]),
+        P("Utilization", "percentunit",
+          [Q(f"gpuprobe_utilization_ratio{{{S}}}", "{{engine}} {{gpu}}"),
+           Q(f"gpuprobe_graphics_engine_active_ratio{{{S}}}", "graphics engine {{gpu}}")]),
+        P("SM activity, occupancy, tensor and DRAM", "percentunit",
+          [Q(f"gpuprobe_sm_active_ratio{{{S}}}", "SM active {{gpu}}"),
+           Q(f"gpuprobe_sm_occupancy_ratio{{{S}}}", "SM occupancy {{gpu}}"),
+           Q(f"gpuprobe_tensor_active_ratio{{{S}}}", "tensor {{gpu}}"),
+           Q(f"gpuprobe_dram_active_ratio{{{S}}}", "DRAM {{gpu}}")]),
+        P("PCIe link", "none",
+          [Q(f"gpuprobe_pcie_link_generation{{{S}}}", "gen {{gpu}}"),
+           Q(f"gpuprobe_pcie_link_max_generation{{{S}}}", "max gen {{gpu}}"),
+           Q(f"gpuprobe_pcie_link_width{{{S}}}", "width {{gpu}}"),
+           Q(f"gpuprobe_pcie_link_max_width{{{S}}}", "max width {{gpu}}")]),
+        P("PCIe traffic", "Bps",
+          [Q(f"rate(gpuprobe_pcie_transmit_bytes_total{{{S}}}[{RI}])", "transmit {{gpu}}"),
+           Q(f"rate(gpuprobe_pcie_receive_bytes_total{{{S}}}[{RI}])", "receive {{gpu}}")]),
+        P("PCIe replays, recoveries and NAKs", "ops",
+          [Q(f"rate(gpuprobe_pcie_replays_total{{{S}}}[{RI}])", "replays {{gpu}}"),
+           Q(f"rate(gpuprobe_pcie_link_recoveries_total{{{S}}}[{RI}])", "recoveries {{gpu}}"),
+           Q(f"rate(gpuprobe_pcie_naks_received_total{{{S}}}[{RI}])", "NAKs received {{gpu}}"),
+           Q(f"rate(gpuprobe_pcie_naks_sent_total{{{S}}}[{RI}])", "NAKs sent {{gpu}}")]),
+        P("ECC errors", "short",
+          [Q(f"gpuprobe_ecc_corrected_errors_total{{{S}}}", "corrected {{gpu}}"),
+           Q(f"gpuprobe_ecc_uncorrected_errors_total{{{S}}}", "uncorrected {{gpu}}"),
+           Q(f"gpuprobe_ecc_lifetime_corrected_errors_total{{{S}}}",
+             "corrected, lifetime {{gpu}}"),
+           Q(f"gpuprobe_ecc_lifetime_uncorrected_errors_total{{{S}}}",
+             "uncorrected, lifetime {{gpu}}")]),
+        P("Memory taken out of service", "short",
+          [Q(f"gpuprobe_remapped_rows_total{{{S}}} or gpuprobe_retired_pages_total{{{S}}} "
+             f"or gpuprobe_retired_pages_pending{{{S}}}", "{{__name__}} {{cause}} {{gpu}}")],
+          description="Remapped rows (Ampere and newer) or retired pages (older GPUs)."),
+        P("XID errors", "short",
+          [Q(f"gpuprobe_xid_errors_total{{{S}}}", "XID {{xid}} {{gpu}}")]),
+        P("Memory leak detector", "Bps",
+          [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "growth {{gpu}}")]),
+        P("Leak suspected, confidence", "percentunit",
+          [Q(f"gpuprobe_memory_leak_suspected{{{S}}}", "suspected {{gpu}}"),
+           Q(f"gpuprobe_memory_leak_confidence_ratio{{{S}}}", "confidence {{gpu}}")]),
+        P("Growth lasted, time to exhaustion", "s",
+          [Q(f"gpuprobe_memory_growth_duration_seconds{{{S}}}", "growth lasted {{gpu}}"),
+           Q(f"min by (gpu) (gpuprobe_memory_exhaustion_seconds{{{S}}} or "
+             f"gpuprobe_process_memory_exhaustion_seconds{{{S}}})", "exhaustion {{gpu}}")]),
+    ], gpu_multi=False)
+
+
+def processes() -> dict:
+    who = "{{process_name}} ({{pid}}) GPU {{gpu}} {{instance}}"
+    return dashboard("gpuprobe-processes", "gpuprobe / Processes and leaks",
+                     "GPU memory per process and container, and the leak detector's view.", [
+        P("Suspected leaks", "none",
+          [Q(f"sum(gpuprobe_process_memory_leak_suspected{{{S}}})")], "stat", width=6,
+          height=4, thresholds=[(None, "green"), (1, "orange")]),
+        P("Soonest memory exhaustion", "s",
+          [Q(f"min(gpuprobe_process_memory_exhaustion_seconds{{{S}}} or "
+             f"gpuprobe_memory_exhaustion_seconds{{{S}}})")], "stat", width=6, height=4,
+          description="Only while a leak is suspected."),
+        P("Processes on GPUs", "none", [Q(f"sum(gpuprobe_device_processes{{{S}}})")], "stat",
+          width=6, height=4),
+        P("Processes per GPU", "none",
+          [Q(f"gpuprobe_device_processes{{{S}}}", "GPU {{gpu}} {{instance}}")], "stat",
+          width=6, height=4),
+        P("Memory per process", "bytes",
+          [Q(f"gpuprobe_process_memory_used_bytes{{{S}}}", who)], width=24, height=9),
+        P("Growth rate per process", "Bps",
+          [Q(f"gpuprobe_process_memory_growth_bytes_per_second{{{S}}}", who)],
+          description="Robust (Theil-Sen) slope over the detector's window."),
+        P("Leak confidence per process", "percentunit",
+          [Q(f"gpuprobe_process_memory_leak_confidence_ratio{{{S}}}", who)]),
+        P("Suspected leaks", "none",
+          [Q(f"gpuprobe_process_memory_leak_suspected{{{S}}} == 1", who)], "table",
+          width=12),
+        P("Time to exhaustion per leaking process", "s",
+          [Q(f"gpuprobe_process_memory_exhaustion_seconds{{{S}}}", who)]),
+        P("How long growth has lasted", "s",
+          [Q(f"gpuprobe_process_memory_growth_duration_seconds{{{S}}}", who)]),
+        P("Device memory growth", "Bps",
+          [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "GPU {{gpu}} {{instance}}")]),
+        P("Memory per container", "bytes",
+          [Q(f'sum by (instance, container_id, pod_uid) (gpuprobe_process_memory_used_bytes'
+             f'{{{S}, container_id!=""}})', "{{container_id}} pod {{pod_uid}}")], width=24),
+    ])
+
+
+def pcie() -> dict:
+    g = "GPU {{gpu}} {{instance}}"
+    return dashboard("gpuprobe-pcie", "gpuprobe / PCIe and probes",
+                     "Measured PCIe bandwidth against the link's rate, link state, and the "
+                     "active probes.", [
+        P("Measured PCIe bandwidth and the link's rate", "Bps",
+          [Q(f"gpuprobe_probe_pcie_bandwidth_bytes_per_second{{{S}}}", g + " {{direction}}"),
+           Q(f"gpuprobe_probe_pcie_link_bytes_per_second{{{S}}}", g + " link rate")],
+          width=24),
+        P("Measured over theoretical", "percentunit",
+          [Q(f"gpuprobe_probe_pcie_bandwidth_ratio{{{S}}}", g + " {{direction}}")],
+          thresholds=[(None, "red"), (0.7, "green")]),
+        P("Link generation, now and max", "none",
+          [Q(f"gpuprobe_pcie_link_generation{{{S}}}", g + " now"),
+           Q(f"gpuprobe_pcie_link_max_generation{{{S}}}", g + " max")]),
+        P("Link width, now and max", "none",
+          [Q(f"gpuprobe_pcie_link_width{{{S}}}", g + " now"),
+           Q(f"gpuprobe_pcie_link_max_width{{{S}}}", g + " max")]),
+        P("Replays", "ops", [Q(f"rate(gpuprobe_pcie_replays_total{{{S}}}[{RI}])", g)]),
+        P("Launch latency", "s",
+          [Q(f"gpuprobe_probe_launch_latency_seconds{{{S}}}", g)],
+          description="Launch to first block, from the last launch probe (cached)."),
+        P("SMs reached within the bound", "percentunit",
+          [Q(f"gpuprobe_probe_sm_reach_ratio{{{S}}}", g)]),
+        P("Probe runs by outcome, last hour", "short",
+          [Q(f"sum by (probe, outcome) (increase(gpuprobe_probe_runs_total{{{S}}}[1h]))",
+             "{{probe}} {{outcome}}")]),
+        P("Probe skips by reason, last hour", "short",
+          [Q(f"sum by (probe, reason) (increase(gpuprobe_probe_skips_total{{{S}}}[1h]))",
+             "{{probe}} {{reason}}")]),
+        P("Probe duty cycle (GPU time held)", "percentunit",
+          [Q(f"rate(gpuprobe_probe_gpu_seconds_total{{{S}}}[{RI}])", g + " {{probe}}")]),
+        P("Probe duration and last success", "s",
+          [Q(f"gpuprobe_probe_duration_seconds{{{S}}}", g + " {{probe}}"),
+           Q(f"time() - gpuprobe_probe_last_success_timestamp_seconds{{{S}}}",
+             g + " {{probe}} since success")]),
+    ])
+
+
+def exporter() -> dict:
+    return dashboard("gpuprobe-exporter", "gpuprobe / Exporter health",
+                     "gpuprobe itself: scrapes, collectors, backends, its own cost.", [
+        P("Scrape up", "none", [Q(f'up{{job="gpuprobe", {I}}}', "{{instance}}")], "stat",
+          width=6, height=4, thresholds=[(None, "red"), (1, "green")]),
+        P("Backends up", "none",
+          [Q(f"gpuprobe_backend_up{{{I}}}", "{{instance}} {{backend}}")], "stat", width=6,
+          height=4),
+        P("Build", "none", [Q(f"gpuprobe_build_info{{{I}}}")], "table", width=6, height=4),
+        P("Backend versions", "none", [Q(f"gpuprobe_backend_info{{{I}}}")], "table", width=6,
+          height=4),
+        P("Collector up", "none",
+          [Q(f"gpuprobe_collector_up{{{I}}}", "{{instance}} {{collector}}"),
+           Q(f"gpuprobe_collector_stalled{{{I}}}", "{{instance}} {{collector}} stalled")]),
+        P("Collector duration", "s",
+          [Q(f"gpuprobe_collector_duration_seconds{{{I}}}", "{{instance}} {{collector}}")]),
+        P("Collector errors by class", "ops",
+          [Q(f"sum by (instance, collector, class) (rate(gpuprobe_collector_errors_total"
+             f"{{{I}}}[{RI}]))", "{{instance}} {{collector}} {{class}}")]),
+        P("Since each collector's last success", "s",
+          [Q(f"time() - gpuprobe_collector_last_success_timestamp_seconds{{{I}}}",
+             "{{instance}} {{collector}}")]),
+        P("Scrape duration", "s",
+          [Q(f'scrape_duration_seconds{{job="gpuprobe", {I}}}', "{{instance}}")]),
+        P("Resident memory and CPU", "bytes",
+          [Q(f'process_resident_memory_bytes{{job="gpuprobe", {I}}}', "{{instance}} RSS")]),
+        P("CPU used", "percentunit",
+          [Q(f'rate(process_cpu_seconds_total{{job="gpuprobe", {I}}}[{RI}])',
+             "{{instance}}")]),
+        P("Series exported", "short",
+          [Q(f'scrape_samples_scraped{{job="gpuprobe", {I}}}', "{{instance}}")]),
+    ])
+
+
+DASHBOARDS = {"gpuprobe-fleet.json": fleet, "gpuprobe-device.json": device,
+              "gpuprobe-processes-leaks.json": processes, "gpuprobe-pcie-probes.json": pcie,
+              "gpuprobe-exporter.json": exporter}
+
+
+def render() -> dict[str, str]:
+    return {name: json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+            for name, build in DASHBOARDS.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    stale = []
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, text in render().items():
+        path = OUT / name
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print("stale, run python grafana/build.py: " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
