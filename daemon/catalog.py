@@ -273,12 +273,12 @@ CATALOG: tuple[MetricSpec, ...] = (
       amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
     M("gpuprobe_memory_leak_confidence_ratio", "gauge",
       "How sure the leak detector is of the growth of the device's used memory (0-1): its margin "
-      "over the noise and how long it has lasted.",
+      "over the noise and how long it has lasted. Present only while growth is seen.",
       "ratio", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
     M("gpuprobe_memory_growth_duration_seconds", "gauge",
       "How long the leak-like growth of the device's used memory has lasted without a break "
-      "longer than leaks.max_pause; 0 when there is none.",
+      "longer than leaks.max_pause; present only while growth is seen.",
       "seconds", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
     M("gpuprobe_memory_exhaustion_seconds", "gauge",
@@ -288,7 +288,7 @@ CATALOG: tuple[MetricSpec, ...] = (
       amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
     M("gpuprobe_process_memory_growth_bytes_per_second", "gauge",
       "Robust (Theil-Sen) growth rate of the process's memory over the leak detector's window, in"
-      " bytes per second; negative when it shrinks.",
+      " bytes per second; present only while growth is seen.",
       "bytes", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       labels=("pid", "process_name", "container_id", "pod_uid")),
@@ -301,13 +301,13 @@ CATALOG: tuple[MetricSpec, ...] = (
       labels=("pid", "process_name", "container_id", "pod_uid")),
     M("gpuprobe_process_memory_leak_confidence_ratio", "gauge",
       "How sure the leak detector is of the growth of the process's memory (0-1): its margin over"
-      " the noise and how long it has lasted.",
+      " the noise and how long it has lasted. Present only while growth is seen.",
       "ratio", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       labels=("pid", "process_name", "container_id", "pod_uid")),
     M("gpuprobe_process_memory_growth_duration_seconds", "gauge",
       "How long the leak-like growth of the process's memory has lasted without a break longer "
-      "than leaks.max_pause; 0 when there is none.",
+      "than leaks.max_pause; present only while growth is seen.",
       "seconds", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       labels=("pid", "process_name", "container_id", "pod_uid")),

@@ -110,21 +110,30 @@ class SnapshotCollector:
         f.add("gpuprobe_probe_gpu_seconds_total", p, ps.gpu_seconds_total)
 
     def _leak(self, f: _Families, base: dict[str, str], leak: LeakSample,
-              shown: set[tuple[str, int]]) -> None:
+              shown: dict[tuple[str, int], dict[str, str]]) -> None:
         if leak.kind == "device":
             prefix, labels = "gpuprobe_", base
         else:
             # Processes beyond the cap have no series, unless they are suspected of leaking.
-            if not self.config.process_metrics or leak.pid is None or (
-                    (leak.device_uuid, leak.pid) not in shown and not leak.suspected):
+            if not self.config.process_metrics or leak.pid is None:
                 return
+            labels = shown.get((leak.device_uuid, leak.pid))
+            if labels is None:
+                if not leak.suspected:
+                    return
+                labels = _process_labels(base, leak.pid, leak.name, leak.container_id,
+                                         leak.pod_uid)
             prefix = "gpuprobe_process_"
-            labels = _process_labels(base, leak.pid, leak.name, leak.container_id,
-                                     leak.pod_uid)
-        f.add(prefix + "memory_growth_bytes_per_second", labels, leak.growth_bytes_per_second)
         f.add(prefix + "memory_leak_suspected", labels, leak.suspected)
-        f.add(prefix + "memory_leak_confidence_ratio", labels, leak.confidence)
-        f.add(prefix + "memory_growth_duration_seconds", labels, leak.growth_seconds)
+        # A device's rate always; a process's only while growth is seen: hosts run hundreds
+        # of GPU processes, and a flat one's rate says nothing its memory series does not.
+        growing = leak.growth_seconds > 0 or leak.suspected
+        if leak.kind == "device" or growing:
+            f.add(prefix + "memory_growth_bytes_per_second", labels,
+                  leak.growth_bytes_per_second)
+        if growing:
+            f.add(prefix + "memory_leak_confidence_ratio", labels, leak.confidence)
+            f.add(prefix + "memory_growth_duration_seconds", labels, leak.growth_seconds)
         if leak.exhaustion_seconds is not None:
             f.add(prefix + "memory_exhaustion_seconds", labels, leak.exhaustion_seconds)
 
@@ -165,7 +174,8 @@ class SnapshotCollector:
                     for code, count in sorted(codes.items()):
                         f.add("gpuprobe_xid_errors_total", {**ids[uuid], "xid": str(code)},
                               count)
-        shown: set[tuple[str, int]] = set()  # (device uuid, pid) with per-process series
+        # (device uuid, pid) -> labels, for processes with per-process series
+        shown: dict[tuple[str, int], dict[str, str]] = {}
         for uuid, procs in processes.items():
             if uuid not in ids:
                 continue
@@ -176,10 +186,9 @@ class SnapshotCollector:
             for p in procs[: self.config.max_processes_per_device]:
                 if p.used_memory_bytes is None:
                     continue
-                shown.add((uuid, p.pid))
-                f.add("gpuprobe_process_memory_used_bytes",
-                      _process_labels(ids[uuid], p.pid, p.name, p.container_id, p.pod_uid),
-                      p.used_memory_bytes)
+                labels = _process_labels(ids[uuid], p.pid, p.name, p.container_id, p.pod_uid)
+                shown[(uuid, p.pid)] = labels
+                f.add("gpuprobe_process_memory_used_bytes", labels, p.used_memory_bytes)
 
         for result in view.results.values():
             for leak in result.leaks:

@@ -130,6 +130,8 @@ class MemoryLeaks:
                 out.append(LeakSample("device", uuid, a.slope, a.suspected, a.confidence,
                                       a.growth_seconds, _exhaustion(a, free.get(uuid))))
         for key, p in self._meta.items():
+            if self._misses.get(key):
+                continue  # missing from the last listing: ended, or its pid reused
             fresh = key in fresh_processes
             a = self.processes.assess(key) if fresh else self.processes.last(key)
             if a is not None:

@@ -183,11 +183,13 @@ def test_collector_keys_on_pid_and_start_time_and_forgets_ended_processes():
     h.publish(10.0, GIB, [proc(7, GIB, start=100)])
     h.leaks()
     h.publish(20.0, GIB, [proc(7, GIB, start=500)])  # the pid was reused
-    h.leaks()
+    out = h.collector.collect(0.0).leaks
     assert len(h.collector.processes.series) == 2
+    assert len([x for x in out if x.pid == 7]) <= 1  # one series per pid, never two
     for i in range(3, 6):
         h.publish(10.0 * i, GIB, [proc(7, GIB, start=500)])
-        h.leaks()
+        out = h.collector.collect(0.0).leaks
+        assert len([x for x in out if x.pid == 7]) == 1
     assert list(h.collector.processes.series) == [("GPU-aaaa", 7, 500)]
     for i in range(6, 9):
         h.publish(10.0 * i, GIB, [])
@@ -225,6 +227,8 @@ def test_leak_metrics_render_and_suspected_processes_pass_the_cap():
     suspected = {s[0]["pid"]: s[1] for s in samples(fams,
                                                     "gpuprobe_process_memory_leak_suspected")}
     assert suspected == {"1": 0.0, "2": 1.0}  # pid 3: beyond the cap and not suspected
+    growth = samples(fams, "gpuprobe_process_memory_growth_bytes_per_second")
+    assert [s[0]["pid"] for s in growth] == ["2"]  # a flat process: no rate, only its flag
     exhaustion = samples(fams, "gpuprobe_process_memory_exhaustion_seconds")
     assert [(s[0]["pid"], s[1]) for s in exhaustion] == [("2", 7200.0)]
     assert samples(fams, "gpuprobe_memory_growth_bytes_per_second")[0][1] == 1000.0
