@@ -58,21 +58,27 @@ def _var_query(name: str, label: str, query: str, multi: bool = True) -> dict:
             "allValue": ".*" if multi else None, "current": {}, "hide": 0, "options": []}
 
 
-def variables(gpu_multi: bool = True) -> list[dict]:
+def variables(one_gpu: bool = False) -> list[dict]:
+    """The four variables; `one_gpu` makes host and GPU single choices (the device page)."""
     return [
         _var_datasource(),
-        _var_query("instance", "Host", "label_values(gpuprobe_build_info, instance)"),
+        _var_query("instance", "Host", "label_values(gpuprobe_build_info, instance)",
+                   multi=not one_gpu),
         _var_query("vendor", "Vendor",
                    'label_values(gpuprobe_device_info{instance=~"$instance"}, vendor)'),
         _var_query("gpu", "GPU", 'label_values(gpuprobe_device_info{instance=~"$instance", '
-                                 'vendor=~"$vendor"}, gpu)', multi=gpu_multi),
+                                 'vendor=~"$vendor"}, gpu)', multi=not one_gpu),
     ]
 
 
 def _panel(p: P, pid: int, x: int, y: int) -> dict:
+    # A table shows the latest value of each series (instant, one row per series); every
+    # other panel a range, a stat reducing it to its last value under a sparkline. Asking
+    # for both would give a stat panel each series twice.
+    table = p.kind == "table"
     targets = [{"refId": chr(ord("A") + i), "datasource": DS, "expr": q.expr,
-                "legendFormat": q.legend or "__auto", "range": p.kind != "table",
-                "instant": p.kind in ("table", "stat", "bargauge")}
+                "legendFormat": q.legend or "__auto", "range": not table, "instant": table,
+                "format": "table" if table else "time_series"}
                for i, q in enumerate(p.queries)]
     defaults: dict = {"unit": p.unit}
     if p.thresholds:
@@ -102,7 +108,7 @@ def _default_options(kind: str) -> dict:
 
 
 def dashboard(uid: str, title: str, description: str, panels: list[P],
-              gpu_multi: bool = True) -> dict:
+              one_gpu: bool = False) -> dict:
     laid, x, y, row_h = [], 0, 0, 0
     for i, p in enumerate(panels, start=1):
         if x + p.width > 24:
@@ -115,7 +121,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[P],
         "tags": ["gpuprobe", "gpu"], "editable": True, "graphTooltip": 1,
         "schemaVersion": SCHEMA_VERSION, "version": 1, "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"}, "timezone": "",
-        "templating": {"list": variables(gpu_multi)},
+        "templating": {"list": variables(one_gpu)},
         "annotations": {"list": []},
         "links": [{"type": "dashboards", "tags": ["gpuprobe"], "asDropdown": True,
                    "title": "gpuprobe", "includeVars": True, "keepTime": True}],
@@ -188,6 +194,12 @@ def device() -> dict:
            Q(f"gpuprobe_memory_free_bytes{{{S}}}", "free {{gpu}}"),
            Q(f"gpuprobe_memory_reserved_bytes{{{S}}}", "reserved {{gpu}}"),
            Q(f"gpuprobe_memory_total_bytes{{{S}}}", "total {{gpu}}")]),
+        P("Memory per process", "bytes",
+          [Q(f"gpuprobe_process_memory_used_bytes{{{S}}}", "{{process_name}} ({{pid}})")]),
+        P("BAR1 aperture", "bytes",
+          [Q(f"gpuprobe_bar1_memory_used_bytes{{{S}}}", "used {{gpu}}"),
+           Q(f"gpuprobe_bar1_memory_total_bytes{{{S}}}", "total {{gpu}}")],
+          description="Device memory mapped for the host and peers."),
         P("Temperatures and thresholds", "celsius",
           [Q(f"gpuprobe_temperature_celsius{{{S}}}", "{{sensor}} {{gpu}}"),
            Q(f"gpuprobe_temperature_threshold_celsius{{{S}}}",
@@ -246,7 +258,42 @@ def device() -> dict:
           [Q(f"gpuprobe_memory_growth_duration_seconds{{{S}}}", "growth lasted {{gpu}}"),
            Q(f"min by (gpu) (gpuprobe_memory_exhaustion_seconds{{{S}}} or "
              f"gpuprobe_process_memory_exhaustion_seconds{{{S}}})", "exhaustion {{gpu}}")]),
-    ], gpu_multi=False)
+        P("Process memory growth", "Bps",
+          [Q(f"gpuprobe_process_memory_growth_bytes_per_second{{{S}}}",
+             "{{process_name}} ({{pid}})")],
+          description="Only while a process's memory grows."),
+        P("Process leak suspected, confidence", "percentunit",
+          [Q(f"gpuprobe_process_memory_leak_suspected{{{S}}}",
+             "suspected {{process_name}} ({{pid}})"),
+           Q(f"gpuprobe_process_memory_leak_confidence_ratio{{{S}}}",
+             "confidence {{process_name}} ({{pid}})")]),
+        P("Process growth lasted, time to exhaustion", "s",
+          [Q(f"gpuprobe_process_memory_growth_duration_seconds{{{S}}}",
+             "growth lasted {{process_name}} ({{pid}})"),
+           Q(f"gpuprobe_process_memory_exhaustion_seconds{{{S}}}",
+             "exhaustion {{process_name}} ({{pid}})")]),
+        P("Measured PCIe bandwidth and the link's rate", "Bps",
+          [Q(f"gpuprobe_probe_pcie_bandwidth_bytes_per_second{{{S}}}", "{{direction}}"),
+           Q(f"gpuprobe_probe_pcie_link_bytes_per_second{{{S}}}", "link rate")]),
+        P("Measured over theoretical", "percentunit",
+          [Q(f"gpuprobe_probe_pcie_bandwidth_ratio{{{S}}}", "{{direction}}")],
+          thresholds=[(None, "red"), (0.7, "green")]),
+        P("Launch latency", "s",
+          [Q(f"gpuprobe_probe_launch_latency_seconds{{{S}}}", "launch to first block")]),
+        P("SMs reached within the bound", "percentunit",
+          [Q(f"gpuprobe_probe_sm_reach_ratio{{{S}}}", "SMs reached")]),
+        P("Probe runs and skips, last hour", "short",
+          [Q(f"sum by (probe, outcome) (increase(gpuprobe_probe_runs_total{{{S}}}[1h]))",
+             "{{probe}} {{outcome}}"),
+           Q(f"sum by (probe, reason) (increase(gpuprobe_probe_skips_total{{{S}}}[1h]))",
+             "{{probe}} skipped: {{reason}}")]),
+        P("Probe duty cycle (GPU time held)", "percentunit",
+          [Q(f"rate(gpuprobe_probe_gpu_seconds_total{{{S}}}[{RI}])", "{{probe}}")]),
+        P("Probe duration and since last success", "s",
+          [Q(f"gpuprobe_probe_duration_seconds{{{S}}}", "{{probe}} duration"),
+           Q(f"time() - gpuprobe_probe_last_success_timestamp_seconds{{{S}}}",
+             "{{probe}} since success")], width=24),
+    ], one_gpu=True)
 
 
 def processes() -> dict:
@@ -350,7 +397,7 @@ def exporter() -> dict:
              "{{instance}} {{collector}}")]),
         P("Scrape duration", "s",
           [Q(f'scrape_duration_seconds{{job="gpuprobe", {I}}}', "{{instance}}")]),
-        P("Resident memory and CPU", "bytes",
+        P("Resident memory", "bytes",
           [Q(f'process_resident_memory_bytes{{job="gpuprobe", {I}}}', "{{instance}} RSS")]),
         P("CPU used", "percentunit",
           [Q(f'rate(process_cpu_seconds_total{{job="gpuprobe", {I}}}[{RI}])',

@@ -71,6 +71,52 @@ def test_dashboard_schema_variables_units_and_queries(path):
         assert pos["x"] + pos["w"] <= 24
 
 
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "grafana" / "dashboards" / name).read_text(encoding="utf-8"))
+
+
+def _used(dash: dict) -> set[str]:
+    return {n for p in panels(dash) for t in p["targets"] for n in metric_names(t["expr"])}
+
+
+def test_every_metric_is_on_a_dashboard_and_every_gpu_metric_on_the_device_page():
+    dashes = {p.name: _load(p.name) for p in DASHBOARDS}
+    everywhere = set().union(*map(_used, dashes.values()))
+    missing = {m.name for m in catalog.CATALOG} - everywhere
+    assert not missing, f"on no dashboard: {sorted(missing)}"
+    # "Every metric of one GPU": all series that carry a gpu label.
+    per_gpu = {m.name for m in catalog.CATALOG
+               if m.scope in ("device", "process", "leak", "process_leak", "probe", "xid")}
+    assert "gpuprobe_bar1_memory_used_bytes" in per_gpu  # the scopes are the ones above
+    missing = per_gpu - _used(dashes["gpuprobe-device.json"])
+    assert not missing, f"not on the device dashboard: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_variables_and_query_modes(path):
+    dash = json.loads(path.read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    one_gpu = path.name == "gpuprobe-device.json"
+    for name in ("instance", "vendor", "gpu"):
+        v = variables[name]
+        assert v["type"] == "query" and v["datasource"] == {"type": "prometheus",
+                                                            "uid": "${datasource}"}
+        query = v["query"]["query"]
+        assert query.startswith("label_values(") and query.endswith(f", {name})"), query
+        assert metric_names(query[len("label_values("):]) <= {
+            "gpuprobe_build_info", "gpuprobe_device_info", name}, query
+        assert not re.search(r'vendor\s*=~?\s*"(?!\$vendor)', query), query
+        single = one_gpu and name != "vendor"
+        assert v["multi"] is (not single) and v["includeAll"] is (not single), (name, v)
+    for p in panels(dash):
+        for t in p["targets"]:
+            if p["type"] == "table":
+                assert t["instant"] and not t["range"] and t["format"] == "table", p["title"]
+            else:  # both at once would show every series of a stat panel twice
+                assert t["range"] and not t["instant"], p["title"]
+                assert t["format"] == "time_series", p["title"]
+
+
 def test_metric_name_extraction_sees_through_promql():
     assert metric_names('sum by (instance) (rate(gpuprobe_a_total{gpu=~"$gpu"}[5m])) '
                         '- ignoring (threshold) gpuprobe_b{x="y"}') == {
