@@ -8,6 +8,11 @@ are divided by 60 as well (an alert that waits 2 minutes of GPU time waits 2 s h
 expressions are the shipped ones. In the default scenario GPU 0 runs train_leaky (a leak),
 pytorch_allocator (a sawtooth) and inference_server (a warm-up); GPU 3 falls off the bus 30
 scenario minutes in, for 20 (30 s and 20 s of wall time).
+
+The run uses the default scenario with one GPU added after its six (GPU 6): a lone leaking
+process, so that the device's own memory is seen to leak. On GPU 0 the sawtooth beside the
+leak rightly keeps the device-level detector quiet, so without GPU 6 the device-level
+exhaustion projection would never exist and the panels showing it could not be checked.
 """
 
 from __future__ import annotations
@@ -30,8 +35,15 @@ from .conftest import ROOT, RunningDaemon, find_tool, free_port, wait_for, write
 pytestmark = pytest.mark.slow
 
 ACCELERATION = 60
-LEAKS_OF_GPU0 = {"train_leaky": True, "pytorch_allocator": False, "inference_server": False}
+LEAKS = {"train_leaky": True, "pytorch_allocator": False, "inference_server": False,
+         "vllm": False, "leaky_service": True}
 FALLS_OFF = "3"
+DEVICE_LEAK = {"vendor": "nvidia", "model": "NVIDIA H100 80GB HBM3", "architecture": "hopper",
+               "memory": "80GiB",
+               "processes": [{"pid": 46001, "name": "leaky_service", "utilization": 0.4,
+                              "memory": {"pattern": "leak", "base": "10GiB",
+                                         "rate": "100MiB/min", "noise": "32MiB"}}]}
+DEVICE_LEAK_GPU = "6"
 CONFIG = {
     "collectors": {"nvidia": {"interval": "500ms"}, "nvidia_processes": {"interval": "1s"},
                    "nvidia_events": {"interval": "500ms"}, "memory_leaks": {"interval": "250ms"},
@@ -39,8 +51,14 @@ CONFIG = {
                    "launch_probe": {"interval": "500ms", "timeout": "45s"}},
     "probes": {"pcie": {"every": "2s"}, "launch": {"every": "2s"}},
 }
-VARIABLES = {"$instance": ".+", "$vendor": ".+", "$gpu": ".+", "$__rate_interval": "10s",
-             "${datasource}": ""}
+# Grafana's built-in variables, as Grafana would set them for this run (a 1 s scrape).
+BUILTINS = {"__rate_interval": "10s", "__interval": "2s", "__range": "5m"}
+# Dashboard metrics that the simulation legitimately never exports, and why. The test fails
+# if one of them shows up after all (then it belongs checked like the rest).
+NO_DATA_IN_SIMULATION = {
+    "gpuprobe_retired_pages_total": "pre-Ampere GPUs only; the scenario's are Hopper and Ampere",
+    "gpuprobe_retired_pages_pending": "pre-Ampere GPUs only; the scenario's are Hopper and Ampere",
+}
 
 
 def _seconds(text: str) -> float:
@@ -106,30 +124,49 @@ def prometheus_binary() -> str:
     return path
 
 
-def panel_queries() -> list[tuple[str, str, str]]:
-    out = []
-    for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
-        dash = json.loads(path.read_text(encoding="utf-8"))
-        for panel in dash["panels"]:
-            for t in panel.get("targets", []):
-                expr = t["expr"]
-                for var, value in VARIABLES.items():
-                    expr = expr.replace(var, value)
-                out.append((path.name, panel["title"], expr))
+def substitute(expr: str, values: dict[str, str]) -> str:
+    """`$name` and `${name}` replaced as Grafana would; every variable must be known."""
+    def one(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        assert name in values, f"unknown variable ${name} in {expr}"
+        return values[name]
+    out = re.sub(r"\$\{(\w+)\}|\$(\w+)", one, expr)
+    assert "$" not in out, out
     return out
+
+
+def dashboards() -> dict[str, dict]:
+    return {path.name: json.loads(path.read_text(encoding="utf-8"))
+            for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json"))}
+
+
+def panel_queries(values: dict[str, str]) -> list[tuple[str, str, str]]:
+    return [(name, panel["title"], substitute(t["expr"], {**BUILTINS, **values}))
+            for name, dash in dashboards().items() for panel in dash["panels"]
+            for t in panel.get("targets", [])]
+
+
+def test_substitute_knows_grafanas_forms():
+    assert substitute('rate(a{instance=~"$instance", gpu=~"${gpu}"}[$__rate_interval])',
+                      {"instance": "h:1", "gpu": ".+", "__rate_interval": "10s"}) == (
+        'rate(a{instance=~"h:1", gpu=~".+"}[10s])')
+    with pytest.raises(AssertionError):
+        substitute("a[$__interval]", {})
 
 
 def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
         tmp_path, promtool, prometheus_binary):
     scenario = yaml.safe_load((ROOT / "probes/sim/scenarios/default.yaml").read_text())
-    assert scenario["time_acceleration"] == ACCELERATION
+    assert scenario["time_acceleration"] == ACCELERATION and len(scenario["devices"]) == 6
+    scenario["devices"].append(DEVICE_LEAK)
+    scenario_file = write_yaml(tmp_path / "scenario.yaml", scenario)
     config = write_yaml(tmp_path / "gpuprobe.yaml", CONFIG)
     rules = scaled_rules(tmp_path / "rules.yml")
     check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True,
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
 
-    daemon = RunningDaemon("--simulate", "--config", str(config))
+    daemon = RunningDaemon("--simulate", str(scenario_file), "--config", str(config))
     prom = None
     try:
         daemon.wait_ready()
@@ -143,8 +180,11 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
                 labels = a["labels"]
                 key = (labels["alertname"], labels.get("process_name") or labels.get("gpu", ""))
                 seen.setdefault(key, set()).add(a["state"])
-            return ("firing" in seen.get(("GpuprobeMemoryLeakSuspected", "train_leaky"), ())
-                    and "firing" in seen.get(("GpuprobeDeviceDown", FALLS_OFF), ()))
+            device_leak = prom.api("query", query="gpuprobe_memory_leak_suspected == 1")
+            return (all("firing" in seen.get(("GpuprobeMemoryLeakSuspected", name), ())
+                        for name, leaking in LEAKS.items() if leaking)
+                    and "firing" in seen.get(("GpuprobeDeviceDown", FALLS_OFF), ())
+                    and device_leak["result"])
 
         wait_for(poll, timeout=150, interval=1.0)
         # A little longer, so that a late false alarm would have time to show.
@@ -156,23 +196,56 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
         if os.environ.get("GPUPROBE_KEEP_E2E"):
             Path("/tmp/e2e-alerts.txt").write_text("\n".join(map(str, sorted(seen.items()))))
         leak_alerts = {k[1] for k in seen if k[0] == "GpuprobeMemoryLeakSuspected"}
-        for name, leaking in LEAKS_OF_GPU0.items():
+        for name, leaking in LEAKS.items():
             assert (name in leak_alerts) == leaking, (name, sorted(seen))
         # Also over the whole run, from Prometheus' own record of alert states.
         history = prom.api("query_range", query='ALERTS{alertname="GpuprobeMemoryLeakSuspected"}',
                            start=str(start - 5), end=str(time.time()), step="1")
-        assert {r["metric"]["process_name"] for r in history["result"]} == {"train_leaky"}
+        assert {r["metric"]["process_name"] for r in history["result"]} == {
+            name for name, leaking in LEAKS.items() if leaking}
+        # The device-level detector flags only the GPU whose memory is one leak.
+        flagged = prom.api("query_range", query="gpuprobe_memory_leak_suspected == 1",
+                           start=str(start - 5), end=str(time.time()), step="1")
+        assert {r["metric"]["gpu"] for r in flagged["result"]} == {DEVICE_LEAK_GPU}
         down = {k[1] for k in seen if k[0] == "GpuprobeDeviceDown"}
         assert down == {FALLS_OFF}, sorted(seen)
 
-        # Every dashboard query returned data during the run.
+        end = str(time.time())
+        target = f"127.0.0.1:{daemon.port}"
+
+        # The template variables list what the simulation has: this host, its vendor, and
+        # its seven GPUs and two MIG instances.
+        gpus = {r["metric"]["gpu"] for r in prom.api("query", query="gpuprobe_device_up")[
+            "result"]}
+        assert len(gpus) == 9 and {"0", DEVICE_LEAK_GPU, "4/1"} <= gpus, gpus
+        expected = {"instance": {target}, "vendor": {"nvidia"}, "gpu": gpus}
+        for name, dash in dashboards().items():
+            for var in dash["templating"]["list"][1:]:
+                m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
+                assert m and m.group(2) == var["name"], (name, var["query"])
+                match = substitute(m.group(1), {"instance": ".+", "vendor": ".+"})
+                found = prom.api(f"label/{var['name']}/values", **{"match[]": match},
+                                 start=str(start), end=end)
+                assert set(found) == expected[var["name"]], (name, var["name"], found)
+
+        # Every dashboard query returned data during the run, with every host, vendor and GPU
+        # chosen ("All"; the device page's host its one choice, and its GPU any).
         empty = []
-        for dash, title, expr in panel_queries():
-            data = prom.api("query_range", query=expr, start=str(start), end=str(time.time()),
-                            step="2")
+        for dash, title, expr in panel_queries(
+                {"datasource": "", "instance": target, "vendor": ".+", "gpu": ".+"}):
+            data = prom.api("query_range", query=expr, start=str(start), end=end, step="2")
             if not data["result"]:
                 empty.append(f"{dash}: {title}: {expr}")
         assert not empty, "panels without data:\n" + "\n".join(empty)
+        # And so did every metric a query names, also those behind an `or`.
+        from .test_grafana import metric_names
+        named = {n for _, _, expr in panel_queries({"datasource": "", "instance": ".+",
+                                                    "vendor": ".+", "gpu": ".+"})
+                 for n in metric_names(expr)}
+        assert set(NO_DATA_IN_SIMULATION) <= named
+        absent = {n for n in named
+                  if not prom.api("series", **{"match[]": n}, start=str(start), end=end)}
+        assert absent == set(NO_DATA_IN_SIMULATION), sorted(absent)
 
         _, text = daemon.get("/metrics")
         check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
