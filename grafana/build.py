@@ -167,9 +167,12 @@ def fleet() -> dict:
              "{{instance}} GPU {{gpu}} XID {{xid}}"),
            Q(f"sum by (instance, gpu) (increase(gpuprobe_ecc_uncorrected_errors_total{{{S}}}"
              f"[1h]))", "{{instance}} GPU {{gpu}} uncorrectable ECC")]),
-        P("Probe runs not ok in the last hour", "short",
+        P("Probe runs failed or timed out in the last hour", "short",
           [Q(f'sum by (instance, gpu, probe, outcome) (increase(gpuprobe_probe_runs_total{{{S}, '
-             f'outcome!="ok"}}[1h]))', "{{instance}} GPU {{gpu}} {{probe}} {{outcome}}")]),
+             f'outcome=~"failed|timeout"}}[1h]))', "{{instance}} GPU {{gpu}} {{probe}} "
+             "{{outcome}}")],
+          description="As GpuprobeProbeFailing counts them: a skipped run (a busy GPU) is "
+                      "not a failure.", thresholds=[(None, "green"), (2, "orange")]),
     ])
 
 
