@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gpuprobe.daemon.config import NvidiaConfig
@@ -31,12 +31,21 @@ from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
 from gpuprobe.daemon.workers import Job, Worker
 
-log = logging.getLogger("gpuprobe.nvidia")
+from ..backend import (
+    DEVICE_FATAL,
+    LIBRARY_FATAL,
+    STUCK_SECONDS,
+    TRANSIENT,
+    UNSUPPORTED,
+    Device,
+    DeviceLost,
+    LibraryDown,
+    lose,
+)
+from ..backend import Query as BaseQuery
+from ..backend import run_on_devices as run_on_devices  # re-exported for the collectors
 
-UNSUPPORTED = "unsupported"
-TRANSIENT = "transient"
-DEVICE_FATAL = "device_fatal"
-LIBRARY_FATAL = "library_fatal"
+log = logging.getLogger("gpuprobe.nvidia")
 
 _UNSUPPORTED_CODES = {3, 4, 13, 22, 25, 26}  # NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND,
 # VGPU_ECC_NOT_SUPPORTED, ARGUMENT_VERSION_MISMATCH, DEPRECATED
@@ -46,11 +55,7 @@ _LIBRARY_FATAL_CODES = {1, 9, 12, 18}  # UNINITIALIZED, DRIVER_NOT_LOADED, LIBRA
 # LIB_RM_VERSION_MISMATCH
 NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
-
-DEVICE_RETRY_MAX = 60.0
-# A device whose worker has run one call for this long is treated as hung: nothing more is
-# queued for it until that call returns. Normal NVML calls take microseconds to milliseconds.
-STUCK_SECONDS = 2.0
+NVML_ERROR_NO_PERMISSION = 4
 
 
 def classify(lib: Any, exc: BaseException) -> str | None:
@@ -70,122 +75,24 @@ def classify(lib: Any, exc: BaseException) -> str | None:
     return None
 
 
-class DeviceLost(Exception):
-    """A device-fatal error: the device is down until it is found again."""
-
-
-class LibraryDown(Exception):
-    """A library-fatal error: the whole backend is down until re-initialised."""
-
-
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(eq=False)
-class NvDevice:
-    """A device the backend knows, by UUID; it stays known (and down) after it is lost."""
+class NvDevice(Device):
+    """An NVIDIA GPU or MIG instance."""
 
-    uuid: str
-    handle: Any
-    identity: DeviceIdentity
-    worker: Worker
     parent: NvDevice | None = None
     gpu_instance_id: int | None = None
     mig_enabled: bool = False
-    lost: bool = False
-    lost_reason: str | None = None
-    retry_at: float = 0.0
-    backoff: float = 1.0
-    unsupported: set[str] = field(default_factory=set)
-    static: dict[str, Any] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)  # per-device state of readers (GPM)
-
-    @property
-    def physical(self) -> NvDevice:
-        return self.parent or self
-
-    @property
-    def up(self) -> bool:
-        return not self.lost and not (self.parent is not None and self.parent.lost)
 
 
-class Query:
+class Query(BaseQuery):
     """Call NVML for one collection, classifying and counting errors (the choke point)."""
 
     def __init__(self, session: NvmlSession, errors: Counter) -> None:
-        self.session = session
-        self.lib = session.lib
-        self.errors = errors
-
-    def __call__(self, dev: NvDevice, key: str, fn: Callable[..., Any], *args: Any,
-                 **kwargs: Any) -> Any:
-        """``fn(*args)`` or None when it failed in a way that leaves the metric absent."""
-        if key in dev.unsupported:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            return self._failed(dev, key, e)
-
-    def first(self, dev: NvDevice, key: str,
-              calls: list[tuple[str | Callable[..., Any], tuple]]) -> Any:
-        """The first of alternative calls that is supported (a newer API, then an older);
-        a call is a function or the name of one in the library. The one that worked is
-        remembered per device, so later polls go straight to it."""
-        chosen = dev.state.get(("alt", key))
-        if chosen is not None:
-            fn, args = calls[chosen]
-            if isinstance(fn, str):
-                fn = getattr(self.lib, fn)
-            return self(dev, f"{key}#{chosen}", fn, *args)
-        for i, (fn, args) in enumerate(calls):
-            sub = f"{key}#{i}"
-            if isinstance(fn, str):
-                fn = getattr(self.lib, fn, None)
-            if fn is None:  # this pynvml does not have the function
-                dev.unsupported.add(sub)
-            if sub in dev.unsupported:
-                continue
-            value = self(dev, sub, fn, *args)
-            if value is not None:
-                dev.state[("alt", key)] = i
-                return value
-            if sub not in dev.unsupported:
-                return None  # a transient failure: try this one again next time
-        return None
-
-    def system(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A call about the library, not a device: every failure but an unsupported one is
-        library-fatal (raises LibraryDown)."""
-        try:
-            return fn(*args)
-        except Exception as e:
-            cls = classify(self.lib, e)
-            if cls is None:
-                raise
-            self.errors[cls] += 1
-            if cls == UNSUPPORTED:
-                return None
-            raise LibraryDown(e) from e
-
-    def _failed(self, dev: NvDevice, key: str, e: Exception) -> None:
-        cls = classify(self.lib, e)
-        if cls is None:
-            raise e
-        self.errors[cls] += 1
-        if cls == UNSUPPORTED:
-            dev.unsupported.add(key)
-            level = logging.INFO if getattr(e, "value", None) == 4 else logging.DEBUG
-            log.log(level, "GPU %s (%s): %s unavailable (%s); not asked again",
-                    dev.identity.index, dev.uuid, key, e)
-            return None
-        if cls == TRANSIENT:
-            log.debug("GPU %s: %s failed (%s); will retry", dev.identity.index, key, e)
-            return None
-        if cls == DEVICE_FATAL:
-            raise DeviceLost(f"{key}: {e}") from e
-        raise LibraryDown(e) from e
+        super().__init__(session, errors, log)
 
 
 class NvmlSession:
@@ -210,6 +117,12 @@ class NvmlSession:
         self._closers: list[Callable[[], None]] = []
         self.driven = False  # True once the telemetry collector exists to drive discovery
         self._discovered = threading.Event()  # set while devices from a discovery are known
+
+    def classify(self, exc: BaseException) -> str | None:
+        return classify(self.lib, exc)
+
+    def quietly_unsupported(self, exc: BaseException) -> bool:
+        return getattr(exc, "value", None) == NVML_ERROR_NO_PERMISSION
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -529,56 +442,3 @@ def nvml_session(ctx: Context) -> NvmlSession:
         return session
 
     return ctx.shared("nvml", make)
-
-
-def _each(fn: Callable[[NvDevice], Any], devices: list[NvDevice]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for dev in devices:
-        try:
-            out[dev.uuid] = fn(dev)
-        except Exception as e:
-            out[dev.uuid] = e
-    return out
-
-
-def run_on_devices(devices: list[NvDevice], fn: Callable[[NvDevice], Any], deadline: float
-                   ) -> tuple[dict[str, Any], set[str]]:
-    """Run ``fn(dev)`` for each device on its physical GPU's own worker; wait until
-    ``deadline``.
-
-    Returns (uuid -> result or exception, uuids not done). The work queues behind another
-    collector's call to the same GPU; a GPU whose worker has been inside one call for
-    STUCK_SECONDS is hung, is not called again until that call returns, and counts as not
-    done, with its MIG instances. Work not started by the deadline is cancelled.
-    """
-    groups: dict[Worker, list[NvDevice]] = {}
-    for dev in devices:
-        groups.setdefault(dev.worker, []).append(dev)
-    futures = []
-    stuck: set[str] = set()
-    for worker, devs in groups.items():
-        if worker.running_for() > STUCK_SECONDS:
-            stuck.update(d.uuid for d in devs)
-        else:
-            futures.append((devs, worker.submit(_each, fn, devs)))
-    results: dict[str, Any] = {}
-    for devs, fut in futures:
-        try:
-            results.update(fut.result(timeout=max(0.0, deadline - time.monotonic())))
-        except TimeoutError:
-            fut.cancel()
-            stuck.update(d.uuid for d in devs)
-    return results, stuck
-
-
-def lose(dev: NvDevice, reason: str, retry_initial: float, retry_max: float) -> None:
-    """Mark a device down; it is looked up again after a backoff that doubles per failure."""
-    if not dev.lost:
-        log.warning("GPU %s (%s) is down: %s", dev.identity.index, dev.uuid, reason)
-        dev.backoff = retry_initial
-    dev.lost = True
-    dev.lost_reason = reason
-    dev.retry_at = time.monotonic() + dev.backoff
-    dev.backoff = min(dev.backoff * 2, retry_max, DEVICE_RETRY_MAX)
-    dev.state.clear()
-
