@@ -31,6 +31,7 @@ class Daemon:
         self.context = Context(
             config,
             nvml=simulation.nvml if simulation else nvml,
+            amdsmi=getattr(simulation, "amdsmi", None),
             proc_root=simulation.proc_root if simulation else None,
             simulation=simulation,
         )

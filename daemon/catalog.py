@@ -30,7 +30,7 @@ class MetricSpec:
     unit: str
     scope: str  # device, process, xid, collector, backend, build
     nvidia: str
-    amd: str = "not yet collected (AMD backend pending)"
+    amd: str = ""
     labels: tuple[str, ...] = ()
     values: Callable[[DeviceSample], Series] | None = None
 
@@ -72,183 +72,335 @@ CATALOG: tuple[MetricSpec, ...] = (
       "", "device", "nvmlDeviceGetName, GetPciInfo, GetSerial, GetVbiosVersion, "
       "GetArchitecture, GetCudaComputeCapability; MIG: GetMigDeviceHandleByIndex",
       labels=("model", "pci_bus_id", "serial", "driver_version", "firmware_version",
-              "architecture", "compute_capability", "parent_uuid", "partition")),
+              "architecture", "compute_capability", "parent_uuid", "partition",
+              "memory_partition"),
+      amd=(
+      'amdsmi_get_gpu_asic_info (market_name, target_graphics_version), '
+      'get_gpu_device_bdf, get_gpu_board_info / asic_serial, get_gpu_driver_info, '
+      'get_gpu_vbios_info, get_gpu_compute_partition, get_gpu_memory_partition; a '
+      'partition per handle, its number in the PCI function')),
     M("gpuprobe_device_up", "gauge",
       "1 when the device answered the last poll, 0 when it is lost, hung or its library is "
       "down. A device once seen stays listed.", "", "device", "any device-fatal NVML error "
       "(GPU_IS_LOST, RESET_REQUIRED, ...), a missed deadline, or the library down",
-      values=one(lambda d: d.up)),
+      values=one(lambda d: d.up),
+      amd=(
+      'amdsmi status NOT_FOUND (device gone), a missed deadline, or the library down')),
     # -- memory ----------------------------------------------------------------------------
     M("gpuprobe_memory_total_bytes", "gauge", "Total device memory in bytes.", "bytes",
-      "device", "nvmlDeviceGetMemoryInfo (v2) .total", values=one(lambda d: d.memory.total_bytes)),
+      "device", "nvmlDeviceGetMemoryInfo (v2) .total", values=one(lambda d: d.memory.total_bytes),
+      amd=(
+      'amdsmi_get_gpu_memory_total(VRAM) (bytes); a partitioned GPU: the sum of its '
+      "partitions'")),
     M("gpuprobe_memory_used_bytes", "gauge",
       "Device memory allocated by processes and the driver in bytes, excluding memory "
       "reserved by the driver and firmware.", "bytes", "device",
-      "nvmlDeviceGetMemoryInfo (v2) .used", values=one(lambda d: d.memory.used_bytes)),
+      "nvmlDeviceGetMemoryInfo (v2) .used", values=one(lambda d: d.memory.used_bytes),
+      amd=(
+      "amdsmi_get_gpu_memory_usage(VRAM) (bytes; includes the driver's own "
+      "allocations); a partitioned GPU: the sum of its partitions'")),
     M("gpuprobe_memory_free_bytes", "gauge", "Device memory free for allocation in bytes.",
       "bytes", "device", "nvmlDeviceGetMemoryInfo (v2) .free",
-      values=one(lambda d: d.memory.free_bytes)),
+      values=one(lambda d: d.memory.free_bytes),
+      amd=(
+      'total minus used (amdsmi has no free figure)')),
     M("gpuprobe_memory_reserved_bytes", "gauge",
       "Device memory reserved by the driver and firmware in bytes.", "bytes", "device",
-      "nvmlDeviceGetMemoryInfo (v2) .reserved", values=one(lambda d: d.memory.reserved_bytes)),
+      "nvmlDeviceGetMemoryInfo (v2) .reserved", values=one(lambda d: d.memory.reserved_bytes),
+      amd=(
+      "absent: amdsmi does not report the driver's reserve apart")),
     M("gpuprobe_bar1_memory_total_bytes", "gauge",
       "Size of the BAR1 aperture (device memory mapped for the host and peers) in bytes.",
       "bytes", "device", "nvmlDeviceGetBAR1MemoryInfo .bar1Total",
-      values=one(lambda d: d.memory.bar1_total_bytes)),
+      values=one(lambda d: d.memory.bar1_total_bytes),
+      amd=(
+      'amdsmi_get_gpu_memory_total(VIS_VRAM): the CPU-visible VRAM, i.e. the PCI BAR')),
     M("gpuprobe_bar1_memory_used_bytes", "gauge", "BAR1 aperture in use in bytes.", "bytes",
       "device", "nvmlDeviceGetBAR1MemoryInfo .bar1Used",
-      values=one(lambda d: d.memory.bar1_used_bytes)),
+      values=one(lambda d: d.memory.bar1_used_bytes),
+      amd=(
+      'amdsmi_get_gpu_memory_usage(VIS_VRAM)')),
+    M("gpuprobe_gtt_memory_total_bytes", "gauge",
+      "Host memory the device may map through its GART (GTT), in bytes; where an APU's "
+      "memory mostly lives.", "bytes", "device", "absent: NVIDIA has no GTT",
+      values=one(lambda d: d.memory.gtt_total_bytes),
+      amd="amdsmi_get_gpu_memory_total(GTT) (bytes)"),
+    M("gpuprobe_gtt_memory_used_bytes", "gauge", "GTT host memory in use, in bytes.", "bytes",
+      "device", "absent: NVIDIA has no GTT", values=one(lambda d: d.memory.gtt_used_bytes),
+      amd="amdsmi_get_gpu_memory_usage(GTT) (bytes)"),
     # -- thermal ---------------------------------------------------------------------------
     M("gpuprobe_temperature_celsius", "gauge", "Temperature of a device sensor in celsius.",
       "celsius", "device", "sensor=gpu: nvmlDeviceGetTemperatureV (GetTemperature on older "
       "drivers); sensor=memory: field NVML_FI_DEV_MEMORY_TEMP (82)", labels=("sensor",),
-      values=keyed(lambda d: d.thermal.temperatures)),
+      values=keyed(lambda d: d.thermal.temperatures),
+      amd=(
+      'amdsmi_get_temp_metric(CURRENT): sensor=edge (EDGE; none on MI300), hotspot '
+      '(HOTSPOT, the junction), memory (VRAM)')),
     M("gpuprobe_temperature_threshold_celsius", "gauge",
       "Temperature at which the device acts: slowdown (clocks cut), shutdown, max_operating "
       "(software slowdown starts).", "celsius", "device",
       "nvmlDeviceGetTemperatureThreshold: SHUTDOWN, SLOWDOWN, GPU_MAX (sensor=gpu), MEM_MAX "
       "(sensor=memory)", labels=("sensor", "threshold"),
-      values=keyed(lambda d: d.thermal.thresholds)),
+      values=keyed(lambda d: d.thermal.thresholds),
+      amd=(
+      'amdsmi_get_temp_metric: CRITICAL as slowdown, EMERGENCY as shutdown, per sensor '
+      '(edge, hotspot, memory); no max_operating')),
     # -- power -----------------------------------------------------------------------------
     M("gpuprobe_power_draw_watts", "gauge", "Power drawn by the device in watts.", "watts",
       "device", "nvmlDeviceGetPowerUsage (mW; a 1 s average on Ampere and newer, except GA100)",
-      values=one(lambda d: d.power.draw_watts)),
+      values=one(lambda d: d.power.draw_watts),
+      amd=(
+      'amdsmi_get_power_info current_socket_power (MI300), else average_socket_power '
+      '(W)')),
     M("gpuprobe_power_limit_watts", "gauge", "Power limit the device enforces in watts.",
       "watts", "device", "nvmlDeviceGetEnforcedPowerLimit (mW)",
-      values=one(lambda d: d.power.limit_watts)),
+      values=one(lambda d: d.power.limit_watts),
+      amd=(
+      'amdsmi_get_power_cap_info power_cap (µW)')),
     M("gpuprobe_energy_joules_total", "counter",
       "Energy consumed by the device since the driver loaded, in joules.", "joules", "device",
       "field NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION (83, mJ)",
-      values=one(lambda d: d.power.energy_joules)),
+      values=one(lambda d: d.power.energy_joules),
+      amd=(
+      'amdsmi_get_energy_count: energy_accumulator × counter_resolution (µJ per tick, '
+      'about 15.3)')),
     # -- clocks ----------------------------------------------------------------------------
     M("gpuprobe_clock_hertz", "gauge", "Current clock frequency of a clock domain in hertz.",
       "hertz", "device", "nvmlDeviceGetClockInfo: GRAPHICS, SM, MEM, VIDEO (MHz)",
-      labels=("clock",), values=keyed(lambda d: d.clocks.current)),
+      labels=("clock",), values=keyed(lambda d: d.clocks.current),
+      amd=(
+      'amdsmi_get_clock_info clk: GFX as graphics, MEM as memory, SOC as soc, VCLK0 as '
+      'video (MHz)')),
     M("gpuprobe_clock_max_hertz", "gauge", "Maximum clock frequency of a clock domain in hertz.",
       "hertz", "device", "nvmlDeviceGetMaxClockInfo (MHz)", labels=("clock",),
-      values=keyed(lambda d: d.clocks.maximum)),
+      values=keyed(lambda d: d.clocks.maximum),
+      amd=(
+      'amdsmi_get_clock_info max_clk (MHz)')),
     # -- throttling ------------------------------------------------------------------------
     M("gpuprobe_throttle_active", "gauge",
       "1 while a reason holds the clocks down, 0 otherwise; one series per reason the device "
       "reports (gpu_idle, applications_clocks, power_cap, hw_slowdown, sync_boost, sw_thermal, "
-      "hw_thermal, hw_power_brake, display_clocks).", "", "device",
+      "hw_thermal, hw_power_brake, display_clocks; AMD adds current_limit and "
+      "memory_thermal).", "", "device",
       "nvmlDeviceGetCurrentClocksEventReasons bits, limited to "
-      "nvmlDeviceGetSupportedClocksEventReasons", labels=("reason",), values=_throttle_active),
+      "nvmlDeviceGetSupportedClocksEventReasons", labels=("reason",), values=_throttle_active,
+      amd=(
+      "gpu_metrics indep_throttle_status read raw through the binding's ctypes layer "
+      '(its dict gives a bool), SMU_THROTTLER bits mapped to power_cap, current_limit, '
+      'sw_thermal, memory_thermal, hw_slowdown; without it, residency accumulators that '
+      'grew since the last poll, or amdsmi_get_violation_status active_* (slow path)')),
     M("gpuprobe_throttle_seconds_total", "counter",
       "Time the clocks were held down for a reason, in seconds since the driver loaded. "
       "Counts events too short for a poll to see.", "seconds", "device",
       "fields NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP (74), SYNC_BOOST (76), "
       "SW_THERM_SLOWDOWN (269), HW_THERM_SLOWDOWN (270), HW_POWER_BRAKE_SLOWDOWN (271) (ns)",
-      labels=("reason",), values=keyed(lambda d: d.throttle.seconds_total)),
+      labels=("reason",), values=keyed(lambda d: d.throttle.seconds_total),
+      amd=(
+      'gpu_metrics ppt_ (power_cap), socket_thm_ (sw_thermal), hbm_thm_ '
+      '(memory_thermal), prochot_residency_acc (hw_slowdown) over accumulation_counter, '
+      'times the time between polls; MI300; counted from when gpuprobe first saw the '
+      'device')),
     M("gpuprobe_performance_state", "gauge",
       "Performance state: 0 is maximum performance, 15 minimum.", "", "device",
-      "nvmlDeviceGetPerformanceState (P0-P15)", values=one(lambda d: d.performance_state)),
+      "nvmlDeviceGetPerformanceState (P0-P15)", values=one(lambda d: d.performance_state),
+      amd=(
+      'absent: AMD has no P-states of this kind')),
     # -- PCIe ------------------------------------------------------------------------------
     M("gpuprobe_pcie_link_generation", "gauge",
       "PCIe generation the link is trained at now. Idle GPUs may train down to save power.",
       "", "device", "nvmlDeviceGetCurrPcieLinkGeneration",
-      values=one(lambda d: d.pcie.generation)),
+      values=one(lambda d: d.pcie.generation),
+      amd=(
+      'amdsmi_get_pcie_info pcie_metric.pcie_speed (MT/s; 32000 is Gen5), else '
+      'gpu_metrics pcie_link_speed (0.1 GT/s)')),
     M("gpuprobe_pcie_link_width", "gauge", "PCIe lanes the link is trained at now.", "",
-      "device", "nvmlDeviceGetCurrPcieLinkWidth", values=one(lambda d: d.pcie.width)),
+      "device", "nvmlDeviceGetCurrPcieLinkWidth", values=one(lambda d: d.pcie.width),
+      amd=(
+      'amdsmi_get_pcie_info pcie_metric.pcie_width, else gpu_metrics pcie_link_width')),
     M("gpuprobe_pcie_link_max_generation", "gauge",
       "Highest PCIe generation both the device and its slot support.", "", "device",
-      "nvmlDeviceGetMaxPcieLinkGeneration", values=one(lambda d: d.pcie.max_generation)),
+      "nvmlDeviceGetMaxPcieLinkGeneration", values=one(lambda d: d.pcie.max_generation),
+      amd=(
+      'amdsmi_get_pcie_info pcie_static.max_pcie_speed (MT/s)')),
     M("gpuprobe_pcie_link_max_width", "gauge", "Most PCIe lanes the device supports.", "",
-      "device", "nvmlDeviceGetMaxPcieLinkWidth", values=one(lambda d: d.pcie.max_width)),
+      "device", "nvmlDeviceGetMaxPcieLinkWidth", values=one(lambda d: d.pcie.max_width),
+      amd=(
+      'amdsmi_get_pcie_info pcie_static.max_pcie_width')),
     M("gpuprobe_pcie_transmit_bytes_total", "counter",
       "Bytes the device sent over PCIe (device to host and peers), headers included, since "
       "gpuprobe started watching it.",
       "bytes", "device", "GPM PCIE_TX_PER_SEC (20) integrated over each poll interval on "
       "Hopper+; else field NVML_FI_DEV_PCIE_COUNT_TX_BYTES (197), a 32-bit counter whose "
       "wraps are followed (more than 4 GiB between polls is undercounted)",
-      values=one(lambda d: d.pcie.tx_bytes_total)),
+      values=one(lambda d: d.pcie.tx_bytes_total),
+      amd=(
+      'absent: amdsmi has no byte counter; see '
+      'gpuprobe_pcie_sampled_throughput_bytes_per_second')),
     M("gpuprobe_pcie_receive_bytes_total", "counter",
       "Bytes the device received over PCIe (host and peers to device), headers included, "
       "since gpuprobe started watching it.",
       "bytes", "device", "GPM PCIE_RX_PER_SEC (21) integrated over each poll interval on "
       "Hopper+; else field NVML_FI_DEV_PCIE_COUNT_RX_BYTES (198), a 32-bit counter whose "
       "wraps are followed (more than 4 GiB between polls is undercounted)",
-      values=one(lambda d: d.pcie.rx_bytes_total)),
+      values=one(lambda d: d.pcie.rx_bytes_total),
+      amd=(
+      'absent: amdsmi has no byte counter; see '
+      'gpuprobe_pcie_sampled_throughput_bytes_per_second')),
+    M("gpuprobe_pcie_sampled_throughput_bytes_per_second", "gauge",
+      "PCIe traffic per direction (tx: device to host, rx: host to device) measured over a "
+      "one-second window by the driver, refreshed by the slow collector (amd_slow); a "
+      "sample, not an average since the last scrape.", "bytes", "device",
+      "absent: NVIDIA has byte counters (gpuprobe_pcie_transmit_bytes_total)",
+      labels=("direction",), values=keyed(lambda d: d.pcie.sampled_bytes_per_second),
+      amd="amdsmi_get_gpu_pci_throughput sent, received (bytes in 1 s; blocks 1 s; "
+      "Instinct; pcie_bw is absent or zero on RDNA and APUs)"),
     M("gpuprobe_pcie_replays_total", "counter",
       "PCIe packets the link layer had to send again (a link-health signal).", "", "device",
-      "field NVML_FI_DEV_PCIE_REPLAY_COUNTER (94)", values=one(lambda d: d.pcie.replays_total)),
+      "field NVML_FI_DEV_PCIE_REPLAY_COUNTER (94)", values=one(lambda d: d.pcie.replays_total),
+      amd=(
+      'amdsmi_get_pcie_info pcie_metric.pcie_replay_count (MI300-era; N/A elsewhere)')),
     M("gpuprobe_pcie_link_recoveries_total", "counter",
       "Times the PCIe link left L0 for recovery.", "", "device",
       "field NVML_FI_DEV_PCIE_L0_TO_RECOVERY_COUNTER (169)",
-      values=one(lambda d: d.pcie.recoveries_total)),
+      values=one(lambda d: d.pcie.recoveries_total),
+      amd=(
+      'amdsmi_get_pcie_info pcie_metric.pcie_l0_to_recovery_count')),
     M("gpuprobe_pcie_naks_received_total", "counter", "PCIe NAKs the device received.", "",
       "device", "field NVML_FI_DEV_PCIE_COUNT_NAKS_RECEIVED (174)",
-      values=one(lambda d: d.pcie.naks_received_total)),
+      values=one(lambda d: d.pcie.naks_received_total),
+      amd=(
+      'amdsmi_get_pcie_info pcie_metric.pcie_nak_received_count')),
     M("gpuprobe_pcie_naks_sent_total", "counter", "PCIe NAKs the device sent.", "", "device",
-      "field NVML_FI_DEV_PCIE_COUNT_NAKS_SENT (177)", values=one(lambda d: d.pcie.naks_sent_total)),
+      "field NVML_FI_DEV_PCIE_COUNT_NAKS_SENT (177)", values=one(lambda d: d.pcie.naks_sent_total),
+      amd=(
+      'amdsmi_get_pcie_info pcie_metric.pcie_nak_sent_count')),
     # -- utilization and activity ----------------------------------------------------------
     M("gpuprobe_utilization_ratio", "gauge",
       "Share of the driver's last sample period an engine was busy (gpu: any kernel running, "
       "not SM occupancy; memory: device memory being read or written).", "ratio", "device",
       "nvmlDeviceGetUtilizationRates .gpu, .memory; GetEncoderUtilization, "
       "GetDecoderUtilization (%); not on MIG", labels=("engine",),
-      values=keyed(lambda d: d.utilization)),
+      values=keyed(lambda d: d.utilization),
+      amd=(
+      "gpu: the mean of the XCCs' busy (gpu_metrics xcp_stats.gfx_busy_inst) on MI300, "
+      'else amdsmi_get_gpu_activity gfx_activity; memory: umc_activity; multimedia: '
+      'mm_activity (%); a partition: its own XCCs')),
+    M("gpuprobe_xcc_utilization_ratio", "gauge",
+      "Busy share of each accelerator complex die (XCC) of an MI300-class GPU or partition.",
+      "ratio", "device", "absent: NVIDIA GPUs have no XCCs", labels=("xcc",),
+      values=keyed(lambda d: d.xcc_utilization),
+      amd="gpu_metrics xcp_stats.gfx_busy_inst[partition][xcc] (%)"),
     M("gpuprobe_graphics_engine_active_ratio", "gauge",
       "Share of the last poll interval the graphics or compute engine was active.", "ratio",
       "device", "GPM NVML_GPM_METRIC_GRAPHICS_UTIL (1), Hopper and newer",
-      values=one(lambda d: d.activity.graphics_engine)),
+      values=one(lambda d: d.activity.graphics_engine),
+      amd=(
+      'absent: no profiling-class counters in amdsmi (see gpuprobe_utilization_ratio)')),
     M("gpuprobe_sm_active_ratio", "gauge",
       "Share of SM cycles with at least one warp resident, averaged over the SMs, over the "
       "last poll interval.", "ratio", "device", "GPM NVML_GPM_METRIC_SM_UTIL (2), Hopper and newer",
-      values=one(lambda d: d.activity.sm_active)),
+      values=one(lambda d: d.activity.sm_active),
+      amd=(
+      "absent: amdsmi has no SM (CU) activity; AMD's exporter needs rocprofiler for it")),
     M("gpuprobe_sm_occupancy_ratio", "gauge",
       "Resident warps as a share of the SMs' maximum, over the last poll interval.", "ratio",
       "device", "GPM NVML_GPM_METRIC_SM_OCCUPANCY (3), Hopper and newer",
-      values=one(lambda d: d.activity.sm_occupancy)),
+      values=one(lambda d: d.activity.sm_occupancy),
+      amd=(
+      'absent: amdsmi has no occupancy counter')),
     M("gpuprobe_tensor_active_ratio", "gauge",
       "Share of the last poll interval the tensor pipes were active.", "ratio", "device",
       "GPM NVML_GPM_METRIC_ANY_TENSOR_UTIL (5), Hopper and newer",
-      values=one(lambda d: d.activity.tensor_active)),
+      values=one(lambda d: d.activity.tensor_active),
+      amd=(
+      'absent: no matrix-core counter in amdsmi')),
     M("gpuprobe_dram_active_ratio", "gauge",
       "Device memory bandwidth used as a share of its peak, over the last poll interval.",
       "ratio", "device", "GPM NVML_GPM_METRIC_DRAM_BW_UTIL (10), Hopper and newer",
-      values=one(lambda d: d.activity.dram_active)),
+      values=one(lambda d: d.activity.dram_active),
+      amd=(
+      'absent (umc_activity is exported as utilization_ratio{engine="memory"})')),
     # -- hardware errors -------------------------------------------------------------------
     M("gpuprobe_ecc_enabled", "gauge", "1 when ECC is on for device memory.", "", "device",
-      "field NVML_FI_DEV_ECC_CURRENT (1)", values=one(lambda d: d.errors.ecc_enabled)),
+      "field NVML_FI_DEV_ECC_CURRENT (1)", values=one(lambda d: d.errors.ecc_enabled),
+      amd=(
+      'amdsmi_get_gpu_ecc_enabled (a block bitmask; non-zero is on)')),
     M("gpuprobe_ecc_corrected_errors_total", "counter",
       "Corrected (single-bit) ECC errors since the driver loaded.", "", "device",
       "field NVML_FI_DEV_ECC_SBE_VOL_TOTAL (3)",
-      values=one(lambda d: d.errors.ecc_corrected_total)),
+      values=one(lambda d: d.errors.ecc_corrected_total),
+      amd=(
+      'amdsmi_get_gpu_total_ecc_count correctable_count')),
     M("gpuprobe_ecc_uncorrected_errors_total", "counter",
       "Uncorrected (double-bit) ECC errors since the driver loaded.", "", "device",
       "field NVML_FI_DEV_ECC_DBE_VOL_TOTAL (4)",
-      values=one(lambda d: d.errors.ecc_uncorrected_total)),
+      values=one(lambda d: d.errors.ecc_uncorrected_total),
+      amd=(
+      'amdsmi_get_gpu_total_ecc_count uncorrectable_count')),
+    M("gpuprobe_ecc_deferred_errors_total", "counter",
+      "ECC errors the hardware deferred (poisoned data not yet consumed) since the driver "
+      "loaded.", "", "device", "absent: NVIDIA has no deferred class",
+      values=one(lambda d: d.errors.ecc_deferred_total),
+      amd="amdsmi_get_gpu_total_ecc_count deferred_count"),
+    M("gpuprobe_ecc_block_errors_total", "counter",
+      "ECC and RAS errors by hardware block (umc, gfx, sdma, xgmi_wafl, ...) and severity "
+      "(corrected, uncorrected, deferred) since the driver loaded.", "", "device",
+      "absent: NVML's per-location counts are not collected", labels=("block", "severity"),
+      values=keyed(lambda d: d.errors.ecc_blocks),
+      amd="amdsmi_get_gpu_ecc_count(block) for each block in amdsmi_get_gpu_ecc_enabled"),
     M("gpuprobe_ecc_lifetime_corrected_errors_total", "counter",
       "Corrected ECC errors over the device's life (kept in its infoROM).", "", "device",
       "field NVML_FI_DEV_ECC_SBE_AGG_TOTAL (5)",
-      values=one(lambda d: d.errors.ecc_corrected_lifetime_total)),
+      values=one(lambda d: d.errors.ecc_corrected_lifetime_total),
+      amd=(
+      "absent: amdsmi's counts are since the driver loaded")),
     M("gpuprobe_ecc_lifetime_uncorrected_errors_total", "counter",
       "Uncorrected ECC errors over the device's life (kept in its infoROM).", "", "device",
       "field NVML_FI_DEV_ECC_DBE_AGG_TOTAL (6)",
-      values=one(lambda d: d.errors.ecc_uncorrected_lifetime_total)),
+      values=one(lambda d: d.errors.ecc_uncorrected_lifetime_total),
+      amd=(
+      "absent: amdsmi's counts are since the driver loaded")),
     M("gpuprobe_remapped_rows_total", "counter",
       "Memory rows remapped to spares, by the kind of error that caused it.", "", "device",
       "fields NVML_FI_DEV_REMAPPED_COR (142), REMAPPED_UNC (143); Ampere and newer",
-      labels=("cause",), values=keyed(lambda d: d.errors.remapped_rows)),
+      labels=("cause",), values=keyed(lambda d: d.errors.remapped_rows),
+      amd=(
+      'absent: AMD retires pages instead (gpuprobe_retired_pages_total)')),
     M("gpuprobe_row_remap_pending", "gauge",
       "1 when a row remap waits for a GPU reset to take effect.", "", "device",
-      "field NVML_FI_DEV_REMAPPED_PENDING (144)", values=one(lambda d: d.errors.remap_pending)),
+      "field NVML_FI_DEV_REMAPPED_PENDING (144)", values=one(lambda d: d.errors.remap_pending),
+      amd=(
+      'absent (see gpuprobe_retired_pages_pending)')),
     M("gpuprobe_row_remap_failed", "gauge",
       "1 when a row could not be remapped (no spare rows left).", "", "device",
-      "field NVML_FI_DEV_REMAPPED_FAILURE (145)", values=one(lambda d: d.errors.remap_failed)),
+      "field NVML_FI_DEV_REMAPPED_FAILURE (145)", values=one(lambda d: d.errors.remap_failed),
+      amd=(
+      'absent')),
     M("gpuprobe_retired_pages_total", "counter",
       "Memory pages retired, by cause (pre-Ampere GPUs; newer ones remap rows).", "", "device",
       "fields NVML_FI_DEV_RETIRED_SBE (29), RETIRED_DBE (30)", labels=("cause",),
-      values=keyed(lambda d: d.errors.retired_pages)),
+      values=keyed(lambda d: d.errors.retired_pages),
+      amd=(
+      'amdsmi_get_gpu_bad_page_info entries with status RESERVED, as '
+      'cause=uncorrectable')),
     M("gpuprobe_retired_pages_pending", "gauge",
       "1 when pages wait for a reboot to be retired.", "", "device",
       "field NVML_FI_DEV_RETIRED_PENDING (31)",
-      values=one(lambda d: d.errors.retired_pages_pending)),
+      values=one(lambda d: d.errors.retired_pages_pending),
+      amd=(
+      'amdsmi_get_gpu_bad_page_info: any entry with status PENDING')),
     M("gpuprobe_xid_errors_total", "counter",
       "XID errors the driver reported, by code, since gpuprobe started watching. Critical "
       "codes (config nvidia.xid_codes) start at 0.", "", "xid",
-      "NVML event set, nvmlEventTypeXidCriticalError, on its own thread", labels=("xid",)),
+      "NVML event set, nvmlEventTypeXidCriticalError, on its own thread", labels=("xid",),
+      amd=(
+      "absent: XIDs are NVIDIA's; see gpuprobe_device_events_total")),
+    M("gpuprobe_device_events_total", "counter",
+      "Device events the driver reported, by kind (reset, thermal_throttle), since gpuprobe "
+      "started watching; both start at 0.", "", "event",
+      "absent: NVIDIA reports XIDs instead (gpuprobe_xid_errors_total)", labels=("event",),
+      amd="AmdSmiEventReader (KFD SMI events) GPU_PRE_RESET as reset, THERMAL_THROTTLE, on "
+      "its own thread"),
     # -- processes -------------------------------------------------------------------------
     M("gpuprobe_process_memory_used_bytes", "gauge",
       "Device memory a process holds, in bytes. The largest processes per device are kept "
@@ -256,10 +408,23 @@ CATALOG: tuple[MetricSpec, ...] = (
       "process", "nvmlDeviceGetComputeRunningProcesses, GetGraphicsRunningProcesses, "
       "GetMPSComputeRunningProcesses .usedGpuMemory; name and start time from /proc/<pid>/stat, "
       "container_id and pod_uid from /proc/<pid>/cgroup",
-      labels=("pid", "process_name", "container_id", "pod_uid")),
+      labels=("pid", "process_name", "container_id", "pod_uid"),
+      amd=(
+      'amdsmi_get_gpu_process_list memory_usage.vram_mem (bytes), per partition; pids '
+      "not in /proc and the daemon's own are dropped; name, start time, container and "
+      'pod from /proc')),
+    M("gpuprobe_process_utilization_ratio", "gauge",
+      "Share of the time between the last two process listings the graphics/compute engine "
+      "worked for the process.", "ratio", "process",
+      "absent: not collected from NVML (nvmlDeviceGetProcessUtilization is not read)",
+      labels=("pid", "process_name", "container_id", "pod_uid"),
+      amd="amdsmi_get_gpu_process_list engine_usage.gfx (cumulative ns), its growth over the "
+      "wall time between listings"),
     M("gpuprobe_device_processes", "gauge",
       "Processes holding memory on the device, all of them (not capped).", "", "device",
-      "length of the process lists above"),
+      "length of the process lists above",
+      amd=(
+      'length of amdsmi_get_gpu_process_list after those drops')),
     # -- memory-leak detector (daemon/leaks.py; docs/leaks.md) -------------------------------
     M("gpuprobe_memory_growth_bytes_per_second", "gauge",
       "Robust (Theil-Sen) growth rate of the device's used memory over the leak detector's "
@@ -365,29 +530,52 @@ CATALOG: tuple[MetricSpec, ...] = (
     # -- gpuprobe itself -------------------------------------------------------------------
     M("gpuprobe_collector_up", "gauge",
       "1 when the collector's last run succeeded and is not stalled.", "", "collector",
-      "scheduler", labels=("collector",)),
+      "scheduler", labels=("collector",),
+      amd=(
+      'scheduler')),
     M("gpuprobe_collector_stalled", "gauge",
       "1 while a collector's call is past its deadline; it is not called again until the call "
-      "returns.", "", "collector", "scheduler", labels=("collector",)),
+      "returns.", "", "collector", "scheduler", labels=("collector",),
+      amd=(
+      'scheduler')),
     M("gpuprobe_collector_last_success_timestamp_seconds", "gauge",
       "Unix time of the collector's last successful run.", "seconds", "collector", "scheduler",
-      labels=("collector",)),
+      labels=("collector",),
+      amd=(
+      'scheduler')),
     M("gpuprobe_collector_duration_seconds", "gauge",
       "How long the collector's last run took, in seconds.", "seconds", "collector",
-      "scheduler", labels=("collector",)),
+      "scheduler", labels=("collector",),
+      amd=(
+      'scheduler')),
     M("gpuprobe_collector_errors_total", "counter",
       "Vendor-call errors by class: unsupported (metric absent, not asked again), transient "
       "(retried next cycle), device_fatal, library_fatal; timeout (run past its deadline) and "
       "internal (a bug in gpuprobe).", "", "collector", "the backend's error choke point",
-      labels=("collector", "class")),
+      labels=("collector", "class"),
+      amd=(
+      "the backend's error choke point (amdsmi status codes and the binding's Python "
+      'errors)')),
     M("gpuprobe_backend_up", "gauge",
       "1 when the vendor library is loaded and initialised; 0 while it is missing or being "
-      "re-initialised.", "", "backend", "nvmlInit", labels=("backend",)),
+      "re-initialised.", "", "backend", "nvmlInit", labels=("backend",),
+      amd=(
+      'amdsmi_init after an isolated preflight (child process)')),
     M("gpuprobe_backend_info", "info", "Versions of a vendor library and driver; always 1.", "",
       "backend", "nvmlSystemGetNVMLVersion, nvmlSystemGetDriverVersion",
-      labels=("backend", "library_version", "driver_version")),
+      labels=("backend", "library_version", "driver_version", "binding_version"),
+      amd="amdsmi_get_lib_version (library), amdsmi.__version__ (binding_version), "
+      "get_gpu_driver_info"),
+    M("gpuprobe_backend_version_mismatch", "gauge",
+      "1 when the vendor library's Python binding was not made for the installed library "
+      "(the AMD backend then refuses to run unless amd.allow_version_mismatch), 0 when they "
+      "match; absent when it cannot be told.", "", "backend",
+      "absent: pynvml binds symbols lazily and degrades per call", labels=("backend",),
+      amd="amdsmi.__version__ against amdsmi_get_rocm_version(), checked in the preflight"),
     M("gpuprobe_build_info", "info", "gpuprobe's version and Python's; always 1.", "", "build",
-      "package metadata", labels=("version", "python_version")),
+      "package metadata", labels=("version", "python_version"),
+      amd=(
+      'package metadata')),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
@@ -396,6 +584,7 @@ BY_NAME = {m.name: m for m in CATALOG}
 def markdown() -> str:
     """The metric table for docs/metrics.md."""
     scope_labels = {"device": DEVICE_LABELS, "process": DEVICE_LABELS, "xid": DEVICE_LABELS,
+                    "event": DEVICE_LABELS,
                     "leak": DEVICE_LABELS, "process_leak": DEVICE_LABELS,
                     "probe": DEVICE_LABELS, "collector": (), "backend": (), "build": ()}
     lines = ["| Metric | Type | Unit | Labels | Meaning | NVIDIA source | AMD source |",

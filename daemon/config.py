@@ -58,6 +58,21 @@ class NvidiaConfig:
 
 
 @dataclass(frozen=True)
+class AmdConfig:
+    # How long the isolated amdsmi_init (a child process) may take before it is abandoned:
+    # init has no timeout of its own and blocks on a wedged GPU.
+    init_timeout: float = field(default=15.0, metadata=_duration(0.5, max=300.0))
+    discovery_interval: float = field(default=60.0, metadata=_duration(1.0))
+    retry_initial: float = field(default=1.0, metadata=_duration(0.01))
+    retry_max: float = field(default=300.0, metadata=_duration(0.01))
+    # ECC, RAS and bad-page counts change rarely; they are read at most this often.
+    ras_interval: float = field(default=60.0, metadata=_duration(1.0))
+    # The Python binding's structures must match libamd_smi's; a mismatch can corrupt
+    # memory, so the backend refuses to run unless this is set.
+    allow_version_mismatch: bool = False
+
+
+@dataclass(frozen=True)
 class PcieProbeConfig:
     every: float = field(default=900.0, metadata=_duration(1.0))
     buffer_size: int = field(default=64 * 2**20, metadata={"size": True, "min": 2**20,
@@ -127,6 +142,7 @@ class Config:
     log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})
     collectors: Mapping[str, CollectorConfig] = field(default_factory=dict)
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
+    amd: AmdConfig = field(default_factory=AmdConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     leaks: LeaksConfig = field(default_factory=LeaksConfig)
@@ -324,6 +340,8 @@ def from_mapping(data: Any) -> Config:
     config.listen_address()
     if config.nvidia.retry_max < config.nvidia.retry_initial:
         raise ConfigError("nvidia.retry_max: must not be shorter than nvidia.retry_initial")
+    if config.amd.retry_max < config.amd.retry_initial:
+        raise ConfigError("amd.retry_max: must not be shorter than amd.retry_initial")
     for name in ("pcie_probe", "launch_probe"):
         cc = config.collectors.get(name)
         if cc is not None and cc.enabled and cc.deadline() <= config.probes.timeout:

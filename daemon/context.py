@@ -17,11 +17,14 @@ T = TypeVar("T")
 
 
 class Context:
-    def __init__(self, config: Config, *, nvml: Any = None, proc_root: str | None = None,
-                 simulation: Any = None) -> None:
+    def __init__(self, config: Config, *, nvml: Any = None, amdsmi: Any = None,
+                 proc_root: str | None = None, simulation: Any = None) -> None:
         self.config = config
         self.simulation = simulation
         self._nvml = nvml
+        # The simulated amdsmi face; None means the real package, which the AMD backend
+        # imports itself, and only after an isolated child has shown that it loads and inits.
+        self.amdsmi_face = amdsmi
         self.proc_root = proc_root or config.host.proc_root
         self.store: Any = None  # the daemon's Store, for collectors that act on what others saw
         self._shared: dict[str, Any] = {}

@@ -155,7 +155,8 @@ class SnapshotCollector:
                 "serial": ident.serial, "driver_version": ident.driver_version,
                 "firmware_version": ident.firmware_version, "architecture": ident.architecture,
                 "compute_capability": ident.compute_capability,
-                "parent_uuid": ident.parent_uuid, "partition": ident.partition}, 1)
+                "parent_uuid": ident.parent_uuid, "partition": ident.partition,
+                "memory_partition": ident.memory_partition}, 1)
             for spec, values, names in self._device_specs:
                 for extra, value in values(d):
                     if not extra:
@@ -174,6 +175,11 @@ class SnapshotCollector:
                     for code, count in sorted(codes.items()):
                         f.add("gpuprobe_xid_errors_total", {**ids[uuid], "xid": str(code)},
                               count)
+            for uuid, events in result.event_counts.items():
+                if uuid in ids:
+                    for event, count in sorted(events.items()):
+                        f.add("gpuprobe_device_events_total", {**ids[uuid], "event": event},
+                              count)
         # (device uuid, pid) -> labels, for processes with per-process series
         shown: dict[tuple[str, int], dict[str, str]] = {}
         for uuid, procs in processes.items():
@@ -189,6 +195,8 @@ class SnapshotCollector:
                 labels = _process_labels(ids[uuid], p.pid, p.name, p.container_id, p.pod_uid)
                 shown[(uuid, p.pid)] = labels
                 f.add("gpuprobe_process_memory_used_bytes", labels, p.used_memory_bytes)
+                if p.busy_ratio is not None:
+                    f.add("gpuprobe_process_utilization_ratio", labels, p.busy_ratio)
 
         for result in view.results.values():
             for leak in result.leaks:
@@ -220,6 +228,9 @@ class SnapshotCollector:
             f.add("gpuprobe_backend_up", {"backend": name}, b.up)
             f.add_optional("gpuprobe_backend_info", {
                 "backend": name, "library_version": b.library_version,
-                "driver_version": b.driver_version}, 1)
+                "driver_version": b.driver_version, "binding_version": b.binding_version}, 1)
+            if b.version_mismatch is not None:
+                f.add("gpuprobe_backend_version_mismatch", {"backend": name},
+                      b.version_mismatch)
         f.add("gpuprobe_build_info", self.build, 1)
         yield from (m for m in f.metrics.values() if m.samples)

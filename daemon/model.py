@@ -24,6 +24,8 @@ THROTTLE_REASONS = (
     "hw_thermal",
     "hw_power_brake",
     "display_clocks",
+    "current_limit",
+    "memory_thermal",
 )
 
 
@@ -42,7 +44,9 @@ class DeviceIdentity:
     architecture: str | None = None
     compute_capability: str | None = None
     parent_uuid: str | None = None
+    # NVIDIA: the MIG profile ("3g.40gb"); AMD: the compute partition mode ("SPX", "CPX")
     partition: str | None = None
+    memory_partition: str | None = None  # AMD: "NPS1", "NPS4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,9 @@ class Memory:
     reserved_bytes: int | None = None
     bar1_total_bytes: int | None = None
     bar1_used_bytes: int | None = None
+    # Host memory mapped for the device (AMD GTT); most of an APU's memory lives here.
+    gtt_total_bytes: int | None = None
+    gtt_used_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,9 @@ class Pcie:
     recoveries_total: int | None = None
     naks_received_total: int | None = None
     naks_sent_total: int | None = None
+    # direction ("tx", "rx") -> bytes per second measured over a short window (AMD's
+    # pci_throughput samples one second); a sampled rate, not a counter.
+    sampled_bytes_per_second: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,10 @@ class Errors:
     ecc_uncorrected_total: int | None = None
     ecc_corrected_lifetime_total: int | None = None
     ecc_uncorrected_lifetime_total: int | None = None
+    ecc_deferred_total: int | None = None
+    # (block, severity) -> errors; block is the hardware block ("umc", "gfx", ...), severity
+    # "corrected", "uncorrected" or "deferred"
+    ecc_blocks: Mapping[tuple[str, str], int] = field(default_factory=dict)
     # cause ("correctable", "uncorrectable") -> rows
     remapped_rows: Mapping[str, int] = field(default_factory=dict)
     remap_pending: bool | None = None
@@ -138,8 +152,10 @@ class DeviceSample:
     clocks: Clocks = field(default_factory=Clocks)
     throttle: Throttle = field(default_factory=Throttle)
     pcie: Pcie = field(default_factory=Pcie)
-    # engine ("gpu", "memory", "encoder", "decoder") -> busy ratio
+    # engine ("gpu", "memory", "encoder", "decoder", "multimedia") -> busy ratio
     utilization: Mapping[str, float] = field(default_factory=dict)
+    # accelerator complex die ("0".."7", AMD MI300 XCCs) -> busy ratio
+    xcc_utilization: Mapping[str, float] = field(default_factory=dict)
     activity: Activity = field(default_factory=Activity)
     errors: Errors = field(default_factory=Errors)
     performance_state: int | None = None
@@ -160,6 +176,8 @@ class ProcessSample(NamedTuple):
     start_ticks: int | None = None
     container_id: str | None = None
     pod_uid: str | None = None
+    # Share of the last interval the process kept the graphics/compute engine busy.
+    busy_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +227,9 @@ class BackendStatus:
     reason: str | None = None
     library_version: str | None = None
     driver_version: str | None = None
+    binding_version: str | None = None  # the Python wrapper's own version (amdsmi)
+    # True when the binding does not match the library; None when it cannot be told.
+    version_mismatch: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +245,8 @@ class CollectorResult:
     processes: tuple[ProcessSample, ...] = ()
     # device uuid -> {xid code: count since the daemon started watching}
     xid_counts: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    # device uuid -> {event ("reset", "thermal_throttle"): count since the daemon started}
+    event_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     backends: tuple[BackendStatus, ...] = ()
     probes: tuple[ProbeSample, ...] = ()
     leaks: tuple[LeakSample, ...] = ()
