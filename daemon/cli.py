@@ -160,7 +160,8 @@ def render_snapshot(view: Any) -> str:
     rows = [["GPU", "VENDOR", "MODEL", "UP", "TEMP", "POWER/LIMIT", "MEMORY USED/TOTAL", "UTIL",
              "SM ACTIVE", "PCIE NOW (MAX)", "THROTTLE"]]
     for d in devices:
-        i, t = d.identity, d.thermal.temperatures.get("gpu")
+        i, temps = d.identity, d.thermal.temperatures
+        t = temps.get("gpu", temps.get("edge", temps.get("hotspot")))  # NVIDIA's, else AMD's
         p = d.power
         power = "-" if p.draw_watts is None else f"{p.draw_watts:.0f}" + (
             f"/{p.limit_watts:.0f} W" if p.limit_watts else " W")
@@ -176,12 +177,13 @@ def render_snapshot(view: Any) -> str:
                      _pct(d.utilization.get("gpu")), _pct(d.activity.sm_active), link,
                      ",".join(active) or "-"])
     out = [_table(rows)]
-    index = {d.identity.uuid: d.identity.index for d in devices}
+    index = {d.identity.uuid: (d.identity.vendor, d.identity.index) for d in devices}
     procs = [p for r in view.results.values() for p in r.processes]
     if procs:
-        prow = [["GPU", "PID", "NAME", "MEMORY", "CONTAINER", "POD"]]
-        for p in sorted(procs, key=lambda p: (index.get(p.device_uuid, "?"), p.pid)):
-            prow.append([index.get(p.device_uuid, "?"), str(p.pid), p.name or "?",
+        prow = [["GPU", "VENDOR", "PID", "NAME", "MEMORY", "CONTAINER", "POD"]]
+        for p in sorted(procs, key=lambda p: (index.get(p.device_uuid, ("?", "?")), p.pid)):
+            vendor, gpu = index.get(p.device_uuid, ("?", "?"))
+            prow.append([gpu, vendor, str(p.pid), p.name or "?",
                          _human_bytes(p.used_memory_bytes), (p.container_id or "-")[:12],
                          p.pod_uid or "-"])
         out.append(_table(prow))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ class ProcessResolver:
         self._current: dict[int, tuple[HostProcess, float]] = {}  # pid -> (process, checked)
         self._last: tuple[tuple[int, ...], float, dict[int, HostProcess]] | None = None
         self._warned_invisible = False
+        self._lock = threading.Lock()
 
     def _read(self, pid: int, name: str) -> str | None:
         try:
@@ -103,7 +105,12 @@ class ProcessResolver:
         return proc
 
     def resolve_all(self, pids: list[int]) -> dict[int, HostProcess]:
-        """Resolve the pids of one poll and forget processes that are gone."""
+        """Resolve the pids of one poll and forget processes that are gone. The NVIDIA and
+        AMD process collectors share one resolver, so calls are serialised."""
+        with self._lock:
+            return self._resolve_all(pids)
+
+    def _resolve_all(self, pids: list[int]) -> dict[int, HostProcess]:
         now = time.monotonic()
         key = tuple(pids)
         last = self._last

@@ -210,10 +210,10 @@ class Orchestrator:
         others = [p for p in processes if p.device_uuid == uuid and p.pid not in self.children]
         if any((p.name or "").startswith("nvidia-cuda-mps") for p in others):
             return "mps"
-        temp = d.thermal.temperatures.get("gpu")
-        slowdown = d.thermal.thresholds.get(("gpu", "slowdown"))
-        if temp is not None and slowdown is not None and \
-                slowdown - temp < self.cfg.min_thermal_margin:
+        temps, limits = d.thermal.temperatures, d.thermal.thresholds
+        margins = [limits[(sensor, "slowdown")] - t for sensor, t in temps.items()
+                   if (sensor, "slowdown") in limits]  # NVIDIA: gpu; AMD: edge, hotspot, ...
+        if margins and min(margins) < self.cfg.min_thermal_margin:
             return "thermal"
         if self._request(d, "pcie") is None:
             return "no_runtime"
@@ -238,7 +238,7 @@ class Orchestrator:
                        calibrations=c.calibrations)
         sim = self.ctx.simulation
         if sim is not None:
-            env = sim.probe_environment(uuid)
+            env = sim.probe_environment(uuid, d.identity.pci_bus_id)
             if env is None:
                 return None
             req.update(backend="sim", sim=env, seed=self.rng.randrange(2**31))

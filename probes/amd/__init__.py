@@ -1,0 +1,1 @@
+"""AMD GPUs through amdsmi: telemetry, processes, slow calls and KFD events."""

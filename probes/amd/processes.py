@@ -1,0 +1,129 @@
+"""The ``amd_processes`` collector: which processes hold memory on each AMD GPU or partition.
+
+``amdsmi_get_gpu_process_list`` reads DRM clients from ``/proc/*/fdinfo``: VRAM, GTT and CPU
+bytes per process and the cumulative nanoseconds each engine spent on it. Its traps, handled
+here: it listed processes that had exited (until after 7.0.2), so every pid is checked
+against ``/proc`` and a missing one dropped; on MI300 the monitoring process itself shows up
+as a KFD process on every GPU, so the daemon's own pid (and its probe children) are left out.
+The engine time becomes a busy ratio: its growth over the wall time between two listings.
+Reading other users' fdinfo needs root or CAP_SYS_PTRACE; without it amdsmi lists fewer
+processes, which nothing here can tell.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.model import CollectorResult, ProcessSample
+from gpuprobe.daemon.registry import register
+
+from ..backend import DeviceLost, LibraryDown, Query, run_on_devices
+from ..host import ProcessResolver
+from .library import clean, number
+from .session import AmdDevice, AmdSession, amd_session
+
+# pid -> (VRAM bytes, cumulative gfx engine ns)
+Listing = dict[int, tuple[int | None, float | None]]
+
+
+def list_processes(session: AmdSession, dev: AmdDevice, q: Query) -> Listing:
+    listed = q(dev, "processes", session.lib.amdsmi_get_gpu_process_list, dev.handle)
+    out: Listing = {}
+    for p in listed or ():
+        pid = clean(p.get("pid")) if isinstance(p, dict) else None
+        if not isinstance(pid, int) or pid <= 0:
+            continue
+        usage = p.get("memory_usage") or {}
+        vram = number(usage.get("vram_mem"), 64)
+        engine = number((p.get("engine_usage") or {}).get("gfx"), 64)
+        prev = out.get(pid)  # one process with several DRM clients: keep the larger
+        if prev is not None and (prev[0] or 0) >= (vram or 0):
+            continue
+        out[pid] = (int(vram) if vram is not None else None, engine)
+    return out
+
+
+def _targets(session: AmdSession, dev: AmdDevice) -> list[AmdDevice]:
+    return list(dev.children) if dev.children else [dev]
+
+
+def current_pids(session: AmdSession, uuid: str, deadline: float) -> set[int] | None:
+    """The pids holding a GPU (or its partitions) now; None if it cannot be told."""
+    dev = session.devices.get(uuid)
+    if dev is None or not session.up or not dev.up:
+        return None
+    q = session.query(Counter())
+    results, stuck = run_on_devices(_targets(session, dev),
+                                    lambda d: list_processes(session, d, q), deadline)
+    if stuck or any(isinstance(r, BaseException) for r in results.values()):
+        return None
+    own = os.getpid()
+    return {pid for r in results.values() for pid in r if pid != own}
+
+
+@register("amd_processes", interval=10.0, timeout=8.0,
+          description="Processes holding memory on AMD GPUs and partitions, with name, "
+                      "container, pod and engine busy ratio")
+class AmdProcesses:
+    name = "amd_processes"
+
+    def __init__(self, ctx: Context) -> None:
+        self.session = amd_session(ctx)
+        self.resolver: ProcessResolver = ctx.shared(
+            "host.processes", lambda: ProcessResolver(ctx.proc_root))
+        self.probe_children: set[int] = ctx.shared("probe.children", set)
+        self.now = ctx.now
+        self.own_pid = os.getpid()
+        # (device uuid, pid, start ticks) -> (gfx ns, time) of the last listing
+        self._engine: dict[tuple[str, int, int | None], tuple[float, float]] = {}
+
+    def _list(self, dev: AmdDevice, q: Query) -> Listing | None:
+        try:
+            return list_processes(self.session, dev, q)
+        except DeviceLost as e:
+            self.session.lose(dev.physical, str(e))  # type: ignore[arg-type]
+            return None
+
+    def collect(self, deadline: float) -> CollectorResult:
+        errors: Counter = Counter()
+        session = self.session
+        if not session.ensure(errors, deadline, drive=False):
+            return CollectorResult(ok=session.absent or session.initialising, errors=errors)
+        q = session.query(errors)
+        targets = [t for d in session.physical() if d.up for t in _targets(session, d)]
+        results, _stuck = run_on_devices(targets, lambda d: self._list(d, q), deadline)
+        for r in results.values():
+            if isinstance(r, LibraryDown):
+                session.mark_down(r.__cause__ or r)
+                return CollectorResult(ok=False, errors=errors)
+            if isinstance(r, BaseException):
+                raise r
+        skip = {self.own_pid, *self.probe_children}
+        listed = [(uuid, {p: v for p, v in r.items() if p not in skip})
+                  for uuid, r in results.items() if r]
+        host = self.resolver.resolve_all([pid for _, r in listed for pid in r])
+        now = self.now()
+        seen: dict[tuple[str, int, int | None], tuple[float, float]] = {}
+        samples = []
+        for uuid, r in listed:
+            for pid, (vram, engine) in r.items():
+                h = host.get(pid)
+                if h is None:  # exited: amdsmi 7.0.2 may list it long after
+                    continue
+                busy = None
+                if engine is not None:
+                    key = (uuid, pid, h.start_ticks)
+                    prev = self._engine.get(key)
+                    seen[key] = (engine, now)
+                    if prev is not None and now > prev[1] and engine >= prev[0]:
+                        busy = min(1.0, (engine - prev[0]) / ((now - prev[1]) * 1e9))
+                samples.append(ProcessSample(uuid, pid, vram, h.name, h.start_ticks,
+                                             h.container_id, h.pod_uid, busy))
+        self._engine = seen
+        return CollectorResult(ok=True, processes=tuple(samples), errors=errors,
+                               timestamp=now)
+
+    def close(self) -> None:
+        pass

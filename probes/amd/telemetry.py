@@ -1,0 +1,467 @@
+"""The ``amd`` collector: per-device telemetry through amdsmi, in the vendor-neutral model.
+
+Each physical GPU is read on its own worker through partition 0's handle; its partitions are
+read on the same worker through their own handles, for what is theirs (memory, activity).
+amdsmi's units are turned into base units here and in :mod:`.library`, nowhere else:
+
+* temperatures (edge, hotspot, memory) from ``amdsmi_get_temp_metric``; thresholds CRITICAL
+  as ``slowdown`` and EMERGENCY as ``shutdown``, read once;
+* power from ``current_socket_power`` (MI300) or ``average_socket_power`` (older parts,
+  Radeon); the cap is in microwatts; energy is ticks times the counter resolution;
+* throttling from the raw ``indep_throttle_status`` bitmask (the 7.0.2 binding's dict turns
+  it into one bool), decoded to the shared reason names, and throttle time from the
+  firmware's residency accumulators;
+* activity from ``amdsmi_get_gpu_activity``, or per XCC from gpu_metrics' ``xcp_stats`` on
+  MI300, whose single gfx figure is retired when partitioned;
+* ECC, per-block RAS counts and bad pages, at most every ``amd.ras_interval``.
+
+The slow calls (violation status, PCIe throughput) are made by the ``amd_slow`` collector on
+their own threads; their latest figures are merged here from memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.model import (
+    Clocks,
+    CollectorResult,
+    DeviceSample,
+    Errors,
+    Memory,
+    Pcie,
+    Power,
+    Thermal,
+    Throttle,
+)
+from gpuprobe.daemon.registry import register
+
+from ..backend import TRANSIENT, DeviceLost, LibraryDown, Query, run_on_devices
+from .library import (
+    clean,
+    energy_joules,
+    generation_from_mts,
+    generation_from_tenths_gts,
+    mhz_to_hertz,
+    microwatts_to_watts,
+    number,
+    percent_ratio,
+)
+from .session import SENSORS, AmdDevice, AmdSession, amd_session, log
+
+# (clock label, AmdSmiClkType member)
+CLOCKS = (("graphics", "GFX"), ("memory", "MEM"), ("soc", "SOC"), ("video", "VCLK0"))
+
+# Kernel SMU_THROTTLER_*_BIT ranges of indep_throttle_status, mapped to shared reasons where
+# the meaning matches NVIDIA's: package power limits are a power cap; firmware thermal limits
+# are software (firmware) thermal slowdown; memory and HBM temperature has its own reason;
+# PROCHOT and VRHOT are hardware signals that cut clocks (NVIDIA's hw_slowdown); current and
+# EDC limits have no NVIDIA counterpart.
+THROTTLE_BITS: tuple[tuple[range, str], ...] = (
+    (range(0, 8), "power_cap"),  # PPT0-3, SPL, FPPT, SPPT, SPPT_APU
+    (range(16, 24), "current_limit"),  # TDC_*, EDC_*, APCC
+    (range(32, 34), "sw_thermal"),  # TEMP_GPU, TEMP_CORE
+    (range(34, 35), "memory_thermal"),  # TEMP_MEM
+    (range(35, 44), "sw_thermal"),  # TEMP_EDGE, TEMP_HOTSPOT, TEMP_SOC, TEMP_VR_*, LIQUID
+    (range(44, 48), "hw_slowdown"),  # VRHOT0-1, PROCHOT_CPU, PROCHOT_GFX
+)
+BITMASK_REASONS = frozenset(r for _, r in THROTTLE_BITS)
+# gpu_metrics residency accumulators -> reason (each / accumulation_counter is the share of
+# time that limiter was active)
+RESIDENCIES = (("ppt_residency_acc", "power_cap"), ("socket_thm_residency_acc", "sw_thermal"),
+               ("hbm_thm_residency_acc", "memory_thermal"),
+               ("prochot_residency_acc", "hw_slowdown"))
+# amdsmi_get_violation_status active_* flags (the slow path) -> reason
+VIOLATIONS = (("active_ppt_pwr", "power_cap"), ("active_socket_thrm", "sw_thermal"),
+              ("active_hbm_thrm", "memory_thermal"), ("active_prochot_thrm", "hw_slowdown"))
+ECC_BLOCKS = ("UMC", "SDMA", "GFX", "MMHUB", "ATHUB", "PCIE_BIF", "HDP", "XGMI_WAFL", "DF",
+              "SMN", "SEM", "MP0", "MP1", "FUSE", "MCA", "VCN", "JPEG", "IH", "MPIO")
+SLOW_MAX_AGE = 3.0  # slow figures older than this many slow intervals are dropped
+
+
+def runtime_suspended(bdf: str, sysfs: str = "/sys") -> bool:
+    """Whether the kernel has put the GPU to sleep (runtime PM, Radeon): reading gpu_metrics
+    would wake it and report clocks and activity latched high for seconds."""
+    try:
+        with open(f"{sysfs}/bus/pci/devices/{bdf}/power/runtime_status") as f:
+            return f.read().strip() == "suspended"
+    except OSError:
+        return False
+
+
+def decode_throttle(mask: int) -> frozenset[str]:
+    return frozenset(reason for bits, reason in THROTTLE_BITS
+                     if any(mask >> b & 1 for b in bits))
+
+
+def raw_throttle_mask(lib: Any, handle: Any) -> int | None:
+    """indep_throttle_status as the bitmask it is, from the binding's ctypes layer (its dict
+    API returns a bool). Raises the library's exception for a non-zero status."""
+    wrapper = getattr(lib, "amdsmi_wrapper", None)
+    if wrapper is None or not hasattr(wrapper, "amdsmi_gpu_metrics_t"):
+        return None
+    metrics = wrapper.amdsmi_gpu_metrics_t()
+    status = wrapper.amdsmi_get_gpu_metrics_info(handle, ctypes.byref(metrics))
+    if status:
+        raise lib.AmdSmiLibraryException(int(status))
+    return clean(int(metrics.indep_throttle_status), 64)
+
+
+def xcc_busy(metrics: Mapping[str, Any] | None, partition: int) -> dict[str, float]:
+    """Per-XCC busy ratios of one partition from gpu_metrics' xcp_stats (MI300)."""
+    rows = (metrics or {}).get("xcp_stats.gfx_busy_inst")
+    if not isinstance(rows, list) or not rows:
+        return {}
+    out: dict[str, float] = {}
+    for p in (partition, 0) if partition else (0,):
+        if p < len(rows) and isinstance(rows[p], list):
+            for i, v in enumerate(rows[p]):
+                ratio = percent_ratio(v)
+                if ratio is not None:
+                    out[str(i)] = ratio
+        if out:
+            break
+    return out
+
+
+class Reader:
+    """Reads one physical GPU (and its partitions) for one poll."""
+
+    def __init__(self, session: AmdSession, q: Query, ras_interval: float,
+                 slow_interval: float | None) -> None:
+        self.session = session
+        self.lib = session.lib
+        self.q = q
+        self.ras_interval = ras_interval
+        self.slow_interval = slow_interval
+
+    def gpu(self, dev: AmdDevice) -> list[DeviceSample]:
+        if runtime_suspended(dev.bdf):  # asleep: read nothing that would wake it
+            return [DeviceSample(identity=dev.identity, up=True, memory=self._memory(dev))]
+        children = [self.partition(c) for c in dev.children]
+        return [self.physical(dev, children), *children]
+
+    # -- partitions -------------------------------------------------------------------------
+
+    def _memory(self, dev: AmdDevice) -> Memory:
+        lib, q, h = self.lib, self.q, dev.handle
+        types = lib.AmdSmiMemoryType
+        total = q(dev, "memory.total", lib.amdsmi_get_gpu_memory_total, h, types.VRAM)
+        used = q(dev, "memory.used", lib.amdsmi_get_gpu_memory_usage, h, types.VRAM)
+        total, used = clean(total, 64), clean(used, 64)
+        bar_total = bar_used = gtt_total = gtt_used = None
+        if dev.parent is None:
+            bar_total = clean(q(dev, "memory.vis.total", lib.amdsmi_get_gpu_memory_total, h,
+                                types.VIS_VRAM), 64)
+            bar_used = clean(q(dev, "memory.vis.used", lib.amdsmi_get_gpu_memory_usage, h,
+                               types.VIS_VRAM), 64)
+            gtt_total = clean(q(dev, "memory.gtt.total", lib.amdsmi_get_gpu_memory_total, h,
+                                types.GTT), 64)
+            gtt_used = clean(q(dev, "memory.gtt.used", lib.amdsmi_get_gpu_memory_usage, h,
+                               types.GTT), 64)
+        return Memory(
+            total_bytes=total, used_bytes=used,
+            free_bytes=total - used if total is not None and used is not None else None,
+            bar1_total_bytes=bar_total, bar1_used_bytes=bar_used,
+            gtt_total_bytes=gtt_total, gtt_used_bytes=gtt_used)
+
+    def _metrics(self, dev: AmdDevice) -> dict[str, Any] | None:
+        m = self.q(dev, "gpu_metrics", self.lib.amdsmi_get_gpu_metrics_info, dev.handle)
+        return m if isinstance(m, dict) else None
+
+    def partition(self, dev: AmdDevice) -> DeviceSample:
+        metrics = self._metrics(dev)
+        xcc = xcc_busy(metrics, dev.partition_index or 0)
+        util = {"gpu": sum(xcc.values()) / len(xcc)} if xcc else {}
+        return DeviceSample(identity=dev.identity, up=True, memory=self._memory(dev),
+                            utilization=util, xcc_utilization=xcc)
+
+    # -- the physical GPU -------------------------------------------------------------------
+
+    def physical(self, dev: AmdDevice, children: list[DeviceSample]) -> DeviceSample:
+        lib, q, h = self.lib, self.q, dev.handle
+        s = dev.static
+        if children:  # partition handles report their own share of memory
+            memory = self._memory(dev)
+            totals = [c.memory.total_bytes for c in children]
+            used = [c.memory.used_bytes for c in children]
+            total = sum(totals) if None not in totals else None  # type: ignore[arg-type]
+            in_use = sum(used) if None not in used else None  # type: ignore[arg-type]
+            memory = Memory(total_bytes=total, used_bytes=in_use,
+                            free_bytes=total - in_use if total is not None
+                            and in_use is not None else None,
+                            bar1_total_bytes=memory.bar1_total_bytes,
+                            bar1_used_bytes=memory.bar1_used_bytes,
+                            gtt_total_bytes=memory.gtt_total_bytes,
+                            gtt_used_bytes=memory.gtt_used_bytes)
+        else:
+            memory = self._memory(dev)
+
+        temps = {}
+        kinds, metric = lib.AmdSmiTemperatureType, lib.AmdSmiTemperatureMetric
+        for sensor, member in SENSORS:
+            v = number(q(dev, f"temperature.{sensor}", lib.amdsmi_get_temp_metric, h,
+                         getattr(kinds, member), metric.CURRENT), 16)
+            if v:  # 0 means the sensor is not there
+                temps[sensor] = v
+
+        power = q(dev, "power", lib.amdsmi_get_power_info, h) or {}
+        draw = number(power.get("current_socket_power"), 16)
+        if draw is None:
+            draw = number(power.get("average_socket_power"), 16)
+        cap = q(dev, "power.cap", lib.amdsmi_get_power_cap_info, h) or {}
+        energy = q(dev, "energy", lib.amdsmi_get_energy_count, h)
+
+        clocks, maximum = {}, {}
+        for label, member in CLOCKS:
+            info = q(dev, f"clock.{label}", lib.amdsmi_get_clock_info, h,
+                     getattr(lib.AmdSmiClkType, member))
+            if isinstance(info, dict):
+                if (hz := mhz_to_hertz(info.get("clk"))) is not None:
+                    clocks[label] = hz
+                if (hz := mhz_to_hertz(info.get("max_clk"))) is not None:
+                    maximum[label] = hz
+
+        metrics = self._metrics(dev)
+        util: dict[str, float] = {}
+        xcc: dict[str, float] = {}
+        if children:
+            busy = [c.utilization["gpu"] for c in children if "gpu" in c.utilization]
+            if busy:
+                util["gpu"] = sum(busy) / len(busy)
+        else:
+            xcc = xcc_busy(metrics, 0)
+            if xcc:
+                util["gpu"] = sum(xcc.values()) / len(xcc)
+        activity = q(dev, "activity", lib.amdsmi_get_gpu_activity, h) or {}
+        for engine, key in (("gpu", "gfx_activity"), ("memory", "umc_activity"),
+                            ("multimedia", "mm_activity")):
+            ratio = percent_ratio(activity.get(key))
+            if ratio is not None and engine not in util:
+                util[engine] = ratio
+
+        return DeviceSample(
+            identity=dev.identity,
+            up=True,
+            memory=memory,
+            thermal=Thermal(temperatures=temps, thresholds=s.get("thresholds", {})),
+            power=Power(draw_watts=draw, limit_watts=microwatts_to_watts(cap.get("power_cap")),
+                        energy_joules=energy_joules(energy)),
+            clocks=Clocks(current=clocks, maximum=maximum),
+            throttle=self._throttle(dev, metrics),
+            pcie=self._pcie(dev, metrics),
+            utilization=util,
+            xcc_utilization=xcc,
+            errors=self._errors(dev),
+        )
+
+    def _slow(self, dev: AmdDevice) -> dict[str, Any]:
+        got = self.session.slow.get(dev.uuid)
+        if not got or self.slow_interval is None:
+            return {}
+        if time.monotonic() - got.get("at", 0.0) > SLOW_MAX_AGE * self.slow_interval:
+            return {}
+        return got
+
+    def _throttle(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> Throttle:
+        """Active reasons from the raw bitmask where the binding's struct is known to fit
+        the library, else from which residency accumulators grew since the last poll, else
+        from the slow path's violation flags; throttle time from the accumulators."""
+        seconds = self._residency(dev, metrics)
+        mask = None
+        if self.session.version_mismatch is False:
+            mask = self.q(dev, "throttle.raw", raw_throttle_mask, self.lib, dev.handle)
+        if mask is not None:
+            supported, active = BITMASK_REASONS, decode_throttle(mask)
+        elif seconds:
+            supported = frozenset(seconds)
+            active = frozenset(dev.state.get("residency_active", ()))
+        else:
+            violation = self._slow(dev).get("violation") or {}
+            flags = {reason: clean(violation.get(key)) for key, reason in VIOLATIONS}
+            flags = {r: f for r, f in flags.items() if isinstance(f, bool)}
+            supported = frozenset(flags)
+            active = frozenset(r for r, f in flags.items() if f)
+        return Throttle(supported=supported, active=active, seconds_total=seconds)
+
+    def _residency(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> dict[str, float]:
+        """Cumulative seconds per reason from the firmware residency accumulators, counted
+        from when gpuprobe first saw the device: share of Δaccumulation_counter times Δt."""
+        if not metrics:
+            return dev.state.get("residency", {}).get("seconds", {})
+        counter = number(metrics.get("accumulation_counter"), 64)
+        raw = {reason: number(metrics.get(key), 64) for key, reason in RESIDENCIES}
+        raw = {r: v for r, v in raw.items() if v is not None}
+        clock_ns = number(metrics.get("system_clock_counter"), 64)
+        now = clock_ns / 1e9 if clock_ns else time.monotonic()
+        if counter is None or not raw:
+            return {}
+        st = dev.state.get("residency")
+        if st is None:
+            dev.state["residency"] = {"counter": counter, "raw": raw, "t": now,
+                                      "seconds": dict.fromkeys(raw, 0.0)}
+            return dict.fromkeys(raw, 0.0)
+        d_counter, dt = counter - st["counter"], now - st["t"]
+        active = set()
+        if d_counter > 0 and dt > 0:
+            for reason, value in raw.items():
+                delta = value - st["raw"].get(reason, value)
+                if delta < 0:  # the accumulators restarted (driver reload, reset)
+                    continue
+                share = min(1.0, delta / d_counter)
+                st["seconds"][reason] = st["seconds"].get(reason, 0.0) + share * dt
+                if share > 0:
+                    active.add(reason)
+        st.update(counter=counter, raw=raw, t=now)
+        dev.state["residency_active"] = active
+        return dict(st["seconds"])
+
+    def _pcie(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> Pcie:
+        info = self.q(dev, "pcie", self.lib.amdsmi_get_pcie_info, dev.handle) or {}
+        static, metric = info.get("pcie_static") or {}, info.get("pcie_metric") or {}
+        gen = generation_from_mts(metric.get("pcie_speed"))
+        width = clean(metric.get("pcie_width"), 16)
+        if gen is None and metrics:
+            gen = generation_from_tenths_gts(metrics.get("pcie_link_speed"))
+        if width is None and metrics:
+            width = clean(metrics.get("pcie_link_width"), 16)
+
+        def count(key: str) -> int | None:
+            v = clean(metric.get(key), 64)
+            return int(v) if isinstance(v, int) else None
+
+        throughput = self._slow(dev).get("throughput") or {}
+        sampled = {d: float(v) for d, key in (("tx", "sent"), ("rx", "received"))
+                   if (v := number(throughput.get(key), 64)) is not None}
+        return Pcie(
+            generation=gen, width=width or None,
+            max_generation=generation_from_mts(static.get("max_pcie_speed")),
+            max_width=clean(static.get("max_pcie_width"), 16) or None,
+            replays_total=count("pcie_replay_count"),
+            recoveries_total=count("pcie_l0_to_recovery_count"),
+            naks_received_total=count("pcie_nak_received_count"),
+            naks_sent_total=count("pcie_nak_sent_count"),
+            sampled_bytes_per_second=sampled)
+
+    def _errors(self, dev: AmdDevice) -> Errors:
+        cached = dev.state.get("errors")
+        if cached is not None and time.monotonic() - cached[0] < self.ras_interval:
+            return cached[1]
+        lib, q, h = self.lib, self.q, dev.handle
+        transient_before = q.errors[TRANSIENT]
+        enabled = clean(q(dev, "ecc.enabled", lib.amdsmi_get_gpu_ecc_enabled, h), 64)
+        total = q(dev, "ecc.total", lib.amdsmi_get_gpu_total_ecc_count, h) or {}
+        blocks: dict[tuple[str, str], int] = {}
+        if enabled:
+            for name in ECC_BLOCKS:
+                block = getattr(lib.AmdSmiGpuBlock, name, None)
+                if block is None or not enabled & int(block):
+                    continue
+                counts = q(dev, f"ecc.block.{name}", lib.amdsmi_get_gpu_ecc_count, h, block)
+                for severity, key in (("corrected", "correctable_count"),
+                                      ("uncorrected", "uncorrectable_count"),
+                                      ("deferred", "deferred_count")):
+                    v = clean((counts or {}).get(key), 64)
+                    if isinstance(v, int):
+                        blocks[(name.lower(), severity)] = v
+        pages = q(dev, "bad_pages", lib.amdsmi_get_gpu_bad_page_info, h)
+        retired: dict[str, int] = {}
+        pending = None
+        if isinstance(pages, list):
+            statuses = [p.get("status") for p in pages if isinstance(p, dict)]
+            retired["uncorrectable"] = sum(1 for st in statuses if st in (0, "RESERVED"))
+            pending = any(st in (1, "PENDING") for st in statuses)
+
+        def total_of(key: str) -> int | None:
+            v = clean(total.get(key), 64)
+            return int(v) if isinstance(v, int) and enabled else None
+
+        errors = Errors(
+            ecc_enabled=bool(enabled) if enabled is not None else None,
+            ecc_corrected_total=total_of("correctable_count"),
+            ecc_uncorrected_total=total_of("uncorrectable_count"),
+            ecc_deferred_total=total_of("deferred_count"),
+            ecc_blocks=blocks, retired_pages=retired, retired_pages_pending=pending)
+        if q.errors[TRANSIENT] == transient_before:  # a failed read is retried next poll
+            dev.state["errors"] = (time.monotonic(), errors)
+        return errors
+
+
+def down_sample(dev: AmdDevice, reason: str) -> DeviceSample:
+    return DeviceSample(identity=dev.identity, up=False, down_reason=reason)
+
+
+@register("amd", interval=5.0, timeout=4.0,
+          description="AMD device telemetry through amdsmi (memory, thermal, power, clocks, "
+                      "throttling, PCIe, activity, ECC/RAS); partitions as their own devices")
+class AmdTelemetry:
+    name = "amd"
+
+    def __init__(self, ctx: Context) -> None:
+        self.session = amd_session(ctx)
+        self.session.driven = True
+        self.now = ctx.now
+        self.ras_interval = ctx.config.amd.ras_interval
+        slow = ctx.config.collectors.get("amd_slow")
+        self.slow_interval = slow.interval if slow is not None and slow.enabled else None
+        self._stuck: set[str] = set()
+
+    def _read(self, dev: AmdDevice, reader: Reader) -> list[DeviceSample] | None:
+        if dev.lost:
+            if time.monotonic() >= dev.retry_at:
+                self.session.rediscover_soon()
+                dev.retry_at = time.monotonic() + dev.backoff
+            return None
+        try:
+            return reader.gpu(dev)
+        except DeviceLost as e:
+            self.session.lose(dev, str(e))
+            return None
+
+    def collect(self, deadline: float) -> CollectorResult:
+        errors: Counter = Counter()
+        session = self.session
+        if not session.ensure(errors, deadline):
+            return CollectorResult(
+                ok=session.absent or session.initialising,
+                devices=tuple(down_sample(d, "backend down") for d in session.known()),
+                backends=(session.status(),), errors=errors)
+        reader = Reader(session, session.query(errors), self.ras_interval, self.slow_interval)
+        gpus = session.physical()
+        results, stuck = run_on_devices(gpus, lambda d: self._read(d, reader), deadline)
+        samples: list[DeviceSample] = []
+        failure: BaseException | None = None
+        for dev in gpus:
+            r: Any = results.get(dev.uuid)
+            family = (dev, *dev.children)
+            if dev.uuid in stuck:
+                samples.extend(down_sample(d, "timeout") for d in family)
+            elif isinstance(r, LibraryDown):
+                failure = r.__cause__ or r
+            elif isinstance(r, BaseException):
+                raise r
+            elif r is None:
+                samples.extend(down_sample(d, dev.lost_reason or "lost") for d in family)
+            else:
+                samples.extend(r)
+        if stuck != self._stuck:
+            if stuck - self._stuck:
+                log.warning("AMD GPU(s) %s did not answer within the deadline; not called "
+                            "again until the hung call returns", ", ".join(sorted(
+                                d.identity.index for d in gpus if d.uuid in stuck)))
+            self._stuck = stuck
+        if failure is not None:
+            session.mark_down(failure)
+            return CollectorResult(
+                ok=False, devices=tuple(down_sample(d, "backend down") for d in session.known()),
+                backends=(session.status(),), errors=errors)
+        return CollectorResult(ok=True, devices=tuple(samples), backends=(session.status(),),
+                               errors=errors, timestamp=self.now())
+
+    def close(self) -> None:
+        pass  # the shared session is closed with the context
