@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .amdsmi import SimAmdSmi
 from .nvml import SimNvml
 from .scenario import Scenario, ScenarioError, load
 from .world import ManualClock, SimClock, SimWorld
 
 SM_COUNTS = {"volta": 80, "turing": 72, "ampere": 108, "ada": 142, "hopper": 132,
-             "blackwell": 148, "cdna3": 304}
+             "blackwell": 148, "cdna3": 304, "rdna3": 96}
 
 __all__ = ["ManualClock", "ScenarioError", "SimClock", "SimWorld", "Simulation"]
 
@@ -25,17 +26,20 @@ class Simulation:
         self.scenario = scenario
         self.world = SimWorld(scenario, clock)
         self.nvml = SimNvml(self.world)
+        self.amdsmi = SimAmdSmi(self.world)
 
     @classmethod
     def from_file(cls, path: str | Path | None,
                   clock: SimClock | ManualClock | None = None) -> Simulation:
         return cls(load(path), clock)
 
-    def probe_environment(self, uuid: str) -> dict | None:
+    def probe_environment(self, uuid: str, pci_bus_id: str | None = None) -> dict | None:
         """What the simulated probe runtime needs to know of a device: the link it trains
-        to under load, its current utilization and its SM count."""
+        to under load, its current utilization and its SM count. Found by UUID, or by PCI
+        address for a device whose library reports no usable UUID."""
+        bus = pci_bus_id.lower()[-7:] if pci_bus_id else None
         for dev in self.world.devices:
-            if dev.uuid == uuid:
+            if dev.uuid == uuid or (bus and dev.pci_bus_id.lower().endswith(bus)):
                 spec = dev.spec
                 return {"generation": spec.generation, "width": spec.width,
                         "utilization": dev.state(self.world.now()).utilization,

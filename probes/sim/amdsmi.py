@@ -827,9 +827,12 @@ class SimAmdSmi:
         listed = list(dev.state(t).processes)
         alive = {p.pid for p in listed}
         # 7.0.2 kept exited processes in the list (fixed later upstream)
-        for p in dev.processes_at(t - STALE_PROCESS_SECONDS):
-            if p.pid not in alive and p.spec.end is not None:
-                listed.append(p)
+        local = dev._cycle(t)[1]
+        for spec in dev.spec.processes:
+            if spec.end is not None and spec.end <= local < spec.end + STALE_PROCESS_SECONDS:
+                last = t - (local - spec.end) - 1e-3  # as it was just before it exited
+                listed += [q for q in dev.processes_at(last)
+                           if q.spec is spec and q.pid not in alive]
         engine = "process_engine_time" not in dev.spec.unsupported
         out = []
         for p in listed:

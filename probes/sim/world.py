@@ -334,6 +334,7 @@ class SimWorld:
         self.devices = [SimDevice(spec, i, scenario) for i, spec in enumerate(scenario.devices)]
         self.procfs = SimProcTree() if proc_tree else None
         self._synced_at: float | None = None
+        self._sync_lock = threading.Lock()
 
     def now(self) -> float:
         """Scenario time, quantised so one poll's calls see one state."""
@@ -346,10 +347,13 @@ class SimWorld:
 
     def sync_processes(self, t: float) -> None:
         """Make the fake /proc match the processes alive at ``t``."""
-        if self.procfs is None or self._synced_at == t:
+        if self.procfs is None:
             return
-        self._synced_at = t
-        self.procfs.sync([p for d in self.devices for p in d.processes_at(t)])
+        with self._sync_lock:  # a second face asking for the same t waits until it is written
+            if self._synced_at == t:
+                return
+            self.procfs.sync([p for d in self.devices for p in d.processes_at(t)])
+            self._synced_at = t
 
     def close(self) -> None:
         if self.procfs is not None:
