@@ -234,6 +234,21 @@ class LeakDetector:
         if s is not None:
             s.first = t
 
+    def rebase(self, key: Hashable, t: float) -> None:
+        """Judge a series only from ``t`` on (a new job on a device): the job's allocation,
+        and an earlier job's warm-up still in the window, must not add up to growth. The
+        growth run and the high-water mark start again; the warm-up grace too."""
+        s = self.series.get(key)
+        if s is None:
+            return
+        fresh = Series()
+        for x, v in zip(s.t, s.v, strict=True):
+            if x >= t:
+                fresh.t.append(x)
+                fresh.v.append(v)
+        fresh.first = t
+        self.series[key] = fresh
+
     def forget(self, keys: set) -> None:
         for k in keys:
             self.series.pop(k, None)

@@ -7,8 +7,9 @@ pid, process start time), so a reused pid starts a new series. A process series 
 when the process has been missing from three successive listings of its collector; a
 device's when the device is gone from every collector.
 
-A device's memory also rises when a new job starts on it, so a device series gets a fresh
-warm-up grace whenever a process it has not seen before appears on it.
+A device's memory also rises when a new job starts on it, so a device series makes a
+fresh start whenever a process it has not seen before appears on it (or on a partition or MIG
+instance of it): the device's memory is judged from the job's start on.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class MemoryLeaks:
         self.devices = LeakDetector(cfg)
         self.processes = LeakDetector(cfg)
         self._seen: dict[str, float] = {}  # collector -> timestamp of the result last fed
+        self._parents: dict[str, str] = {}  # partition / MIG instance uuid -> its GPU's
         self._misses: dict[Hashable, int] = {}
         self._meta: dict[Hashable, ProcessSample] = {}
         self._listers: set[str] = set()  # collectors that list processes
@@ -69,8 +71,11 @@ class MemoryLeaks:
             if key not in self.processes.series:
                 if len(self.processes.series) >= MAX_SERIES:
                     continue
-                # A job starting on the device: its ramp is not the device leaking.
-                self.devices.restart_grace(p.device_uuid, t)
+                # A job starting on the device (or a partition or MIG instance of it): its
+                # allocation and ramp are not the device leaking.
+                for uuid in (p.device_uuid, self._parents.get(p.device_uuid)):
+                    if uuid is not None:
+                        self.devices.rebase(uuid, t)
             self.processes.observe(key, t, float(p.used_memory_bytes))
             self._meta[key] = p
             fed.add(key)
@@ -80,6 +85,9 @@ class MemoryLeaks:
         view = self.ctx.store.view() if self.ctx.store is not None else None
         if view is None:
             return CollectorResult(ok=True)
+        self._parents = {d.identity.uuid: d.identity.parent_uuid
+                         for r in view.results.values() for d in r.devices
+                         if d.identity.parent_uuid}
         fresh_devices: set[str] = set()
         fresh_processes: set[Hashable] = set()
         listed_by: dict[str, set[Hashable]] = {}
