@@ -69,18 +69,24 @@ def test_snapshot_table_of_simulated_gpus():
     assert "4/1" in out  # a MIG instance
     assert "train_leaky" in out  # the process table
     assert "nvidia: up" in out
+    assert "amd: up" in out and "llm_train" in out
 
 
 def test_snapshot_json():
     p = run("snapshot", "--simulate", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    assert len(data["devices"]) == 8
-    gpu0 = next(d for d in data["devices"] if d["identity"]["index"] == "0")
+    # 6 NVIDIA GPUs and 2 MIG instances, 2 AMD GPUs and the MI300X's 2 partitions
+    assert len(data["devices"]) == 12
+    assert sum(d["identity"]["vendor"] == "amd" for d in data["devices"]) == 4
+    gpu0 = next(d for d in data["devices"] if d["identity"]["index"] == "0"
+                and d["identity"]["vendor"] == "nvidia")
     assert gpu0["memory"]["total_bytes"] == 80 * 2**30
     assert gpu0["activity"]["sm_active"] is not None  # two samples were taken for GPM
     assert {p["pid"] for p in data["processes"]} >= {41001, 41002, 41003}
     assert data["collectors"]["nvidia"]["up"] is True
+    assert data["collectors"]["amd"]["up"] is True
+    assert {p["pid"] for p in data["processes"]} >= {46001, 46002, 47001}
 
 
 @pytest.mark.skipif((ROOT / ".no-real-nvml").exists(), reason="marker file")
@@ -91,3 +97,7 @@ def test_snapshot_without_a_gpu_says_so():
     assert p.returncode == 0, p.stderr
     assert "nvidia: unavailable: libnvidia-ml.so.1 not found" in p.stdout or \
         "nvidia: up" in p.stdout
+    # The AMD side the same way: the published amdsmi binding fails to load without ROCm.
+    assert "amd: unavailable: libamd_smi.so not found" in p.stdout or \
+        "amd: unavailable: the amdsmi Python package is not installed" in p.stdout or \
+        "amd: up" in p.stdout

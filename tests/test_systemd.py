@@ -91,7 +91,7 @@ def test_daemon_sends_ready_after_binding_then_watchdog_then_stopping(listener):
         assert ready_at is not None, messages
         assert bound_at_ready
         ready = next(m for _, m in messages if "READY=1" in m)
-        assert re.search(r"STATUS=serving 127\.0\.0\.1:\d+; 8 devices", ready)
+        assert re.search(r"STATUS=serving 127\.0\.0\.1:\d+; 12 devices", ready)
         assert f"MAINPID={proc.pid}" in ready
         after = drain(s, time.monotonic() + 2.6)
         pings = [t for t, m in after if m == "WATCHDOG=1"]
