@@ -98,6 +98,7 @@ class AmdSession:
         self.slow: dict[str, dict[str, Any]] = {}
         self.driven = False
         self._discovered = threading.Event()
+        self._settled = threading.Event()  # set once discovery or a failure has been seen
         self._lock = threading.Lock()
         self._preflight: Preflight | None = None
         self._retry_at = 0.0
@@ -131,7 +132,9 @@ class AmdSession:
         """Bring the library up (after backoff) and discover devices when due; whether it
         is up. The telemetry collector drives this; the others wait for its discovery."""
         if not drive and self.driven:
-            self._discovered.wait(max(0.0, min(deadline - time.monotonic(), 1.0)))
+            # Wait until the telemetry collector's init and discovery have settled (devices
+            # found, or the library known to be down).
+            self._settled.wait(max(0.0, deadline - time.monotonic()))
             return self.up and self._discovered.is_set()
         now = time.monotonic()
         if self.up and now < self._next_discovery:
@@ -170,6 +173,7 @@ class AmdSession:
                 log.warning("%d earlier amdsmi preflight(s) could not be killed (stuck in the "
                             "kernel?)", stuck)
             self._preflight = Preflight(self.config.init_timeout, self.face)
+            self._settled.clear()  # the other collectors wait for this attempt's outcome
         outcome = self._preflight.result(wait=(deadline - time.monotonic()) / 2)
         if outcome is None:
             self.reason = "initialising (amdsmi preflight under way)"
@@ -228,6 +232,7 @@ class AmdSession:
         self.reason = reason
         was_up, self.up = self.up, False
         self._discovered.clear()
+        self._settled.set()
         if was_up:
             try:
                 self.lib.amdsmi_shut_down()
@@ -358,6 +363,7 @@ class AmdSession:
         delay = self.config.retry_initial if retry_soon else self.config.discovery_interval
         self._next_discovery = time.monotonic() + delay
         self._discovered.set()
+        self._settled.set()
 
     def _addresses(self, handles: list[Any], q: Query, deadline: float
                    ) -> tuple[list[tuple[str, Any]], bool]:

@@ -117,6 +117,7 @@ class NvmlSession:
         self._closers: list[Callable[[], None]] = []
         self.driven = False  # True once the telemetry collector exists to drive discovery
         self._discovered = threading.Event()  # set while devices from a discovery are known
+        self._settled = threading.Event()  # set once discovery or a failure has been seen
 
     def classify(self, exc: BaseException) -> str | None:
         return classify(self.lib, exc)
@@ -135,8 +136,9 @@ class NvmlSession:
         init can hang on a wedged GPU); then it reports what is known so far.
         """
         if not drive and self.driven:
-            # Wait for the telemetry collector's discovery, if one is under way.
-            self._discovered.wait(max(0.0, deadline - time.monotonic()))
+            # Wait until the telemetry collector's init and discovery have settled (devices
+            # found, or the library known to be down).
+            self._settled.wait(max(0.0, deadline - time.monotonic()))
             return self.up and self._discovered.is_set()
         now = time.monotonic()
         if self.up and now < self._next_discovery:
@@ -161,6 +163,7 @@ class NvmlSession:
             self._lock.release()
 
     def _init(self, errors: Counter) -> None:
+        self._settled.clear()  # the other collectors wait for this attempt's outcome
         try:
             self.lib.nvmlInit()
         except Exception as e:
@@ -198,6 +201,7 @@ class NvmlSession:
                        if self.absent else str(exc) or type(exc).__name__)
         was_up, self.up = self.up, False
         self._discovered.clear()
+        self._settled.set()
         if was_up:
             for closer in self._closers:
                 closer()
@@ -303,6 +307,7 @@ class NvmlSession:
         delay = self.config.retry_initial if retry_soon else self.config.discovery_interval
         self._next_discovery = time.monotonic() + delay
         self._discovered.set()
+        self._settled.set()
 
     def _discover_index(self, i: int, worker: Worker, q: Query) -> list[NvDevice] | None:
         """On GPU ``i``'s worker: its handle, UUID, static facts and MIG instances."""
