@@ -98,11 +98,32 @@ class AmdSmiParameterException(AmdSmiException):
         self.err_code = None
         self.actualType = type(receivedValue)
         self.expectedType = expectedType
-        self.err_info = msg or (f"Invalid parameter: expected {expectedType}, got "
-                                f"{type(receivedValue)}")
+        self.err_msg = msg if msg is not None else (
+            f"Invalid parameter:\nActual type: {self.actualType}\nExpected type: {expectedType}")
 
     def __str__(self) -> str:
-        return str(self.err_info)
+        return str(self.err_msg)
+
+
+class AmdSmiKeyException(AmdSmiException):
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.err_msg = "Key " + key + " is missing from dictionary"
+
+    def __str__(self) -> str:
+        return self.err_msg
+
+
+class AmdSmiBdfFormatException(AmdSmiException):
+    def __init__(self, bdf: str) -> None:
+        super().__init__()
+        self.bdf = bdf
+
+    def __str__(self) -> str:
+        return (f"Wrong BDF format: {self.bdf}. \nBDF string should be: "
+                "<domain>:<bus>:<device>.<function>\n or <bus>:<device>.<function> in hexcode "
+                "format.")
 
 
 class AmdSmiInitFlags(IntEnum):
@@ -279,6 +300,8 @@ class SimAmdSmi:
     AmdSmiRetryException = AmdSmiRetryException
     AmdSmiTimeoutException = AmdSmiTimeoutException
     AmdSmiParameterException = AmdSmiParameterException
+    AmdSmiKeyException = AmdSmiKeyException
+    AmdSmiBdfFormatException = AmdSmiBdfFormatException
     AmdSmiInitFlags = AmdSmiInitFlags
     AmdSmiTemperatureType = AmdSmiTemperatureType
     AmdSmiTemperatureMetric = AmdSmiTemperatureMetric
@@ -824,25 +847,25 @@ class SimAmdSmi:
         t = self._t()
         dev = target.dev
         self._world.sync_processes(t)
-        listed = list(dev.state(t).processes)
-        alive = {p.pid for p in listed}
+        listed = [(p, t) for p in dev.state(t).processes]
+        alive = {p.pid for p, _ in listed}
         # 7.0.2 kept exited processes in the list (fixed later upstream)
         local = dev._cycle(t)[1]
         for spec in dev.spec.processes:
             if spec.end is not None and spec.end <= local < spec.end + STALE_PROCESS_SECONDS:
                 last = t - (local - spec.end) - 1e-3  # as it was just before it exited
-                listed += [q for q in dev.processes_at(last)
+                listed += [(q, last) for q in dev.processes_at(last)
                            if q.spec is spec and q.pid not in alive]
         engine = "process_engine_time" not in dev.spec.unsupported
         out = []
-        for p in listed:
+        for p, seen in listed:  # seen: when its counters stopped (now, or when it exited)
             if dev.spec.partition and dev.spec.instances and p.spec.instance != target.partition:
                 continue
             if p.memory <= 0:
                 continue
             vram, gtt = int(p.memory), 2 * MIB
             out.append({"name": p.spec.name[:15], "pid": p.pid, "mem": vram + gtt,
-                        "engine_usage": {"gfx": int(p.utilization * max(0.0, t - p.started)
+                        "engine_usage": {"gfx": int(p.utilization * max(0.0, seen - p.started)
                                                     * 1e9) if engine else 0, "enc": 0},
                         "memory_usage": {"gtt_mem": gtt, "cpu_mem": 0, "vram_mem": vram},
                         "cu_occupancy": int(p.utilization * 38) if self._cdna(dev) else "N/A"})

@@ -1,0 +1,259 @@
+"""The simulated amdsmi: the 7.0.2 package's names, shapes, units, exceptions and traps."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import pytest
+
+from gpuprobe.probes.sim import ManualClock, Simulation
+from gpuprobe.probes.sim.amdsmi import METRIC_KEYS
+from gpuprobe.probes.sim.scenario import load, parse
+
+MIB, GIB = 2**20, 2**30
+
+
+@pytest.fixture
+def sim():
+    s = Simulation(load(None), ManualClock(90 * 60))  # 1h30m: GPU 6 runs hot
+    s.amdsmi.amdsmi_init()
+    yield s
+    s.close()
+
+
+def handles(sim):
+    return sim.amdsmi.amdsmi_get_processor_handles()
+
+
+def test_handles_partitions_and_identity(sim):
+    lib = sim.amdsmi
+    hs = handles(sim)
+    assert len(hs) == 3 and all(isinstance(h, ctypes.c_void_p) for h in hs)
+    assert len({h.value for h in hs}) == 3
+    mi0, mi1, radeon = hs
+    bdf0, bdf1 = lib.amdsmi_get_gpu_device_bdf(mi0), lib.amdsmi_get_gpu_device_bdf(mi1)
+    assert bdf0.endswith(".0") and bdf1.endswith(".1") and bdf0[:-1] == bdf1[:-1]
+    assert len(bdf0.split(":")[0]) == 4 and bdf0 == bdf0.lower()
+    assert len(lib.amdsmi_get_gpu_device_uuid(mi0)) == 36
+    assert lib.amdsmi_get_gpu_device_uuid(mi0) != lib.amdsmi_get_gpu_device_uuid(mi1)
+    assert lib.amdsmi_get_processor_type(mi0)["processor_type"].endswith("AMD_GPU")
+    asic = lib.amdsmi_get_gpu_asic_info(mi0)
+    assert asic["market_name"] == "AMD Instinct MI300X" and asic["vendor_id"] == "0x1002"
+    assert asic["num_compute_units"] == 152 and asic["target_graphics_version"] == "gfx942"
+    assert lib.amdsmi_get_gpu_asic_info(radeon)["oam_id"] == "N/A"
+    assert lib.amdsmi_get_gpu_compute_partition(mi1) == "DPX"
+    assert lib.amdsmi_get_gpu_memory_partition(mi0) == "NPS1"
+    assert lib.amdsmi_get_gpu_xcd_counter(mi1) == 4
+    assert lib.amdsmi_get_gpu_board_info(radeon)["product_serial"] == "N/A"
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.amdsmi_get_gpu_compute_partition(radeon)
+    assert e.value.get_error_code() == 2
+    with pytest.raises(lib.AmdSmiParameterException):
+        lib.amdsmi_get_gpu_device_bdf(hs[0].value)  # a plain int is not a handle
+    with pytest.raises(AttributeError):
+        lib.amdsmi_get_gpu_fan_speed_not_there  # noqa: B018
+
+
+def test_init_flag_shutdown_and_versions():
+    sim = Simulation(load(None), ManualClock())
+    lib = sim.amdsmi
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.amdsmi_get_processor_handles()
+    assert e.value.get_error_code() == 32 and "32" in str(e.value)
+    assert lib.amdsmi_get_rocm_version() == (True, "7.0.2")  # works without init
+    with pytest.raises(lib.AmdSmiParameterException) as p:
+        lib.amdsmi_init(2)  # the real binding refuses a plain int
+    assert not isinstance(p.value, lib.AmdSmiLibraryException)
+    lib.amdsmi_init(lib.AmdSmiInitFlags.INIT_AMD_GPUS)
+    assert lib.calls["amdsmi_init"] == 2 and lib.__version__ == "7.0.2"
+    assert lib.amdsmi_get_lib_version()["build"] == "0"
+    h = handles(sim)[0]
+    lib.amdsmi_shut_down()
+    for call in (lambda: lib.amdsmi_get_gpu_device_bdf(h), lib.amdsmi_get_processor_handles):
+        with pytest.raises(lib.AmdSmiLibraryException) as e:
+            call()
+        assert e.value.get_error_code() == 32
+    lib.library_missing = True
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.amdsmi_init()
+    assert e.value.get_error_code() == 34
+    sim.close()
+
+
+def test_enums_have_the_real_values(sim):
+    lib = sim.amdsmi
+    assert lib.AmdSmiClkType.GFX is lib.AmdSmiClkType.SYS and lib.AmdSmiClkType.MEM == 4
+    assert lib.AmdSmiMemoryType.GTT == 2 and lib.AmdSmiGpuBlock.XGMI_WAFL == 128
+    ev = lib.AmdSmiEvtNotificationType
+    assert ev.PAGE_FAULT_START is ev.PAGE_FAULT_END  # the 7.0.2 binding's bug
+
+
+def test_thermal_and_units(sim):
+    lib = sim.amdsmi
+    mi0, mi1, radeon = handles(sim)
+    T, M = lib.AmdSmiTemperatureType, lib.AmdSmiTemperatureMetric
+    assert T.JUNCTION is T.HOTSPOT
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.amdsmi_get_temp_metric(mi0, T.EDGE, M.CURRENT)  # no edge sensor on MI300
+    assert e.value.get_error_code() == 2
+    hot = lib.amdsmi_get_temp_metric(mi0, T.HOTSPOT, M.CURRENT)
+    assert hot > 30 and lib.amdsmi_get_temp_metric(mi1, T.HOTSPOT, M.CURRENT) == 0
+    assert lib.amdsmi_get_temp_metric(radeon, T.EDGE, M.CURRENT) > 0
+    with pytest.raises(lib.AmdSmiParameterException):
+        lib.amdsmi_get_temp_metric(mi0, 1, M.CURRENT)
+    # memory: bytes, but vram_usage in MB
+    total = lib.amdsmi_get_gpu_memory_total(mi0, lib.AmdSmiMemoryType.VRAM)
+    used = lib.amdsmi_get_gpu_memory_usage(mi0, lib.AmdSmiMemoryType.VRAM)
+    assert total == 96 * GIB and 20 * GIB < used < total
+    mb = lib.amdsmi_get_gpu_vram_usage(mi0)
+    assert mb == {"vram_total": total // MIB, "vram_used": used // MIB}
+    assert lib.amdsmi_get_gpu_memory_total(radeon, lib.AmdSmiMemoryType.VIS_VRAM) == 256 * MIB
+    with pytest.raises(lib.AmdSmiParameterException):
+        lib.amdsmi_get_gpu_memory_total(mi0, 0)
+    # power caps in microwatts
+    assert lib.amdsmi_get_power_cap_info(mi0)["power_cap"] == 750_000_000
+    assert lib.amdsmi_get_power_info(mi0)["power_limit"] == 750
+    # PCIe in MT/s, gpu_metrics in 0.1 GT/s
+    pcie = lib.amdsmi_get_pcie_info(mi0)
+    assert pcie["pcie_static"]["max_pcie_speed"] == 32000
+    assert pcie["pcie_metric"]["pcie_speed"] == 32000
+    rpcie = lib.amdsmi_get_pcie_info(radeon)
+    assert rpcie["pcie_metric"]["pcie_width"] == 8
+    assert rpcie["pcie_metric"]["pcie_replay_count"] == "N/A"
+    metrics = lib.amdsmi_get_gpu_metrics_info(mi0)
+    assert set(metrics) == set(METRIC_KEYS) and len(METRIC_KEYS) == 79
+    assert metrics["pcie_link_speed"] == 320 and metrics["temperature_edge"] == "N/A"
+    assert metrics["throttle_status"] is True  # flattened to a bool
+    assert metrics["accumulation_counter"] == 90 * 60 * 1000
+    assert lib.amdsmi_get_gpu_metrics_info(radeon)["pcie_link_speed"] == 160
+    rows = metrics["xcp_stats.gfx_busy_inst"]
+    assert len(rows) == 8 and all(len(r) == 8 for r in rows)
+    assert all(isinstance(v, int) for v in rows[0][:4]) and rows[0][4:] == ["N/A"] * 4
+    # energy: ticks * resolution = the world's joules
+    energy = lib.amdsmi_get_energy_count(mi0)
+    joules = sim.world.vendor_devices("amd")[0].totals(sim.world.now())["energy_j"]
+    ticks_j = energy["energy_accumulator"] * energy["counter_resolution"] * 1e-6
+    assert ticks_j == pytest.approx(joules, abs=1e-4)
+
+
+def test_radeon_sentinels(sim):
+    lib = sim.amdsmi
+    radeon = handles(sim)[2]
+    power = lib.amdsmi_get_power_info(radeon)
+    assert power["mem_voltage"] == 4294967295 and power["current_socket_power"] == "N/A"
+    assert isinstance(power["average_socket_power"], int)
+    activity = lib.amdsmi_get_gpu_activity(radeon)
+    assert activity["umc_activity"] == "N/A" and activity["mm_activity"] == 4294967295
+    assert activity["gfx_activity"] == 80
+    for call in (lib.amdsmi_get_gpu_pci_throughput, lib.amdsmi_get_violation_status,
+                 lib.amdsmi_get_gpu_ecc_enabled):
+        with pytest.raises(lib.AmdSmiLibraryException) as e:
+            call(radeon)
+        assert e.value.get_error_code() == 2
+
+
+def test_processes_stale_pids_and_own_pid(sim):
+    lib = sim.amdsmi
+    clock = sim.world.clock
+    mi0, mi1, radeon = handles(sim)
+    own = [p for p in lib.amdsmi_get_gpu_process_list(mi0) if p["pid"] == os.getpid()]
+    assert own and own[0]["mem"] == 0 and own[0]["name"] == "python3"
+    assert {p["pid"] for p in lib.amdsmi_get_gpu_process_list(mi0)} == {46001, os.getpid()}
+    blender = lib.amdsmi_get_gpu_process_list(radeon)
+    assert [p["pid"] for p in blender] == [47001] and blender[0]["cu_occupancy"] == "N/A"
+    assert blender[0]["mem"] == sum(blender[0]["memory_usage"].values())
+
+    def eval_batch():  # pid 46003 on partition 1 ends at 50m
+        return [p for p in lib.amdsmi_get_gpu_process_list(mi1) if p["pid"] == 46003]
+
+    clock.t = 52 * 60
+    first = eval_batch()
+    assert first and first[0]["mem"] > 6 * GIB  # exited, still listed
+    clock.t = 58 * 60
+    assert eval_batch() == first  # frozen at its exit
+    clock.t = 61 * 60
+    assert eval_batch() == []
+
+
+def test_raw_throttle_bitmask(sim):
+    lib = sim.amdsmi
+    mi0 = handles(sim)[0]
+    s = lib.amdsmi_wrapper.amdsmi_gpu_metrics_t()
+    assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.byref(s)) == 0
+    assert s.indep_throttle_status & (1 << 33) and s.throttle_status
+    sim.world.clock.t = 10 * 60  # before the throttle event
+    assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.pointer(s)) == 0
+    assert not s.indep_throttle_status & (1 << 33)
+    assert s.accumulation_counter == 600_000
+    lib.amdsmi_shut_down()
+    assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.byref(s)) == 32
+
+
+def test_faults_and_hangs(sim):
+    lib = sim.amdsmi
+    mi0, mi1, radeon = handles(sim)
+    lib.faults.add("amdsmi_get_power_info", device=0, error=2)
+    lib.faults.add("amdsmi_get_gpu_activity", device=1, error=9)
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.amdsmi_get_power_info(mi1)  # a partition counts as its physical device
+    assert e.value.get_error_code() == 2
+    with pytest.raises(lib.AmdSmiRetryException) as r:
+        lib.amdsmi_get_gpu_activity(radeon)
+    assert isinstance(r.value, lib.AmdSmiLibraryException) and r.value.get_error_code() == 9
+    assert lib.calls_by_device[("amdsmi_get_power_info", 0)] == 1
+    gate = threading.Event()
+    lib.violation_latency = 0
+    lib.faults.add("amdsmi_get_violation_status", hang=gate)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(lib.amdsmi_get_violation_status(mi0)))
+    worker.start()
+    worker.join(0.2)
+    assert worker.is_alive() and not out
+    gate.set()
+    worker.join(2)
+    assert out[0]["active_socket_thrm"] is True and out[0]["per_socket_thrm"] == 100
+
+
+def test_events_delivered_once(sim):
+    lib = sim.amdsmi
+    clock = sim.world.clock
+    clock.t = 50 * 60
+    mi0, _, radeon = handles(sim)
+    ev = lib.AmdSmiEvtNotificationType
+    with lib.AmdSmiEventReader(mi0, [ev.THERMAL_THROTTLE, ev.GPU_PRE_RESET]) as reader:
+        assert reader.read(0) == []
+        clock.t = 61 * 60
+        got = reader.read(10)
+        assert [e["event"] for e in got] == ["THERMAL_THROTTLE"]
+        assert got[0]["processor_handle"] is mi0 and ":" in got[0]["message"]
+        assert reader.read(0) == []
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.AmdSmiEventReader(radeon, [ev.THERMAL_THROTTLE])
+    assert e.value.get_error_code() == 2
+
+
+def test_lost_device_and_stale_handles():
+    scenario = parse({"devices": [{"vendor": "amd", "architecture": "cdna3", "events": [
+        {"at": "10m", "kind": "fall_off_bus", "duration": "5m"}]}]}, "s.yaml")
+    sim = Simulation(scenario, ManualClock(60))
+    lib = sim.amdsmi
+    lib.amdsmi_init()
+    (h,) = lib.amdsmi_get_processor_handles()
+    reader = lib.AmdSmiEventReader(h, [lib.AmdSmiEvtNotificationType.GPU_PRE_RESET,
+                                       lib.AmdSmiEvtNotificationType.GPU_POST_RESET])
+    sim.world.clock.t = 12 * 60
+    assert lib.amdsmi_get_processor_handles() == []
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.amdsmi_get_gpu_device_bdf(h)
+    assert e.value.get_error_code() == 31
+    sim.world.clock.t = 20 * 60
+    (again,) = lib.amdsmi_get_processor_handles()
+    assert again.value != h.value and lib.amdsmi_get_gpu_device_bdf(again)
+    with pytest.raises(lib.AmdSmiLibraryException) as e:
+        lib.amdsmi_get_gpu_device_bdf(h)  # from before the device came back
+    assert e.value.get_error_code() == 31
+    events = [e["event"] for e in reader.read(0)]
+    assert events == ["GPU_PRE_RESET", "GPU_POST_RESET"]
+    sim.close()
