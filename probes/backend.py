@@ -18,13 +18,14 @@ per vendor, so that mapping is the backend's ``classify``:
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gpuprobe.daemon.model import DeviceIdentity
+from gpuprobe.daemon.model import DeviceIdentity, DeviceSample
 from gpuprobe.daemon.workers import Worker
 
 UNSUPPORTED = "unsupported"
@@ -216,3 +217,132 @@ def lose(dev: Device, reason: str, retry_initial: float, retry_max: float) -> No
     dev.retry_at = time.monotonic() + dev.backoff
     dev.backoff = min(dev.backoff * 2, retry_max, DEVICE_RETRY_MAX)
     dev.state.clear()
+
+
+def down_sample(dev: Device, reason: str) -> DeviceSample:
+    """What a device that did not answer reports: its identity, down, and why."""
+    return DeviceSample(identity=dev.identity, up=False, down_reason=reason)
+
+
+class Lifetime:
+    """A vendor library's lifetime in the daemon: init with backoff, discovery when due.
+
+    The telemetry collector drives it (``ensure(drive=True)``); the other collectors of the
+    vendor wait until that has settled (devices found, or the library known to be down).
+    Subclasses bring the library up in ``_bring_up`` (setting ``up``), enumerate in
+    ``_discover`` (ending with ``_discovery_done``), and mark it down in ``_library_down``
+    (which must call ``_failure_seen``).
+    """
+
+    def __init__(self) -> None:
+        self.up = False
+        self.driven = False  # True once the telemetry collector exists to drive discovery
+        self._discovered = threading.Event()  # set while devices from a discovery are known
+        self._settled = threading.Event()  # set once discovery or a failure has been seen
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+        self._next_discovery = 0.0
+
+    def ensure(self, errors: Counter, deadline: float, drive: bool = True) -> bool:
+        """Initialise (or re-initialise after backoff) and discover devices when due;
+        whether the library is up. Waits for init or discovery under way only until
+        ``deadline`` (an init can hang on a wedged GPU); then it reports what is known."""
+        if not drive and self.driven:
+            self._settled.wait(max(0.0, deadline - time.monotonic()))
+            return self.up and self._discovered.is_set()
+        now = time.monotonic()
+        if self.up and now < self._next_discovery:
+            return True
+        if not self.up and now < self._retry_at:
+            return False
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return self.up
+        try:
+            if not self.up:
+                self._settled.clear()  # the other collectors wait for this attempt
+                self._bring_up(errors, deadline)
+            now = time.monotonic()
+            if self.up and now >= self._next_discovery:
+                try:
+                    # Half the time left, so a GPU that hangs in discovery leaves the
+                    # others time to be read.
+                    self._discover(self.query(errors), now + (deadline - now) / 2)
+                except LibraryDown as e:
+                    self._library_down(e.__cause__ or e)
+            return self.up
+        finally:
+            self._lock.release()
+
+    def mark_down(self, exc: BaseException) -> None:
+        with self._lock:
+            self._library_down(exc)
+
+    def rediscover_soon(self) -> None:
+        """Enumerate again at the next collection (a device came back, partitions changed)."""
+        self._next_discovery = 0.0
+
+    def _discovery_done(self, next_in: float) -> None:
+        self._next_discovery = time.monotonic() + next_in
+        self._discovered.set()
+        self._settled.set()
+
+    def _failure_seen(self) -> None:
+        self._discovered.clear()
+        self._settled.set()
+
+    # -- for the vendor ----------------------------------------------------------------------
+
+    def query(self, errors: Counter) -> Query:
+        raise NotImplementedError
+
+    def _bring_up(self, errors: Counter, deadline: float) -> None:
+        raise NotImplementedError
+
+    def _discover(self, q: Query, deadline: float) -> None:
+        raise NotImplementedError
+
+    def _library_down(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+
+class EventWatcher:
+    """A thread that counts a library's device events; collectors publish its snapshot, so
+    a poll never blocks on events. Subclasses implement ``_run`` (until ``_stop`` is set)."""
+
+    thread_name = "events"
+
+    def __init__(self, session: Classifier) -> None:
+        self.session = session
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        self.errors: Counter = Counter()
+        self.healthy = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.attempted = threading.Event()  # set once registration has been tried
+
+    def ensure_running(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name=self.thread_name,
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def snapshot(self) -> tuple[dict[str, dict], Counter]:
+        with self._lock:
+            counts = {uuid: dict(c) for uuid, c in self.counts.items()}
+            errors, self.errors = self.errors, Counter()
+        return counts, errors
+
+    def _failed(self, e: Exception) -> str:
+        cls = self.session.classify(e)
+        if cls is None:
+            raise e
+        with self._lock:
+            self.errors[cls] += 1
+        return cls
+
+    def _run(self) -> None:
+        raise NotImplementedError

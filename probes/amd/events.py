@@ -11,17 +11,15 @@ session to enumerate again, as handles may change.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult
 from gpuprobe.daemon.registry import register
 
-from ..backend import LIBRARY_FATAL
-from .library import classify
+from ..backend import LIBRARY_FATAL, EventWatcher
 from .session import AmdSession, amd_session
 
 log = logging.getLogger("gpuprobe.amd.events")
@@ -31,41 +29,14 @@ READ_MS = 1000
 REREGISTER_SECONDS = 30.0
 
 
-class AmdEventWatcher:
+class AmdEventWatcher(EventWatcher):
+    thread_name = "amdsmi-events"
+
     def __init__(self, session: AmdSession) -> None:
-        self.session = session
-        self.counts: dict[str, Counter] = defaultdict(Counter)
-        self.errors: Counter = Counter()
-        self.healthy = False
+        super().__init__(session)
+        self.session: AmdSession = session
         self._readers: dict[str, Any] = {}  # uuid -> reader
         self._generation = -1
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.attempted = threading.Event()  # set once registration has been tried
-
-    def ensure_running(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="amdsmi-events",
-                                            daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def snapshot(self) -> tuple[dict[str, dict[str, int]], Counter]:
-        with self._lock:
-            counts = {uuid: dict(c) for uuid, c in self.counts.items()}
-            errors, self.errors = self.errors, Counter()
-        return counts, errors
-
-    def _failed(self, e: Exception) -> str:
-        cls = classify(self.session.lib, e)
-        if cls is None:
-            raise e
-        with self._lock:
-            self.errors[cls] += 1
-        return cls
 
     def _close_readers(self) -> None:
         for reader in self._readers.values():

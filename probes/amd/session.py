@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ..backend import (
     Device,
     DeviceLost,
     LibraryDown,
+    Lifetime,
     Query,
     lose,
 )
@@ -79,14 +79,14 @@ def physical_bdf(bdf: str) -> str:
     return bdf[:-1] + "0" if re.fullmatch(r"[0-9a-fA-F:]+\.\d", bdf) else bdf
 
 
-class AmdSession:
+class AmdSession(Lifetime):
     """amdsmi's lifetime in the daemon, shared by the AMD collectors."""
 
     def __init__(self, ctx: Context) -> None:
+        super().__init__()
         self.face = ctx.amdsmi_face
         self.lib: Any = None
         self.config: AmdConfig = ctx.config.amd
-        self.up = False
         self.absent = False
         self.reason: str | None = "not initialised yet"
         self.versions: Versions | None = None
@@ -96,14 +96,8 @@ class AmdSession:
         self.devices: dict[str, AmdDevice] = {}
         # The slow collector's latest figures per physical device uuid, read by telemetry.
         self.slow: dict[str, dict[str, Any]] = {}
-        self.driven = False
-        self._discovered = threading.Event()
-        self._settled = threading.Event()  # set once discovery or a failure has been seen
-        self._lock = threading.Lock()
         self._preflight: Preflight | None = None
-        self._retry_at = 0.0
         self._backoff = self.config.retry_initial
-        self._next_discovery = 0.0
         self._logged_reason: str | None = None
         self._init_worker = Worker("amdsmi-init")
         self._discovery_worker = Worker("amdsmi-discovery")
@@ -128,37 +122,7 @@ class AmdSession:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def ensure(self, errors: Counter, deadline: float, drive: bool = True) -> bool:
-        """Bring the library up (after backoff) and discover devices when due; whether it
-        is up. The telemetry collector drives this; the others wait for its discovery."""
-        if not drive and self.driven:
-            # Wait until the telemetry collector's init and discovery have settled (devices
-            # found, or the library known to be down).
-            self._settled.wait(max(0.0, deadline - time.monotonic()))
-            return self.up and self._discovered.is_set()
-        now = time.monotonic()
-        if self.up and now < self._next_discovery:
-            return True
-        if not self.up and now < self._retry_at:
-            return False
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return self.up
-        try:
-            if not self.up:
-                self._start(errors, deadline)
-            now = time.monotonic()
-            if self.up and now >= self._next_discovery:
-                try:
-                    # Half the time left, so a GPU that hangs in discovery leaves the others
-                    # time to be read.
-                    self._discover(self.query(errors), now + (deadline - now) / 2)
-                except LibraryDown as e:
-                    self._down(describe(e.__cause__ or e))
-            return self.up
-        finally:
-            self._lock.release()
-
-    def _start(self, errors: Counter, deadline: float) -> None:
+    def _bring_up(self, errors: Counter, deadline: float) -> None:
         """One step of bringing the library up: start a preflight, or act on its outcome."""
         if self.face is None and not package_installed():
             self._down("the amdsmi Python package is not installed", absent=True)
@@ -166,6 +130,7 @@ class AmdSession:
         if self._init_worker.running_for() > 0:
             self.reason = "an in-process amdsmi_init is still hung; not retried until it returns"
             self._retry_at = time.monotonic() + self._backoff
+            self._failure_seen()
             return
         if self._preflight is None:
             stuck = reap()
@@ -173,7 +138,6 @@ class AmdSession:
                 log.warning("%d earlier amdsmi preflight(s) could not be killed (stuck in the "
                             "kernel?)", stuck)
             self._preflight = Preflight(self.config.init_timeout, self.face)
-            self._settled.clear()  # the other collectors wait for this attempt's outcome
         outcome = self._preflight.result(wait=(deadline - time.monotonic()) / 2)
         if outcome is None:
             self.reason = "initialising (amdsmi preflight under way)"
@@ -223,16 +187,14 @@ class AmdSession:
                  " (MISMATCH allowed by amd.allow_version_mismatch)"
                  if self.version_mismatch else "")
 
-    def mark_down(self, exc: BaseException) -> None:
-        with self._lock:
-            self._down(describe(exc))
+    def _library_down(self, exc: BaseException) -> None:
+        self._down(describe(exc))
 
     def _down(self, reason: str, absent: bool = False) -> None:
         self.absent = absent
         self.reason = reason
         was_up, self.up = self.up, False
-        self._discovered.clear()
-        self._settled.set()
+        self._failure_seen()
         if was_up:
             try:
                 self.lib.amdsmi_shut_down()
@@ -274,9 +236,6 @@ class AmdSession:
 
     def physical(self) -> list[AmdDevice]:
         return [d for d in self.devices.values() if d.parent is None]
-
-    def rediscover_soon(self) -> None:
-        self._next_discovery = 0.0
 
     def lose(self, dev: AmdDevice, reason: str) -> None:
         lose(dev, reason, self.config.retry_initial, self.config.retry_max)
@@ -361,9 +320,7 @@ class AmdSession:
                 found.update((c.uuid, c) for c in dev.children)
         self.devices = found
         delay = self.config.retry_initial if retry_soon else self.config.discovery_interval
-        self._next_discovery = time.monotonic() + delay
-        self._discovered.set()
-        self._settled.set()
+        self._discovery_done(delay)
 
     def _addresses(self, handles: list[Any], q: Query, deadline: float
                    ) -> tuple[list[tuple[str, Any]], bool]:

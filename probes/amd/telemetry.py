@@ -41,7 +41,14 @@ from gpuprobe.daemon.model import (
 )
 from gpuprobe.daemon.registry import register
 
-from ..backend import TRANSIENT, DeviceLost, LibraryDown, Query, run_on_devices
+from ..backend import (
+    TRANSIENT,
+    DeviceLost,
+    LibraryDown,
+    Query,
+    down_sample,
+    run_on_devices,
+)
 from .library import (
     clean,
     energy_joules,
@@ -390,10 +397,6 @@ class Reader:
         if q.errors[TRANSIENT] == transient_before:  # a failed read is retried next poll
             dev.state["errors"] = (time.monotonic(), errors)
         return errors
-
-
-def down_sample(dev: AmdDevice, reason: str) -> DeviceSample:
-    return DeviceSample(identity=dev.identity, up=False, down_reason=reason)
 
 
 @register("amd", interval=5.0, timeout=4.0,

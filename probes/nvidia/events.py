@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult
 from gpuprobe.daemon.registry import register
 
-from .session import LIBRARY_FATAL, NvmlSession, classify, nvml_session
+from ..backend import EventWatcher
+from .session import LIBRARY_FATAL, NvmlSession, nvml_session
 
 log = logging.getLogger("gpuprobe.nvidia.events")
 
@@ -38,41 +38,15 @@ def handle_key(handle: Any) -> int:
         return id(handle)
 
 
-class XidWatcher:
+class XidWatcher(EventWatcher):
+    thread_name = "nvml-events"
+
     def __init__(self, session: NvmlSession) -> None:
-        self.session = session
+        super().__init__(session)
+        self.session: NvmlSession = session
         self.lib = session.lib
-        self.counts: dict[str, Counter] = defaultdict(Counter)
         self.registered: set[str] = set()
         self._handles: dict[int, str] = {}  # handle_key -> uuid of registered devices
-        self.errors: Counter = Counter()
-        self.healthy = False
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.attempted = threading.Event()  # set once registration has been tried
-
-    def ensure_running(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="nvml-events", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def snapshot(self) -> tuple[dict[str, dict[int, int]], Counter]:
-        with self._lock:
-            counts = {uuid: dict(c) for uuid, c in self.counts.items()}
-            errors, self.errors = self.errors, Counter()
-        return counts, errors
-
-    def _failed(self, e: Exception) -> str:
-        cls = classify(self.lib, e)
-        if cls is None:
-            raise e
-        with self._lock:
-            self.errors[cls] += 1
-        return cls
 
     def _register(self, event_set: Any) -> set[str]:
         """Register every up physical GPU for XIDs; returns the registered uuids."""

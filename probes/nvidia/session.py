@@ -19,7 +19,6 @@ classes (as nvitop's ``nvmlQuery`` does for its TUI):
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from ..backend import (
     Device,
     DeviceLost,
     LibraryDown,
+    Lifetime,
     lose,
 )
 from ..backend import Query as BaseQuery
@@ -95,29 +95,23 @@ class Query(BaseQuery):
         super().__init__(session, errors, log)
 
 
-class NvmlSession:
+class NvmlSession(Lifetime):
     """NVML's lifetime in the daemon, shared by the nvidia collectors."""
 
     def __init__(self, lib: Any, config: NvidiaConfig) -> None:
+        super().__init__()
         self.lib = lib
         self.config = config
-        self.up = False
         self.absent = False
         self.reason: str | None = "not initialised yet"
         self.generation = 0
         self.driver_version: str | None = None
         self.library_version: str | None = None
         self.devices: dict[str, NvDevice] = {}
-        self._lock = threading.Lock()
-        self._retry_at = 0.0
         self._backoff = config.retry_initial
-        self._next_discovery = 0.0
         self._logged_reason: str | None = None
         self._workers: dict[str, Worker] = {}
         self._closers: list[Callable[[], None]] = []
-        self.driven = False  # True once the telemetry collector exists to drive discovery
-        self._discovered = threading.Event()  # set while devices from a discovery are known
-        self._settled = threading.Event()  # set once discovery or a failure has been seen
 
     def classify(self, exc: BaseException) -> str | None:
         return classify(self.lib, exc)
@@ -127,43 +121,10 @@ class NvmlSession:
 
     # -- lifetime ---------------------------------------------------------------------------
 
-    def ensure(self, errors: Counter, deadline: float, drive: bool = True) -> bool:
-        """Initialise (or re-initialise after backoff) and discover devices when due.
+    def query(self, errors: Counter) -> Query:
+        return Query(self, errors)
 
-        The telemetry collector drives this; the other NVIDIA collectors pass
-        ``drive=False`` and use what it found, unless it is disabled. Returns whether the
-        library is up. Waits for init or discovery under way only until ``deadline`` (an
-        init can hang on a wedged GPU); then it reports what is known so far.
-        """
-        if not drive and self.driven:
-            # Wait until the telemetry collector's init and discovery have settled (devices
-            # found, or the library known to be down).
-            self._settled.wait(max(0.0, deadline - time.monotonic()))
-            return self.up and self._discovered.is_set()
-        now = time.monotonic()
-        if self.up and now < self._next_discovery:
-            return True
-        if not self.up and now < self._retry_at:
-            return False
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return self.up
-        try:
-            if not self.up:
-                self._init(errors)
-            now = time.monotonic()
-            if self.up and now >= self._next_discovery:
-                try:
-                    # Half the time left, so a GPU that hangs in discovery leaves the
-                    # others time to be read.
-                    self._discover(Query(self, errors), now + (deadline - now) / 2)
-                except LibraryDown as e:
-                    self._down(e.__cause__ or e)
-            return self.up
-        finally:
-            self._lock.release()
-
-    def _init(self, errors: Counter) -> None:
-        self._settled.clear()  # the other collectors wait for this attempt's outcome
+    def _bring_up(self, errors: Counter, deadline: float) -> None:
         try:
             self.lib.nvmlInit()
         except Exception as e:
@@ -190,9 +151,8 @@ class NvmlSession:
         log.info("NVML initialised: driver %s, NVML %s", self.driver_version,
                  self.library_version)
 
-    def mark_down(self, exc: BaseException) -> None:
-        with self._lock:
-            self._down(exc)
+    def _library_down(self, exc: BaseException) -> None:
+        self._down(exc)
 
     def _down(self, exc: BaseException) -> None:
         code = getattr(exc, "value", None)
@@ -200,8 +160,7 @@ class NvmlSession:
         self.reason = ("libnvidia-ml.so.1 not found (no NVIDIA driver on this host)"
                        if self.absent else str(exc) or type(exc).__name__)
         was_up, self.up = self.up, False
-        self._discovered.clear()
-        self._settled.set()
+        self._failure_seen()
         if was_up:
             for closer in self._closers:
                 closer()
@@ -244,10 +203,6 @@ class NvmlSession:
 
     def known(self) -> list[NvDevice]:
         return list(self.devices.values())
-
-    def rediscover_soon(self) -> None:
-        """Enumerate again at the next collection (a device came back, MIG may differ)."""
-        self._next_discovery = 0.0
 
     def _lose(self, dev: NvDevice, reason: str) -> None:
         lose(dev, reason, self.config.retry_initial, self.config.retry_max)
@@ -305,9 +260,7 @@ class NvmlSession:
                 found[uuid] = dev
         self.devices = found
         delay = self.config.retry_initial if retry_soon else self.config.discovery_interval
-        self._next_discovery = time.monotonic() + delay
-        self._discovered.set()
-        self._settled.set()
+        self._discovery_done(delay)
 
     def _discover_index(self, i: int, worker: Worker, q: Query) -> list[NvDevice] | None:
         """On GPU ``i``'s worker: its handle, UUID, static facts and MIG instances."""

@@ -28,6 +28,7 @@ from gpuprobe.daemon.model import (
 )
 from gpuprobe.daemon.registry import register
 
+from ..backend import down_sample
 from .gpm import clamp_ratio, free_samples, read_gpm
 from .session import (
     CLOCK_DOMAINS,
@@ -332,10 +333,6 @@ def _read_mig(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
                       free_bytes=getattr(mem, "free", None)),
         activity=_activity(gpm),
     )
-
-
-def down_sample(dev: NvDevice, reason: str) -> DeviceSample:
-    return DeviceSample(identity=dev.identity, up=False, down_reason=reason)
 
 
 def refind(session: NvmlSession, dev: NvDevice, q: Query) -> bool:

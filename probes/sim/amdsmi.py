@@ -27,19 +27,17 @@ error=2)``, ``hang=threading.Event()``; ``library_missing = True``.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from enum import IntEnum
 from types import SimpleNamespace
 from typing import Any
 
 from gpuprobe.daemon.model import pcie_link_bytes_per_second
 
-from .nvml import Faults
+from .faults import Faults, api, api_functions
 from .world import SimDevice, SimWorld
 
 MIB = 1024 * 1024
@@ -270,18 +268,6 @@ def _err(code: int) -> AmdSmiLibraryException:
     return AmdSmiLibraryException(code)
 
 
-def _api(fn: Callable[..., Any]) -> Callable[..., Any]:
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(self: SimAmdSmi, *args: Any, **kwargs: Any) -> Any:
-        self._enter(name, args)
-        return fn(self, *args, **kwargs)
-
-    wrapper._sim_api = True  # type: ignore[attr-defined]
-    return wrapper
-
-
 class _Target:
     """What a handle points at."""
 
@@ -375,7 +361,7 @@ class SimAmdSmi:
 
     @classmethod
     def api_functions(cls) -> list[str]:
-        return sorted(n for n, v in vars(cls).items() if getattr(v, "_sim_api", False))
+        return api_functions(cls)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -391,14 +377,7 @@ class SimAmdSmi:
             t = self._targets.get(args[0].value or 0)
             device = t.index if t is not None else None
         self.calls_by_device[(name, device)] += 1
-        rule = self.faults.match(name, device)
-        if rule is not None:
-            if isinstance(rule.hang, threading.Event):
-                rule.hang.wait()
-            elif rule.hang:
-                time.sleep(rule.hang)
-            if rule.error is not None:
-                raise _err(rule.error)
+        self.faults.trigger(name, device, _err)
 
     def _t(self) -> float:
         return self._world.now()
@@ -432,26 +411,26 @@ class SimAmdSmi:
 
     # -- library ---------------------------------------------------------------------------
 
-    @_api
+    @api
     def amdsmi_init(self, flag: Any = AmdSmiInitFlags.INIT_AMD_GPUS) -> None:
         self._enum(flag, AmdSmiInitFlags)
         self._init_count += 1
 
-    @_api
+    @api
     def amdsmi_shut_down(self) -> None:
         self._init_count = max(0, self._init_count - 1)
         if self._init_count == 0:
             self._init_serial += 1
 
-    @_api
+    @api
     def amdsmi_get_lib_version(self) -> dict[str, Any]:
         return {"major": 26, "minor": 0, "release": 2, "build": "0"}
 
-    @_api
+    @api
     def amdsmi_get_rocm_version(self) -> tuple[bool, str]:
         return True, self.rocm_version
 
-    @_api
+    @api
     def amdsmi_get_processor_handles(self) -> list[ctypes.c_void_p]:
         t = self._t()
         out = []
@@ -472,20 +451,20 @@ class SimAmdSmi:
                     out.append(ctypes.c_void_p(value))
         return out
 
-    @_api
+    @api
     def amdsmi_get_processor_type(self, handle: Any) -> dict[str, str]:
         self._target(handle)
         return {"processor_type": "AMDSMI_PROCESSOR_TYPE_AMD_GPU"}
 
     # -- identity ----------------------------------------------------------------------------
 
-    @_api
+    @api
     def amdsmi_get_gpu_device_bdf(self, handle: Any) -> str:
         target = self._target(handle)
         domain, bus, rest = target.dev.pci_bus_id.split(":")
         return f"{int(domain, 16):04x}:{bus.lower()}:{rest[:-1].lower()}{target.partition or 0}"
 
-    @_api
+    @api
     def amdsmi_get_gpu_device_uuid(self, handle: Any) -> str:
         target = self._target(handle)
         if target.partition:
@@ -494,7 +473,7 @@ class SimAmdSmi:
             return "00000000-0000-1000-8000-000000000000"
         return target.dev.uuid
 
-    @_api
+    @api
     def amdsmi_get_gpu_asic_info(self, handle: Any) -> dict[str, Any]:
         target = self._target(handle)
         dev, cdna = target.dev, self._cdna(target.dev)
@@ -508,19 +487,19 @@ class SimAmdSmi:
                 "target_graphics_version": "gfx942" if cdna else "gfx1100",
                 "subsystem_id": "0x74a1" if cdna else "0x0e0d"}
 
-    @_api
+    @api
     def amdsmi_get_gpu_driver_info(self, handle: Any) -> dict[str, str]:
         self._target(handle)
         return {"driver_name": "amdgpu", "driver_version": "6.12.12-sim",
                 "driver_date": "2015/01/01 00:00"}
 
-    @_api
+    @api
     def amdsmi_get_gpu_vbios_info(self, handle: Any) -> dict[str, str]:
         self._target(handle)
         return {"name": "SIM VBIOS", "build_date": "2025/01/01 00:00",
                 "part_number": "113-SIM-000", "version": "022.040.003.043.000001"}
 
-    @_api
+    @api
     def amdsmi_get_gpu_board_info(self, handle: Any) -> dict[str, str]:
         target = self._target(handle)
         cdna = self._cdna(target.dev)
@@ -528,27 +507,27 @@ class SimAmdSmi:
                 else "N/A", "fru_id": "N/A", "product_name": target.dev.spec.model,
                 "manufacturer_name": "AMD"}
 
-    @_api
+    @api
     def amdsmi_get_gpu_kfd_info(self, handle: Any) -> dict[str, Any]:
         target = self._target(handle)
         return {"kfd_id": 1000 + target.index, "node_id": target.index + 1,
                 "current_partition_id": target.partition or 0}
 
-    @_api
+    @api
     def amdsmi_get_gpu_compute_partition(self, handle: Any) -> str:
         target = self._target(handle)
         if not target.dev.spec.partition:
             raise _err(2)
         return target.dev.spec.partition
 
-    @_api
+    @api
     def amdsmi_get_gpu_memory_partition(self, handle: Any) -> str:
         target = self._target(handle)
         if not self._cdna(target.dev):
             raise _err(2)
         return "NPS1"
 
-    @_api
+    @api
     def amdsmi_get_gpu_xcd_counter(self, handle: Any) -> int:
         target = self._target(handle)
         if not self._cdna(target.dev):
@@ -558,7 +537,7 @@ class SimAmdSmi:
 
     # -- thermal, power, clocks ------------------------------------------------------------
 
-    @_api
+    @api
     def amdsmi_get_temp_metric(self, handle: Any, sensor_type: Any, metric: Any) -> int:
         target, wide = self._device_wide(handle)
         sensor = self._enum(sensor_type, AmdSmiTemperatureType)
@@ -588,7 +567,7 @@ class SimAmdSmi:
             raise _err(2)
         return int(limits[metric])
 
-    @_api
+    @api
     def amdsmi_get_power_info(self, handle: Any) -> dict[str, Any]:
         target, wide = self._device_wide(handle)
         watts = round(target.dev.state(self._t()).power_watts) if wide else 0
@@ -600,14 +579,14 @@ class SimAmdSmi:
                 "mem_voltage": 1200 if cdna else 0xFFFFFFFF,  # passed through raw by 7.0.2
                 "power_limit": int(target.dev.spec.limit_watts)}
 
-    @_api
+    @api
     def amdsmi_get_power_cap_info(self, handle: Any) -> dict[str, int]:
         target, wide = self._device_wide(handle, "power_limit")
         cap = int(target.dev.spec.limit_watts * 1e6) if wide else 0
         return {"power_cap": cap, "default_power_cap": cap, "dpm_cap": 2100,
                 "min_power_cap": int(cap * 0.4), "max_power_cap": cap}
 
-    @_api
+    @api
     def amdsmi_get_energy_count(self, handle: Any) -> dict[str, Any]:
         target, wide = self._device_wide(handle, "energy")
         t = self._t()
@@ -615,7 +594,7 @@ class SimAmdSmi:
         return {"energy_accumulator": int(joules / (ENERGY_RESOLUTION_UJ * 1e-6)),
                 "counter_resolution": ENERGY_RESOLUTION_UJ, "timestamp": int(t * 1e9)}
 
-    @_api
+    @api
     def amdsmi_get_clock_info(self, handle: Any, clk_type: Any) -> dict[str, Any]:
         target, wide = self._device_wide(handle)
         clk = self._enum(clk_type, AmdSmiClkType)
@@ -638,7 +617,7 @@ class SimAmdSmi:
             return s.instance_utilization[target.partition]
         return s.utilization
 
-    @_api
+    @api
     def amdsmi_get_gpu_activity(self, handle: Any) -> dict[str, Any]:
         target = self._target(handle)
         if "utilization" in target.dev.spec.unsupported:
@@ -676,7 +655,7 @@ class SimAmdSmi:
                 "socket_thm_residency_acc": int(tot["thr_sw_thermal"] * 1000),
                 "vr_thm_residency_acc": 0, "hbm_thm_residency_acc": 0}
 
-    @_api
+    @api
     def amdsmi_get_gpu_metrics_info(self, handle: Any) -> dict[str, Any]:
         target = self._target(handle)
         t = self._t()
@@ -758,20 +737,20 @@ class SimAmdSmi:
             raise _err(2)
         return 256 * 1024 * MIB, int(0.02 * used + 64 * MIB)
 
-    @_api
+    @api
     def amdsmi_get_gpu_memory_total(self, handle: Any, mem_type: Any) -> int:
         return self._memory(handle, mem_type)[0]
 
-    @_api
+    @api
     def amdsmi_get_gpu_memory_usage(self, handle: Any, mem_type: Any) -> int:
         return self._memory(handle, mem_type)[1]
 
-    @_api
+    @api
     def amdsmi_get_gpu_vram_usage(self, handle: Any) -> dict[str, int]:
         total, used = self._vram(self._target(handle), self._t())
         return {"vram_total": total // MIB, "vram_used": used // MIB}
 
-    @_api
+    @api
     def amdsmi_get_gpu_vram_info(self, handle: Any) -> dict[str, Any]:
         target = self._target(handle)
         return {"vram_type": 5 if self._cdna(target.dev) else 7, "vram_vendor": "SAMSUNG",
@@ -781,7 +760,7 @@ class SimAmdSmi:
 
     # -- PCIe ------------------------------------------------------------------------------
 
-    @_api
+    @api
     def amdsmi_get_pcie_info(self, handle: Any) -> dict[str, Any]:
         target, wide = self._device_wide(handle)
         dev, t = target.dev, self._t()
@@ -806,7 +785,7 @@ class SimAmdSmi:
                                 "pcie_nak_received_count": count(replays // 5),
                                 "pcie_lc_perf_other_end_recovery_count": count(0)}}
 
-    @_api
+    @api
     def amdsmi_get_gpu_pci_throughput(self, handle: Any) -> dict[str, int]:
         target, wide = self._device_wide(handle, "pcie_throughput")
         time.sleep(self.throughput_latency)  # the driver's pcie_bw sleeps a second
@@ -816,7 +795,7 @@ class SimAmdSmi:
                 "received": int(s.utilization * 0.18 * link) if wide else 0,
                 "max_pkt_sz": 256}
 
-    @_api
+    @api
     def amdsmi_get_violation_status(self, handle: Any) -> dict[str, Any]:
         target, _ = self._device_wide(handle, "violation_status")
         if not self._cdna(target.dev):
@@ -841,7 +820,7 @@ class SimAmdSmi:
 
     # -- processes -----------------------------------------------------------------------------
 
-    @_api
+    @api
     def amdsmi_get_gpu_process_list(self, handle: Any) -> list[dict[str, Any]]:
         target = self._target(handle)
         t = self._t()
@@ -884,20 +863,20 @@ class SimAmdSmi:
             raise _err(2)
         return target, wide
 
-    @_api
+    @api
     def amdsmi_get_gpu_ecc_enabled(self, handle: Any) -> int:
         self._ecc_device(handle)
         return int(AmdSmiGpuBlock.UMC | AmdSmiGpuBlock.SDMA | AmdSmiGpuBlock.GFX
                    | AmdSmiGpuBlock.MMHUB | AmdSmiGpuBlock.XGMI_WAFL)
 
-    @_api
+    @api
     def amdsmi_get_gpu_total_ecc_count(self, handle: Any) -> dict[str, int]:
         target, wide = self._ecc_device(handle)
         corrected, uncorrected = target.dev.ecc(self._t()) if wide else (0, 0)
         return {"correctable_count": corrected, "uncorrectable_count": uncorrected,
                 "deferred_count": 0}
 
-    @_api
+    @api
     def amdsmi_get_gpu_ecc_count(self, handle: Any, block: Any) -> dict[str, int]:
         target, wide = self._ecc_device(handle)
         block = self._enum(block, AmdSmiGpuBlock)
@@ -906,7 +885,7 @@ class SimAmdSmi:
         return {"correctable_count": corrected if umc else 0,
                 "uncorrectable_count": uncorrected if umc else 0, "deferred_count": 0}
 
-    @_api
+    @api
     def amdsmi_get_gpu_bad_page_info(self, handle: Any) -> list[dict[str, Any]]:
         target, _ = self._device_wide(handle, "remapped_rows")
         if not self._cdna(target.dev):
@@ -919,7 +898,7 @@ class SimAmdSmi:
                           "status": 1})
         return pages
 
-    @_api
+    @api
     def amdsmi_get_gpu_bad_page_threshold(self, handle: Any) -> int:
         self._device_wide(handle, "remapped_rows")
         return 128

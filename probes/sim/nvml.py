@@ -13,16 +13,14 @@ blocks it until the event is set; ``library_missing = True`` makes the library v
 from __future__ import annotations
 
 import ctypes
-import functools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pynvml
 
+from .faults import Faults, api, api_functions
 from .world import SimDevice, SimWorld
 
 _INIT_FUNCTIONS = {"nvmlInit", "nvmlInitWithFlags"}
@@ -37,46 +35,6 @@ _THROTTLE_BITS = {"gpu_idle": 0x1, "applications_clocks": 0x2, "power_cap": 0x4,
                   "hw_thermal": 0x40, "hw_power_brake": 0x80, "display_clocks": 0x100}
 LIFETIME_CORRECTED = 12  # aggregate ECC counts from before the simulated driver load
 MIB = 1024 * 1024
-
-
-@dataclass
-class Fault:
-    function: str  # an nvml* name, or "*" for every call
-    device: int | None  # index among the NVIDIA GPUs, None for any
-    error: int | None = None
-    hang: float | threading.Event | None = None
-    times: int | None = None  # None: every call
-
-
-class Faults:
-    def __init__(self) -> None:
-        self._rules: list[Fault] = []
-        self._lock = threading.Lock()
-
-    def add(self, function: str, device: int | None = None, *, error: int | None = None,
-            hang: float | threading.Event | None = None, times: int | None = None) -> Fault:
-        rule = Fault(function, device, error, hang, times)
-        with self._lock:
-            self._rules.append(rule)
-        return rule
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rules.clear()
-
-    def match(self, function: str, device: int | None) -> Fault | None:
-        with self._lock:
-            for rule in self._rules:
-                if rule.function not in ("*", function):
-                    continue
-                if rule.device is not None and rule.device != device:
-                    continue
-                if rule.times is not None:
-                    if rule.times <= 0:
-                        continue
-                    rule.times -= 1
-                return rule
-        return None
 
 
 class _Handle:
@@ -98,18 +56,6 @@ class _EventSet:
 
 def _err(code: int) -> pynvml.NVMLError:
     return pynvml.NVMLError(code)
-
-
-def _api(fn: Callable[..., Any]) -> Callable[..., Any]:
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(self: SimNvml, *args: Any, **kwargs: Any) -> Any:
-        self._enter(name, args)
-        return fn(self, *args, **kwargs)
-
-    wrapper._sim_api = True  # type: ignore[attr-defined]
-    return wrapper
 
 
 class SimNvml:
@@ -134,7 +80,7 @@ class SimNvml:
 
     @classmethod
     def api_functions(cls) -> list[str]:
-        return sorted(n for n, v in vars(cls).items() if getattr(v, "_sim_api", False))
+        return api_functions(cls)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -151,14 +97,7 @@ class SimNvml:
         elif name == "nvmlDeviceGetHandleByIndex" and args:
             device = args[0]
         self.calls_by_device[(name, device)] += 1
-        rule = self.faults.match(name, device)
-        if rule is not None:
-            if isinstance(rule.hang, threading.Event):
-                rule.hang.wait()
-            elif rule.hang:
-                time.sleep(rule.hang)
-            if rule.error is not None:
-                raise _err(rule.error)
+        self.faults.trigger(name, device, _err)
 
     def _t(self) -> float:
         return self._world.now()
@@ -179,37 +118,37 @@ class SimNvml:
 
     # -- library -----------------------------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlInit(self) -> None:
         self._init_count += 1
 
-    @_api
+    @api
     def nvmlInitWithFlags(self, flags: int) -> None:
         self._init_count += 1
 
-    @_api
+    @api
     def nvmlShutdown(self) -> None:
         self._init_count = max(0, self._init_count - 1)
 
-    @_api
+    @api
     def nvmlSystemGetDriverVersion(self) -> str:
         return "580.95.05-sim"
 
-    @_api
+    @api
     def nvmlSystemGetNVMLVersion(self) -> str:
         return "13.580.95.05-sim"
 
-    @_api
+    @api
     def nvmlSystemGetCudaDriverVersion(self) -> int:
         return 13000
 
     # -- enumeration and identity ----------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlDeviceGetCount(self) -> int:
         return len(self._devices)
 
-    @_api
+    @api
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
         if not 0 <= index < len(self._devices):
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
@@ -218,7 +157,7 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
         return _Handle(dev, dev.generation_at(t))
 
-    @_api
+    @api
     def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
         t = self._t()
         uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
@@ -230,23 +169,23 @@ class SimNvml:
                 return _Handle(dev, dev.generation_at(t), instance)
         raise _err(pynvml.NVML_ERROR_NOT_FOUND)
 
-    @_api
+    @api
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
         dev = self._dev(handle, self._t(), mig_ok=True)
         return dev.uuid if handle.instance is None else dev.instance_uuids[handle.instance]
 
-    @_api
+    @api
     def nvmlDeviceGetName(self, handle: _Handle) -> str:
         dev = self._dev(handle, self._t(), mig_ok=True)
         if handle.instance is None:
             return dev.spec.model
         return f"{dev.spec.model} MIG {dev.spec.instances[handle.instance].profile}"
 
-    @_api
+    @api
     def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
         return self._index[id(self._dev(handle, self._t()))]
 
-    @_api
+    @api
     def nvmlDeviceGetPciInfo(self, handle: _Handle) -> Any:
         dev = self._dev(handle, self._t())
         info = pynvml.nvmlPciInfo_t()
@@ -255,25 +194,25 @@ class SimNvml:
         info.pciDeviceId = 0x233010DE
         return info
 
-    @_api
+    @api
     def nvmlDeviceGetSerial(self, handle: _Handle) -> str:
         return self._dev(handle, self._t()).spec.serial
 
-    @_api
+    @api
     def nvmlDeviceGetVbiosVersion(self, handle: _Handle) -> str:
         self._dev(handle, self._t())
         return "96.00.99.00.01"
 
-    @_api
+    @api
     def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle) -> tuple[int, int]:
         dev = self._dev(handle, self._t())
         return _COMPUTE_CAPABILITY.get(dev.spec.architecture, (9, 0))
 
-    @_api
+    @api
     def nvmlDeviceGetArchitecture(self, handle: _Handle) -> int:
         return _ARCH_CODES.get(self._dev(handle, self._t()).spec.architecture, 0xFFFFFFFF)
 
-    @_api
+    @api
     def nvmlDeviceGetComputeMode(self, handle: _Handle) -> int:
         mode = self._dev(handle, self._t()).spec.compute_mode
         return {"default": pynvml.NVML_COMPUTEMODE_DEFAULT,
@@ -282,7 +221,7 @@ class SimNvml:
 
     # -- MIG -------------------------------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:
         dev = self._dev(handle, self._t())
         if dev.spec.architecture not in ("ampere", "hopper", "blackwell"):
@@ -290,18 +229,18 @@ class SimNvml:
         mode = 1 if dev.spec.instances else 0
         return [mode, mode]
 
-    @_api
+    @api
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
         return 7 if self._dev(handle, self._t()).spec.instances else 0
 
-    @_api
+    @api
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _Handle:
         dev = self._dev(handle, self._t())
         if not 0 <= index < len(dev.spec.instances):
             raise _err(pynvml.NVML_ERROR_NOT_FOUND)
         return _Handle(dev, handle.gen, index)
 
-    @_api
+    @api
     def nvmlDeviceGetGpuInstanceId(self, handle: _Handle) -> int:
         self._dev(handle, self._t(), mig_ok=True)
         if handle.instance is None:
@@ -310,7 +249,7 @@ class SimNvml:
 
     # -- memory ----------------------------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: int | None = None) -> Any:
         t = self._t()
         dev = self._dev(handle, t, mig_ok=True)
@@ -331,7 +270,7 @@ class SimNvml:
         m.free = int(total - used - reserved)
         return m
 
-    @_api
+    @api
     def nvmlDeviceGetBAR1MemoryInfo(self, handle: _Handle) -> Any:
         t = self._t()
         dev = self._dev(handle, t)
@@ -344,7 +283,7 @@ class SimNvml:
 
     # -- thermal, power, clocks -----------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlDeviceGetTemperatureV(self, handle: _Handle, sensor: int,
                                   version: int = pynvml.nvmlTemperature_v1) -> int:
         t = self._t()
@@ -352,12 +291,12 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return round(self._dev(handle, t).state(t).temperature)
 
-    @_api
+    @api
     def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:
         t = self._t()
         return round(self._dev(handle, t).state(t).temperature)
 
-    @_api
+    @api
     def nvmlDeviceGetTemperatureThreshold(self, handle: _Handle, threshold: int) -> int:
         spec = self._dev(handle, self._t()).spec
         values = {pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: spec.shutdown_celsius,
@@ -369,25 +308,25 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return int(values[threshold])
 
-    @_api
+    @api
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
         t = self._t()
         return int(self._dev(handle, t).state(t).power_watts * 1000)
 
-    @_api
+    @api
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:
         dev = self._dev(handle, self._t())
         self._supports(dev, "power_limit")
         return int(dev.spec.limit_watts * 1000)
 
-    @_api
+    @api
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
         t = self._t()
         dev = self._dev(handle, t)
         self._supports(dev, "energy")
         return int(dev.totals(t)["energy_j"] * 1000)
 
-    @_api
+    @api
     def nvmlDeviceGetClockInfo(self, handle: _Handle, clock: int) -> int:
         t = self._t()
         st = self._dev(handle, t).state(t)
@@ -395,14 +334,14 @@ class SimNvml:
               pynvml.NVML_CLOCK_MEM: st.memory_hz, pynvml.NVML_CLOCK_VIDEO: st.sm_hz * 0.85}
         return int(hz[clock] / 1e6)
 
-    @_api
+    @api
     def nvmlDeviceGetMaxClockInfo(self, handle: _Handle, clock: int) -> int:
         spec = self._dev(handle, self._t()).spec
         hz = {pynvml.NVML_CLOCK_GRAPHICS: spec.sm_max_hz, pynvml.NVML_CLOCK_SM: spec.sm_max_hz,
               pynvml.NVML_CLOCK_MEM: spec.memory_hz, pynvml.NVML_CLOCK_VIDEO: spec.sm_max_hz * 0.85}
         return int(hz[clock] / 1e6)
 
-    @_api
+    @api
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:
         t = self._t()
         mask = 0
@@ -410,39 +349,39 @@ class SimNvml:
             mask |= _THROTTLE_BITS[reason]
         return mask
 
-    @_api
+    @api
     def nvmlDeviceGetSupportedClocksEventReasons(self, handle: _Handle) -> int:
         self._dev(handle, self._t())
         return 0x1FF & ~0x100  # everything but display clocks on a data-center GPU
 
-    @_api
+    @api
     def nvmlDeviceGetPerformanceState(self, handle: _Handle) -> int:
         t = self._t()
         return self._dev(handle, t).state(t).pstate
 
     # -- PCIe ------------------------------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: _Handle) -> int:
         t = self._t()
         return self._dev(handle, t).state(t).generation
 
-    @_api
+    @api
     def nvmlDeviceGetCurrPcieLinkWidth(self, handle: _Handle) -> int:
         t = self._t()
         return self._dev(handle, t).state(t).width
 
-    @_api
+    @api
     def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: _Handle) -> int:
         return self._dev(handle, self._t()).spec.max_generation
 
-    @_api
+    @api
     def nvmlDeviceGetMaxPcieLinkWidth(self, handle: _Handle) -> int:
         return self._dev(handle, self._t()).spec.max_width
 
     # -- utilization -----------------------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> Any:
         t = self._t()
         dev = self._dev(handle, t)
@@ -454,7 +393,7 @@ class SimNvml:
         u.gpu, u.memory = round(util * 100), round(util * 45)
         return u
 
-    @_api
+    @api
     def nvmlDeviceGetEncoderUtilization(self, handle: _Handle) -> list[int]:
         dev = self._dev(handle, self._t())
         self._supports(dev, "encoder")
@@ -462,7 +401,7 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return [0, 167000]
 
-    @_api
+    @api
     def nvmlDeviceGetDecoderUtilization(self, handle: _Handle) -> list[int]:
         dev = self._dev(handle, self._t())
         self._supports(dev, "encoder")
@@ -511,7 +450,7 @@ class SimNvml:
             return uint, int(dev.totals(t)["pcie_tx" if fid == 197 else "pcie_rx"]) % 2**32
         return None
 
-    @_api
+    @api
     def nvmlDeviceGetFieldValues(self, handle: _Handle, field_ids: list) -> Any:
         t = self._t()
         dev = self._dev(handle, t)
@@ -552,23 +491,23 @@ class SimNvml:
                 "gpuInstanceId": gi, "computeInstanceId": 0 if inst is not None else gi}))
         return out
 
-    @_api
+    @api
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
         return self._processes(handle)
 
-    @_api
+    @api
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: _Handle) -> list[Any]:
         self._dev(handle, self._t(), mig_ok=True)
         return []
 
-    @_api
+    @api
     def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
         self._dev(handle, self._t(), mig_ok=True)
         return []
 
     # -- GPM -------------------------------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlGpmQueryDeviceSupport(self, handle: _Handle) -> Any:
         dev = self._dev(handle, self._t())
         s = pynvml.c_nvmlGpmSupport_t()
@@ -577,7 +516,7 @@ class SimNvml:
                                   and "gpm" not in dev.spec.unsupported)
         return s
 
-    @_api
+    @api
     def nvmlGpmSampleAlloc(self) -> Any:
         buf = ctypes.create_string_buffer(16)
         sample = ctypes.cast(buf, pynvml.c_nvmlGpmSample_t)
@@ -585,7 +524,7 @@ class SimNvml:
             self._gpm[ctypes.addressof(buf)] = (buf, None)
         return sample
 
-    @_api
+    @api
     def nvmlGpmSampleFree(self, sample: Any) -> None:
         with self._lock:
             if self._gpm.pop(ctypes.cast(sample, ctypes.c_void_p).value, None) is None:
@@ -602,14 +541,14 @@ class SimNvml:
                                     time.monotonic()))
         return sample
 
-    @_api
+    @api
     def nvmlGpmSampleGet(self, handle: _Handle, sample: Any) -> Any:
         dev = self._dev(handle, self._t())
         if dev.spec.architecture not in _GPM_ARCHES or "gpm" in dev.spec.unsupported:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return self._take(sample, dev, None)
 
-    @_api
+    @api
     def nvmlGpmMigSampleGet(self, handle: _Handle, gpu_instance_id: int, sample: Any) -> Any:
         dev = self._dev(handle, self._t())
         if dev.spec.architecture not in _GPM_ARCHES or not 1 <= gpu_instance_id <= len(
@@ -617,7 +556,7 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return self._take(sample, dev, gpu_instance_id - 1)
 
-    @_api
+    @api
     def nvmlGpmMetricsGet(self, get: Any) -> Any:
         with self._lock:
             a = self._gpm.get(ctypes.cast(get.sample1, ctypes.c_void_p).value)
@@ -646,11 +585,11 @@ class SimNvml:
 
     # -- events ----------------------------------------------------------------------------------
 
-    @_api
+    @api
     def nvmlEventSetCreate(self) -> _EventSet:
         return _EventSet()
 
-    @_api
+    @api
     def nvmlDeviceGetSupportedEventTypes(self, handle: _Handle) -> int:
         dev = self._dev(handle, self._t())
         if "xid_events" in dev.spec.unsupported:
@@ -658,14 +597,14 @@ class SimNvml:
         return pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeSingleBitEccError \
             | pynvml.nvmlEventTypeDoubleBitEccError
 
-    @_api
+    @api
     def nvmlDeviceRegisterEvents(self, handle: _Handle, mask: int, event_set: _EventSet) -> None:
         t = self._t()
         dev = self._dev(handle, t)
         if mask & pynvml.nvmlEventTypeXidCriticalError:
             event_set.registered[self._index[id(dev)]] = [handle, t, 0]
 
-    @_api
+    @api
     def nvmlEventSetWait(self, event_set: _EventSet, timeout_ms: int) -> Any:
         give_up = time.monotonic() + timeout_ms / 1000.0
         while True:
@@ -690,6 +629,6 @@ class SimNvml:
                 raise _err(pynvml.NVML_ERROR_TIMEOUT)
             time.sleep(min(0.05, remaining))
 
-    @_api
+    @api
     def nvmlEventSetFree(self, event_set: _EventSet) -> None:
         event_set.registered.clear()

@@ -1,0 +1,88 @@
+"""What every simulated library face shares: fault injection and the API-call marker.
+
+``faults.add("nvmlDeviceGetPowerUsage", device=1, error=3)`` makes that call fail with the
+library's error 3 on the second GPU of the face's vendor; ``hang=threading.Event()`` blocks
+it until the event is set (or ``hang=0.5`` for half a second); ``times=1`` only once. Each
+face decides what an error code becomes (an ``NVMLError``, an ``AmdSmiLibraryException``).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Fault:
+    function: str  # an nvml* name, or "*" for every call
+    device: int | None  # index among the NVIDIA GPUs, None for any
+    error: int | None = None
+    hang: float | threading.Event | None = None
+    times: int | None = None  # None: every call
+
+
+class Faults:
+    def __init__(self) -> None:
+        self._rules: list[Fault] = []
+        self._lock = threading.Lock()
+
+    def add(self, function: str, device: int | None = None, *, error: int | None = None,
+            hang: float | threading.Event | None = None, times: int | None = None) -> Fault:
+        rule = Fault(function, device, error, hang, times)
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def match(self, function: str, device: int | None) -> Fault | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.function not in ("*", function):
+                    continue
+                if rule.device is not None and rule.device != device:
+                    continue
+                if rule.times is not None:
+                    if rule.times <= 0:
+                        continue
+                    rule.times -= 1
+                return rule
+        return None
+
+    def trigger(self, function: str, device: int | None,
+                error: Callable[[int], Exception]) -> None:
+        """Apply the first matching rule: hang, then raise ``error(code)``."""
+        rule = self.match(function, device)
+        if rule is None:
+            return
+        if isinstance(rule.hang, threading.Event):
+            rule.hang.wait()
+        elif rule.hang:
+            time.sleep(rule.hang)
+        if rule.error is not None:
+            raise error(rule.error)
+
+
+def api(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a face method as a library function: counted and subject to faults through the
+    face's ``_enter(name, args)`` before it runs."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._enter(name, args)
+        return fn(self, *args, **kwargs)
+
+    wrapper._sim_api = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def api_functions(cls: type) -> list[str]:
+    """The library functions a face implements."""
+    return sorted(n for n, v in vars(cls).items() if getattr(v, "_sim_api", False))
