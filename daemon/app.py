@@ -13,9 +13,10 @@ from . import registry
 from .config import Config
 from .context import Context
 from .exporter import SnapshotCollector, version
-from .http import HttpServer, landing_page
+from .http import HttpServer, Limits, landing_page
 from .scheduler import TICK_SECONDS, Scheduler
 from .state import Store
+from .webconfig import WebConfigSource
 
 log = logging.getLogger("gpuprobe")
 
@@ -23,10 +24,12 @@ HEALTH_GRACE = 10.0  # seconds without a scheduler tick before /healthz fails
 
 
 class Daemon:
-    def __init__(self, config: Config, simulation: Any = None, nvml: Any = None) -> None:
+    def __init__(self, config: Config, simulation: Any = None, nvml: Any = None,
+                 web: WebConfigSource | None = None) -> None:
         """``nvml`` replaces the pynvml module (a wrapper in benchmarks); ``simulation`` brings
-        its own library faces."""
+        its own library faces; ``web`` is the loaded web config (TLS, basic auth)."""
         self.config = config
+        self.web = web or WebConfigSource(None)
         self.simulation = simulation
         self.context = Context(
             config,
@@ -58,8 +61,12 @@ class Daemon:
         gc.freeze()
         if serve:
             host, port = self.config.listen_address()
+            h = self.config.http
             self.http = HttpServer(host, port, self.registry, self.health, self.ready,
-                                   self.landing)
+                                   self.landing, self.web,
+                                   Limits(h.max_connections, h.read_header_timeout,
+                                          h.idle_timeout, h.write_timeout, h.render_threads))
+            self.registry.register(self.http.stats)
             self.http.start()
         self.scheduler.start()
 

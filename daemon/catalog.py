@@ -572,6 +572,28 @@ CATALOG: tuple[MetricSpec, ...] = (
       "match; absent when it cannot be told.", "", "backend",
       "absent: pynvml binds symbols lazily and degrades per call", labels=("backend",),
       amd="amdsmi.__version__ against amdsmi_get_rocm_version(), checked in the preflight"),
+    M("gpuprobe_http_requests_total", "counter",
+      "HTTP requests answered, by handler (metrics, healthz, readyz, landing, other) and "
+      "status code.", "", "http", "HTTP server", "HTTP server", labels=("handler", "code")),
+    M("gpuprobe_http_refused_total", "counter",
+      "Connections and requests refused, by reason: connection_limit, evicted, "
+      "header_timeout, write_timeout, bad_request, tls_handshake, client_certificate, "
+      "plain_http_on_tls_port, tls_on_plain_port, unauthorized, rate_limited, busy, "
+      "accept_error (docs/security.md).", "", "http", "HTTP server", "HTTP server",
+      labels=("reason",)),
+    M("gpuprobe_http_connections", "gauge", "HTTP connections open now.", "", "http",
+      "HTTP server", "HTTP server"),
+    M("gpuprobe_http_connections_max", "gauge",
+      "The most HTTP connections served at once: http.max_connections, lowered when "
+      "RLIMIT_NOFILE leaves too few file descriptors.", "", "http", "HTTP server",
+      "HTTP server"),
+    M("gpuprobe_web_config_last_reload_successful", "gauge",
+      "1 when the web config file (TLS, basic auth) in force is the file's current content, "
+      "0 when its last change failed to load and the previous one is still served; absent "
+      "without a web config file.", "", "http", "web config file", "web config file"),
+    M("gpuprobe_web_config_last_reload_success_timestamp_seconds", "gauge",
+      "Unix time the web config file was last loaded successfully; absent without one.",
+      "seconds", "http", "web config file", "web config file"),
     M("gpuprobe_build_info", "info", "gpuprobe's version and Python's; always 1.", "", "build",
       "package metadata", labels=("version", "python_version"),
       amd=(
@@ -586,7 +608,8 @@ def markdown() -> str:
     scope_labels = {"device": DEVICE_LABELS, "process": DEVICE_LABELS, "xid": DEVICE_LABELS,
                     "event": DEVICE_LABELS,
                     "leak": DEVICE_LABELS, "process_leak": DEVICE_LABELS,
-                    "probe": DEVICE_LABELS, "collector": (), "backend": (), "build": ()}
+                    "probe": DEVICE_LABELS, "collector": (), "backend": (), "build": (),
+                    "http": ()}
     lines = ["| Metric | Type | Unit | Labels | Meaning | NVIDIA source | AMD source |",
              "|---|---|---|---|---|---|---|"]
     for m in CATALOG:

@@ -52,6 +52,8 @@ def _load_config(args: argparse.Namespace) -> config_mod.Config:
         if getattr(args, "listen", None):
             config_mod.parse_listen(args.listen, "--listen")
             overrides["listen"] = args.listen
+        if getattr(args, "web_config_file", None) is not None:
+            overrides["web_config_file"] = args.web_config_file
         if getattr(args, "log_level", None):
             overrides["log_level"] = args.log_level
         if getattr(args, "simulate", None) is not None:
@@ -73,8 +75,18 @@ def _simulation(cfg: config_mod.Config) -> Any:
         raise _Fail(str(e)) from None
 
 
+def _web_config(cfg: config_mod.Config) -> Any:
+    from .webconfig import WebConfigError, WebConfigSource
+
+    try:
+        return WebConfigSource(cfg.web_config_file or None)
+    except WebConfigError as e:
+        raise _Fail(str(e)) from None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
+    _web_config(cfg)
     if cfg.simulation.enabled and cfg.simulation.scenario:
         sim = _simulation(cfg)
         sim.close()
@@ -86,39 +98,65 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     setup_logging(cfg.log_level)
+    web = _web_config(cfg)
     sim = _simulation(cfg)
     from .app import Daemon
 
-    daemon = Daemon(cfg, sim)
+    daemon = Daemon(cfg, sim, web=web)
     stop = threading.Event()
+    reload = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         if not stop.is_set():
             log.info("received %s; shutting down", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_hup(_signum: int, _frame: Any) -> None:
+        reload.set()  # the supervise loop sees it within a second
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         daemon.start()
     except OSError as e:
         daemon.stop()
         raise _Fail(f"cannot listen on {cfg.listen}: {e.strerror or e}", EXIT_RUNTIME) from None
     mode = f"simulating scenario {sim.scenario.name!r}" if sim else "real devices"
-    log.info("gpuprobe %s listening on %s (%s)", version(), cfg.listen, mode)
-    supervise(daemon, stop, Notifier())
+    scheme = "https" if web.current().tls else "http"
+    log.info("gpuprobe %s listening on %s://%s (%s)", version(), scheme, cfg.listen, mode)
+    supervise(daemon, stop, Notifier(), reload)
     daemon.stop()
     return 0
 
 
-def supervise(daemon: Any, stop: threading.Event, notifier: Notifier) -> None:
+def _reload(daemon: Any, notifier: Notifier) -> None:
+    """SIGHUP: re-read the web config file now; the main config needs a restart."""
+    notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    if daemon.http is not None and daemon.config.web_config_file:
+        ok = daemon.http.reload_web_config()
+        log.info("SIGHUP: web config %s %s; other configuration changes take a restart",
+                 daemon.config.web_config_file, "re-read" if ok else "kept (see above)")
+    else:
+        log.info("SIGHUP: nothing to reload (no web config file); configuration changes take "
+                 "a restart")
+    notifier.notify("READY=1")
+
+
+def supervise(daemon: Any, stop: threading.Event, notifier: Notifier,
+              reload: threading.Event | None = None) -> None:
     """Tell systemd when the daemon is ready (config loaded, port bound, every collector
     tried once: device discovery has been attempted), ping its watchdog while the scheduler
-    ticks (whether or not the GPUs answer), and say when it stops."""
+    ticks (whether or not the GPUs answer), reload on SIGHUP, and say when it stops."""
     ping = notifier.watchdog_seconds / 2 if notifier.watchdog_seconds else None
     ready = False
     next_ping = 0.0
-    while not stop.is_set():
+    while True:
+        if stop.is_set():
+            break
+        if reload is not None and reload.is_set():
+            reload.clear()
+            _reload(daemon, notifier)
         now = time.monotonic()
         if not ready and daemon.scheduler.attempted_all():
             ready = True
@@ -331,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--listen", metavar="HOST:PORT",
                      help=f"address to serve on (default {config_mod.DEFAULT_LISTEN})")
+    run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="Prometheus web config file: TLS, client certificates, basic auth "
+                          "(overrides web_config_file)")
     run.add_argument("--log-level", choices=config_mod.LOG_LEVELS)
     run.set_defaults(func=cmd_run)
 

@@ -21,7 +21,9 @@ import yaml
 from . import registry
 
 DEFAULT_PORT = 14787
-DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+# Loopback until the operator chooses to expose per-process details to the network
+# (docs/security.md): the shipped Kubernetes manifests and deploy/gpuprobe.yaml say so.
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # XID codes whose counters exist at 0 from the start, so that the first occurrence is an
@@ -125,6 +127,17 @@ class ExporterConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP server's limits (daemon/http.py explains each)."""
+
+    max_connections: int = field(default=1024, metadata={"min": 8, "max": 65536})
+    read_header_timeout: float = field(default=10.0, metadata=_duration(0.1, max=300.0))
+    idle_timeout: float = field(default=300.0, metadata=_duration(1.0, max=3600.0))
+    write_timeout: float = field(default=30.0, metadata=_duration(0.1, max=600.0))
+    render_threads: int = field(default=2, metadata={"min": 1, "max": 16})
+
+
+@dataclass(frozen=True)
 class HostConfig:
     proc_root: str = "/proc"
 
@@ -140,6 +153,10 @@ class SimulationConfig:
 class Config:
     listen: str = DEFAULT_LISTEN
     log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})
+    # A Prometheus web config file (TLS, client certificates, basic auth); empty for plain
+    # HTTP. docs/security.md.
+    web_config_file: str = ""
+    http: HttpConfig = field(default_factory=HttpConfig)
     collectors: Mapping[str, CollectorConfig] = field(default_factory=dict)
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
     amd: AmdConfig = field(default_factory=AmdConfig)

@@ -58,7 +58,8 @@ def _process_labels(base: dict[str, str], pid: int, name: str | None,
 
 class _Families:
     def __init__(self) -> None:
-        self.metrics = {m.name: Metric(m.family, m.help, m.type) for m in CATALOG}
+        self.metrics = {m.name: Metric(m.family, m.help, m.type) for m in CATALOG
+                        if m.scope != "http"}
         self._names = {m.name: _sample_name(m) for m in CATALOG}
 
     def add(self, name: str, labels: dict[str, str], value: float) -> None:
@@ -139,7 +140,8 @@ class SnapshotCollector:
 
     def describe(self) -> Iterator[Metric]:
         for m in CATALOG:
-            yield Metric(m.family, m.help, m.type)
+            if m.scope != "http":  # the HTTP server's own collector (http.py) has those
+                yield Metric(m.family, m.help, m.type)
 
     def collect(self) -> Iterator[Metric]:
         view = self.store.view()

@@ -432,6 +432,26 @@ def exporter() -> dict:
              "{{instance}}")]),
         P("Series exported", "short",
           [Q(f'scrape_samples_scraped{{job="gpuprobe", {I}}}', "{{instance}}")]),
+        P("HTTP requests by handler and code", "reqps",
+          [Q(f"sum by (instance, handler, code) (rate(gpuprobe_http_requests_total{{{I}}}"
+             f"[{RI}]))", "{{instance}} {{handler}} {{code}}")]),
+        P("Refused connections and requests", "ops",
+          [Q(f"sum by (instance, reason) (rate(gpuprobe_http_refused_total{{{I}}}[{RI}]))",
+             "{{instance}} {{reason}}")],
+          description="Slow or idle clients cut off, connections over the cap, failed TLS "
+                      "handshakes and client certificates, wrong passwords "
+                      "(docs/security.md)."),
+        P("HTTP connections", "short",
+          [Q(f"gpuprobe_http_connections{{{I}}}", "{{instance}} open"),
+           Q(f"gpuprobe_http_connections_max{{{I}}}", "{{instance}} max")]),
+        P("Web config reload", "none",
+          [Q(f"gpuprobe_web_config_last_reload_successful{{{I}}}", "{{instance}}")], "stat",
+          width=6, height=4, thresholds=[(None, "red"), (1, "green")],
+          description="0: the web config file (TLS, basic auth) changed and failed to load; "
+                      "the previous one is still served. No data without a web config file."),
+        P("Since the web config last loaded", "s",
+          [Q(f"time() - gpuprobe_web_config_last_reload_success_timestamp_seconds{{{I}}}",
+             "{{instance}}")], "stat", width=6, height=4),
     ])
 
 

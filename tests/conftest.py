@@ -95,6 +95,16 @@ def promtool() -> str:
     return path
 
 
+@pytest.fixture
+def prometheus_binary() -> str:
+    path = find_tool("prometheus")
+    if path is None:
+        if os.environ.get("GPUPROBE_REQUIRE_PROMETHEUS"):
+            pytest.fail("prometheus not found; scripts/test.sh installs Debian's prometheus")
+        pytest.skip("prometheus not installed (scripts/test.sh installs it)")
+    return path
+
+
 def write_yaml(path: Path, data: Any) -> Path:
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

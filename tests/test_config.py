@@ -17,8 +17,8 @@ DEPLOY_CONFIG = ROOT / "deploy" / "gpuprobe.yaml"
 
 def test_defaults():
     c = config.from_mapping({})
-    assert c.listen == "0.0.0.0:14787"
-    assert c.listen_address() == ("0.0.0.0", 14787)
+    assert c.listen == "127.0.0.1:14787"  # loopback until the operator chooses (security.md)
+    assert c.listen_address() == ("127.0.0.1", 14787)
     assert c.collectors["nvidia"].interval == 5.0
     assert c.collectors["nvidia"].deadline() == 4.0
     assert c.collectors["nvidia_processes"].interval == 10.0

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, RunningDaemon, find_tool, free_port, wait_for, write_yaml
+from .conftest import ROOT, RunningDaemon, free_port, wait_for, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +65,9 @@ BUILTINS = {"__rate_interval": "10s", "__interval": "2s", "__range": "5m"}
 # if one of them shows up after all (then it belongs checked like the rest).
 # (Retired pages were listed here until the AMD backend: the simulated MI300X reports them.)
 NO_DATA_IN_SIMULATION: dict[str, str] = {}
+# A web config file that only sets a response header, so the web config series exist while
+# Prometheus scrapes plain HTTP (test_http_tls.py scrapes over TLS with basic auth).
+WEB_CONFIG = {"http_server_config": {"headers": {"X-Content-Type-Options": "nosniff"}}}
 
 
 def _seconds(text: str) -> float:
@@ -83,14 +86,15 @@ def scaled_rules(path: Path) -> Path:
 
 
 class Prometheus:
-    def __init__(self, binary: str, tmp: Path, target: str, rules: Path) -> None:
+    def __init__(self, binary: str, tmp: Path, target: str, rules: Path,
+                 scrape: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = write_yaml(tmp / "prometheus.yml", {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules)],
             "scrape_configs": [{"job_name": "gpuprobe",
-                                "static_configs": [{"targets": [target]}]}]})
+                                "static_configs": [{"targets": [target]}], **(scrape or {})}]})
         self.log = open(tmp / "prometheus.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
@@ -118,16 +122,6 @@ class Prometheus:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    path = find_tool("prometheus")
-    if path is None:
-        if os.environ.get("GPUPROBE_REQUIRE_PROMETHEUS"):
-            pytest.fail("prometheus not found; scripts/test.sh installs Debian's prometheus")
-        pytest.skip("prometheus not installed (scripts/test.sh installs it)")
-    return path
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -172,7 +166,9 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
                            text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
 
-    daemon = RunningDaemon("--simulate", str(scenario_file), "--config", str(config))
+    web = write_yaml(tmp_path / "web.yml", WEB_CONFIG)
+    daemon = RunningDaemon("--simulate", str(scenario_file), "--config", str(config),
+                           "--web.config.file", str(web))
     prom = None
     try:
         daemon.wait_ready()
