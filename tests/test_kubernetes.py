@@ -16,7 +16,8 @@ from .conftest import ROOT
 
 K8S = ROOT / "deploy" / "kubernetes"
 RULES = ROOT / "deploy" / "prometheus" / "gpuprobe-rules.yml"
-CORE = ["namespace.yaml", "configmap.yaml", "daemonset.yaml", "service.yaml"]
+CORE = ["namespace.yaml", "configmap.yaml", "daemonset.yaml", "service.yaml",
+        "networkpolicy.yaml"]
 
 
 def load(name: str) -> dict:
@@ -93,3 +94,31 @@ def test_kustomization_lists_every_manifest():
     assert set(k["resources"]) == files
     image = load("daemonset.yaml")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.split(":")[0] in {i["name"] for i in k["images"]}
+
+
+def test_network_policy_lets_only_prometheus_reach_the_metrics_port():
+    policy = load("networkpolicy.yaml")
+    pod = load("daemonset.yaml")["spec"]["template"]
+    assert not pod["spec"].get("hostNetwork"), "NetworkPolicy does not apply to host networking"
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert "namespaceSelector" in peer  # same rule: Prometheus pods in that namespace only
+    ports = pod["spec"]["containers"][0]["ports"]
+    assert [p["port"] for p in rule["ports"]] == [p["name"] for p in ports]
+
+
+def test_kustomize_renders_every_manifest():
+    import shutil
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
+    assert {"DaemonSet", "NetworkPolicy", "ConfigMap", "Service"} <= kinds

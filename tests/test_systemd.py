@@ -188,3 +188,36 @@ def test_unit_exposure_score(tmp_path):
     m = re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
     assert float(m.group(1)) <= 2.5  # docs/deploy.md quotes 2.1 ("OK")
+
+
+def test_sighup_rereads_the_web_config_and_sigquit_stops_cleanly(listener, tmp_path):
+    """SIGHUP used to kill the daemon outright, SIGQUIT too, without STOPPING=1."""
+    s, path = listener
+    port = free_port()
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config: {headers: {X-Frame-Options: deny}}\n")
+    proc = subprocess.Popen(gpuprobe_cmd("run", "--simulate", "--listen", f"127.0.0.1:{port}",
+                                         "--web.config.file", str(web)),
+                            env={**os.environ, "NOTIFY_SOCKET": path},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert drain(s, time.monotonic() + 30, stop_on="READY=1")[-1][1].startswith("READY=1")
+        web.write_text("http_server_config: {headers: {X-Frame-Options: sameorigin}}\n")
+        proc.send_signal(signal.SIGHUP)
+        reload = drain(s, time.monotonic() + 10, stop_on="READY=1")
+        assert any("RELOADING=1" in m for _, m in reload), reload
+        assert proc.poll() is None
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.headers["X-Frame-Options"] == "sameorigin"
+        proc.send_signal(signal.SIGQUIT)
+        tail = drain(s, time.monotonic() + 10, stop_on="STOPPING=1")
+        assert tail and "STOPPING=1" in tail[-1][1]
+        assert proc.wait(15) == 0
+        err = proc.stderr.read()
+        assert "received SIGQUIT" in err and "SIGHUP: web config" in err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
