@@ -173,19 +173,42 @@ class HttpStats:
 class _Conn:
     """One client connection; ``phase`` tells whether it may be evicted."""
 
-    __slots__ = ("peer", "phase", "task", "transport")
+    __slots__ = ("peer", "phase", "sock", "task", "tls", "transport")
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, sock: socket.socket) -> None:
         self.peer = peer
+        self.sock = sock
         self.phase = "head"  # head (no whole request yet), idle (kept alive), busy
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.BaseTransport | None = None
+        self.tls = False
 
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
         if self.task is not None:
             self.task.cancel()
+
+    def gone(self) -> bool:
+        """Whether the client has closed its side (safe from any thread: peeks only)."""
+        if self.transport is None or self.transport.is_closing():
+            return True
+        if self.tls:
+            return False  # the raw bytes are TLS records; the loop sees a close soon enough
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+
+@dataclass
+class _Render:
+    """A /metrics render in flight and the connections waiting for it."""
+
+    waiters: list[_Conn]
+    future: asyncio.Future[tuple[bytes, list[tuple[str, str]]]] | None = None
 
 
 class _Refused(Exception):
@@ -219,7 +242,7 @@ class HttpServer:
                         fds)
         self.stats.max_connections = self.max_connections
         self._conns: dict[_Conn, None] = {}  # insertion order is age
-        self._renders: dict[tuple[Any, ...], asyncio.Future[tuple[bytes, list]]] = {}
+        self._renders: dict[tuple[Any, ...], _Render] = {}
         self._pool = ThreadPoolExecutor(max_workers=limits.render_threads,
                                         thread_name_prefix="http-render")
         self._encoder = Encoder()
@@ -293,7 +316,7 @@ class HttpServer:
                 continue
             peer = addr[0] if isinstance(addr, tuple) else str(addr)
             sock.setblocking(False)
-            conn = _Conn(peer)
+            conn = _Conn(peer, sock)
             if len(self._conns) >= self.max_connections and not self._evict():
                 self._note("connection_limit", peer,
                            f"{len(self._conns)} connections open (http.max_connections)")
@@ -424,7 +447,7 @@ class HttpServer:
                 raise _Refused("tls_handshake", None,
                                f"TLS handshake failed: {type(e).__name__}") from None
             raise
-        conn.transport = transport
+        conn.transport, conn.tls = transport, web.tls
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if web.tls and not peer_allowed(web, transport.get_extra_info("peercert")):
             raise _Refused("client_certificate", None,
@@ -442,14 +465,14 @@ class HttpServer:
             if not isinstance(event, h11.Request):
                 return
             conn.phase = "busy"
-            status, body, headers, handler = await self._respond(event, conn, reader, web)
+            status, body, headers, handler = await self._respond(event, conn, web)
             if status != 413:  # then the request has no body: take its end
                 end = await self._next_event(h, reader, conn, deadline)
                 if not isinstance(end, h11.EndOfMessage):
                     return
             close = status >= 400 and status not in (401, 404, 405)
             if close:
-                headers.append(("Connection", "close"))
+                headers = [*headers, ("Connection", "close")]
             data = h.send(h11.Response(status_code=status, headers=_headers(
                 headers, web, len(body)), reason=_REASONS.get(status, b"")))
             if event.method != b"HEAD":
@@ -479,8 +502,9 @@ class HttpServer:
             try:
                 event = h.next_event()
             except h11.RemoteProtocolError as e:
-                raise _Refused("bad_request", e.error_status_hint, f"bad request: {e}\n"
-                               ) from None
+                # h11 hints 501 for a transfer coding it does not know: a bad request to us
+                status = e.error_status_hint if 400 <= e.error_status_hint < 500 else 400
+                raise _Refused("bad_request", status, f"bad request: {e}\n") from None
             if event is not h11.NEED_DATA:
                 return event
             try:
@@ -497,8 +521,8 @@ class HttpServer:
 
     # -- requests ------------------------------------------------------------------------
 
-    async def _respond(self, req: h11.Request, conn: _Conn, reader: asyncio.StreamReader,
-                       web: WebConfig) -> tuple[int, bytes, list[tuple[str, str]], str]:
+    async def _respond(self, req: h11.Request, conn: _Conn, web: WebConfig
+                       ) -> tuple[int, bytes, list[tuple[str, str]], str]:
         """(status, body, headers, handler label) for one request; never raises."""
         handler = "other"
         try:
@@ -531,7 +555,7 @@ class HttpServer:
                     return 401, b"unauthorized\n", [
                         *_TEXT, ("WWW-Authenticate", 'Basic realm="gpuprobe"')], handler
             if handler == "metrics":
-                return await self._metrics(url.query, req, reader, handler)
+                return await self._metrics(url.query, req, conn, handler)
             if handler in ("healthz", "readyz"):
                 ok, data = (self.health if handler == "healthz" else self.ready)()
                 body = (json.dumps(data, sort_keys=True) + "\n").encode()
@@ -540,6 +564,8 @@ class HttpServer:
                 return 200, self.landing().encode(), [
                     ("Content-Type", "text/html; charset=utf-8")], handler
             return 404, b"not found\n", _TEXT, handler
+        except ConnectionError:
+            raise
         except Exception:
             self._throttled.warning("500", "internal error answering %s %r from %s; details "
                                     "at debug level", req.method.decode("latin-1"),
@@ -547,29 +573,39 @@ class HttpServer:
             log.debug("request failed", exc_info=True)
             return 500, b"internal server error\n", _TEXT, handler
 
-    async def _metrics(self, query: str, req: h11.Request, reader: asyncio.StreamReader,
+    async def _metrics(self, query: str, req: h11.Request, conn: _Conn,
                        handler: str) -> tuple[int, bytes, list[tuple[str, str]], str]:
         try:
             names = parse_qs(query, max_num_fields=200).get("name[]")
         except ValueError:
             return 400, b"bad query\n", _TEXT, handler
         accept = dict(req.headers).get(b"accept-encoding", b"").decode("latin-1")
-        gzip = gzip_accepted(accept)
-        key = (tuple(names) if names else None, gzip)
-        future = self._renders.get(key)
-        if future is None:
+        key = (tuple(names) if names else None, gzip_accepted(accept))
+        shared = self._renders.get(key)
+        if shared is None:
             if len(self._renders) >= 4 * self.limits.render_threads:
                 self.stats.refuse("busy")
                 return 503, b"busy\n", [*_TEXT, ("Retry-After", "1")], handler
-            if reader.at_eof():
-                raise ConnectionResetError  # the client left before its render began
-            loop = asyncio.get_running_loop()
+            shared = _Render([conn])
             encoder = self._encoder if names is None else None
-            future = loop.run_in_executor(self._pool, render, self.registry, names, accept,
-                                          encoder)
-            self._renders[key] = future
-            future.add_done_callback(lambda _f: self._renders.pop(key, None))
-        body, headers = await asyncio.shield(future)
+
+            queued = time.monotonic()
+
+            def job() -> tuple[bytes, list[tuple[str, str]]]:
+                # Queued behind other renders, its clients may all have left meanwhile. (Not
+                # asked of a render that starts at once: a client that half-closes its side
+                # after its request, as `nc -N` does, still gets its answer.)
+                if time.monotonic() - queued > 0.05 and all(c.gone() for c in shared.waiters):
+                    raise ConnectionResetError("every client of this render left")
+                return render(self.registry, names, accept, encoder)
+
+            shared.future = asyncio.get_running_loop().run_in_executor(self._pool, job)
+            self._renders[key] = shared
+            shared.future.add_done_callback(lambda _f: self._renders.pop(key, None))
+        else:
+            shared.waiters.append(conn)
+        assert shared.future is not None
+        body, headers = await asyncio.shield(shared.future)
         return 200, body, [*headers, ("Vary", "Accept-Encoding")], handler
 
     def _take_token(self, web: WebConfig) -> bool:

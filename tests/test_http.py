@@ -270,3 +270,22 @@ def test_stop_closes_open_connections():
     assert done.wait(10)
     c.settimeout(5)
     assert c.recv(10) == b""
+
+
+def test_a_render_queued_for_clients_that_all_left_is_not_done():
+    s, counting = serve(Limits(render_threads=1))
+    counting.delay = 1.0
+    before = counting.renders  # registering it collected once
+    try:
+        first = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        first.request("GET", "/metrics")  # occupies the only render thread for 1 s
+        time.sleep(0.2)
+        for _ in range(3):  # a different render (gzip), queued; its clients leave at once
+            c = socket.create_connection(("127.0.0.1", s.port))
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+            c.close()
+        assert first.getresponse().status == 200
+        time.sleep(1.5)
+        assert counting.renders - before == 1
+    finally:
+        s.stop()
