@@ -24,7 +24,7 @@ from typing import Any
 from gpuprobe.daemon.config import AmdConfig
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
-from gpuprobe.daemon.workers import Worker
+from gpuprobe.daemon.workers import Job, Worker
 
 from ..backend import (
     LIBRARY_FATAL,
@@ -327,16 +327,16 @@ class AmdSession(Lifetime):
         """(BDF, handle) of every handle whose address could be read, each read on a worker
         of its own (one hanging costs only its GPU), and whether any could not be."""
         lib = self.lib
-        jobs = []
-        missed = False
+        jobs: list[tuple[Any, Job]] = []  # each job with its own handle: a skipped
+        missed = False  # (stuck) handle must not shift the later ones onto others' answers
         for i, h in enumerate(handles):
             worker = self._worker(f"handle{i}")
             if worker.running_for() > STUCK_SECONDS:
                 missed = True
                 continue
-            jobs.append(worker.submit(lib.amdsmi_get_gpu_device_bdf, h))
+            jobs.append((h, worker.submit(lib.amdsmi_get_gpu_device_bdf, h)))
         out = []
-        for h, job in zip(handles, jobs, strict=False):
+        for h, job in jobs:
             try:
                 out.append((str(job.result(timeout=max(0.0, deadline - time.monotonic())))
                             .lower(), h))
