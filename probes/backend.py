@@ -38,6 +38,8 @@ DEVICE_RETRY_MAX = 60.0
 # queued for it until that call returns. Normal vendor calls take microseconds to
 # milliseconds.
 STUCK_SECONDS = 2.0
+# The down reason of a device that answered none of the calls of a poll.
+NO_ANSWER = "no call answered"
 
 
 class DeviceLost(Exception):
@@ -64,6 +66,7 @@ class Device:
     unsupported: set[str] = field(default_factory=set)
     static: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # per-device state of readers
+    unanswered: bool = False  # its last poll asked it calls and none was answered
 
     @property
     def physical(self) -> Device:
@@ -86,8 +89,23 @@ class Classifier(Protocol):
         ...
 
 
+@dataclass
+class Tally:
+    """What one device was asked in one collection, and how much of it it answered (a value,
+    or "not supported": both are answers; a transient failure is not)."""
+
+    asked: int = 0
+    answered: int = 0
+    last_error: str | None = None
+
+
 class Query:
-    """Call a vendor library for one collection, classifying and counting errors."""
+    """Call a vendor library for one collection, classifying and counting errors.
+
+    It also tallies per device what was asked and answered, so that a device that answered
+    none of its calls in a poll reads down (:meth:`verdict`) instead of up with its static
+    facts only. Each device's calls run on its own worker, so the tallies of different
+    devices are written from different threads, never one tally from two."""
 
     def __init__(self, session: Classifier, errors: Counter,
                  log: logging.Logger | None = None) -> None:
@@ -95,6 +113,7 @@ class Query:
         self.lib = session.lib
         self.errors = errors
         self.log = log or logging.getLogger("gpuprobe")
+        self.tallies: dict[str, Tally] = {}
 
     def __call__(self, dev: Device, key: str, fn: Callable[..., Any], *args: Any,
                  **kwargs: Any) -> Any:
@@ -102,9 +121,40 @@ class Query:
         if key in dev.unsupported:
             return None
         try:
-            return fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
         except Exception as e:
             return self._failed(dev, key, e)
+        tally = self._tally(dev)
+        tally.asked += 1
+        tally.answered += 1
+        return value
+
+    def _tally(self, dev: Device) -> Tally:
+        tally = self.tallies.get(dev.uuid)
+        if tally is None:
+            tally = self.tallies[dev.uuid] = Tally()
+        return tally
+
+    def verdict(self, dev: Device, sample: DeviceSample) -> DeviceSample:
+        """``sample`` (of ``dev``, read with this query), or ``dev`` down when it was asked
+        calls in this poll and answered none: a GPU that answers nothing is not up. It is
+        asked again next poll and reads up as soon as a call is answered. A change either
+        way is logged once."""
+        tally = self.tallies.get(dev.uuid)
+        silent = tally is not None and tally.asked > 0 and tally.answered == 0
+        log = logging.getLogger(f"gpuprobe.{dev.identity.vendor}")
+        if silent and tally is not None:
+            if not dev.unanswered:
+                log.warning("GPU %s (%s) answered none of the %d calls of this poll (last "
+                            "error: %s); reported down until it answers", dev.identity.index,
+                            dev.uuid, tally.asked, tally.last_error)
+            dev.unanswered = True
+            return DeviceSample(identity=sample.identity, up=False,
+                                down_reason=f"{NO_ANSWER} ({tally.last_error})")
+        if dev.unanswered and tally is not None and tally.answered:
+            log.info("GPU %s (%s) answers calls again", dev.identity.index, dev.uuid)
+            dev.unanswered = False
+        return sample
 
     def first(self, dev: Device, key: str,
               calls: list[tuple[str | Callable[..., Any], tuple]]) -> Any:
@@ -152,13 +202,17 @@ class Query:
         if cls is None:
             raise e
         self.errors[cls] += 1
+        tally = self._tally(dev)
+        tally.asked += 1
         if cls == UNSUPPORTED:
+            tally.answered += 1  # the device (or library) answered: it cannot do this
             dev.unsupported.add(key)
             level = logging.INFO if self.session.quietly_unsupported(e) else logging.DEBUG
             self.log.log(level, "GPU %s (%s): %s unavailable (%s); not asked again",
                          dev.identity.index, dev.uuid, key, e)
             return None
         if cls == TRANSIENT:
+            tally.last_error = f"{key}: {' '.join(str(e).split())[:200]}"
             self.log.debug("GPU %s: %s failed (%s); will retry", dev.identity.index, key, e)
             return None
         if cls == DEVICE_FATAL:

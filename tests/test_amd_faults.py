@@ -338,3 +338,32 @@ def test_stuck_address_read_does_not_shift_other_gpus_onto_its_handle() -> None:
     finally:
         release.set()
         d.stop()
+
+
+def test_gpu_answering_nothing_reads_down_and_comes_back(caplog) -> None:
+    """Issue 11, defect 7 on AMD: every call to the Radeon failing with RETRY (transient)
+    reads it down, not up with its static facts; it reads up again when calls answer."""
+    d = amd_daemon()
+    try:
+        cycle(d)
+        assert _devices(d)[("amd", "1")].up
+        with caplog.at_level("INFO", logger="gpuprobe"):
+            d.simulation.amdsmi.faults.add("*", 1, error=9)
+            for _ in range(3):
+                cycle(d)
+                s = _devices(d)[("amd", "1")]
+                assert not s.up
+                assert s.down_reason.startswith("no call answered"), s.down_reason
+                assert s.memory.total_bytes is None and s.thermal.thresholds == {}
+                _others_fine(d, 1)
+            _renders(d)
+            _no_internal_errors(d)
+            d.simulation.amdsmi.faults.clear()
+            cycle(d)
+        s = _devices(d)[("amd", "1")]
+        assert s.up and s.memory.used_bytes is not None
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("answered none" in m for m in said) == 1, said
+        assert sum("answers calls again" in m for m in said) == 1, said
+    finally:
+        d.stop()

@@ -378,7 +378,7 @@ class NvidiaTelemetry:
             if not refind(self.session, dev, q):
                 return None
         try:
-            return read_device(self.session, dev, q, self.gpm_enabled)
+            return q.verdict(dev, read_device(self.session, dev, q, self.gpm_enabled))
         except DeviceLost as e:
             self.session._lose(dev, str(e))
             return None
