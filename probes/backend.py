@@ -67,6 +67,10 @@ class Device:
     static: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # per-device state of readers
     unanswered: bool = False  # its last poll asked it calls and none was answered
+    up_since: float = field(default_factory=time.monotonic)  # when last found (or made)
+    flaps: int = 0  # times lost since it last stayed up for a whole settle period
+    logged_step: float | None = None  # the backoff of the last loss that was logged
+    loss_logged: bool = False  # whether its latest loss was logged (then so is its return)
 
     @property
     def physical(self) -> Device:
@@ -260,17 +264,54 @@ def run_on_devices(devices: list[Any], fn: Callable[[Any], Any], deadline: float
     return results, stuck
 
 
-def lose(dev: Device, reason: str, retry_initial: float, retry_max: float) -> None:
-    """Mark a device down; it is looked up again after a backoff that doubles per failure."""
+def settle_seconds(retry_max: float) -> float:
+    """How long a device found again must stay up before its backoff starts afresh: the
+    longest wait between look-ups, so a GPU that flaps is looked at no more often than that."""
+    return min(retry_max, DEVICE_RETRY_MAX)
+
+
+def lose(dev: Device, reason: str, retry_initial: float, retry_max: float,
+         now: float | None = None) -> None:
+    """Mark a device down; it is looked up again after a backoff that doubles per failed
+    look-up, and per flap: a device lost again before it has stayed up for
+    ``settle_seconds`` keeps the backoff it had (it is not found again on every poll), and
+    its losses and returns are logged at most once per backoff step."""
+    now = time.monotonic() if now is None else now
+    log = logging.getLogger(f"gpuprobe.{dev.identity.vendor}")
+    cap = min(retry_max, DEVICE_RETRY_MAX)
     if not dev.lost:
-        logging.getLogger(f"gpuprobe.{dev.identity.vendor}").warning(
-            "GPU %s (%s) is down: %s", dev.identity.index, dev.uuid, reason)
-        dev.backoff = retry_initial
+        if dev.flaps == 0 or now - dev.up_since >= settle_seconds(retry_max):
+            dev.flaps = 0  # it had settled (or was never lost): a new episode
+            dev.backoff = retry_initial
+            dev.logged_step = None
+        dev.flaps += 1
+        dev.loss_logged = dev.backoff != dev.logged_step
+        if dev.loss_logged:
+            dev.logged_step = dev.backoff
+            if dev.flaps == 1:
+                log.warning("GPU %s (%s) is down: %s", dev.identity.index, dev.uuid, reason)
+            else:
+                log.warning("GPU %s (%s) is down again %.0fs after it came back (lost %d "
+                            "times without staying up %gs in between): %s; next look in %gs%s",
+                            dev.identity.index, dev.uuid, now - dev.up_since, dev.flaps,
+                            settle_seconds(retry_max), reason, dev.backoff,
+                            "; not logged again while it keeps flapping"
+                            if dev.backoff >= cap else "")
     dev.lost = True
     dev.lost_reason = reason
-    dev.retry_at = time.monotonic() + dev.backoff
-    dev.backoff = min(dev.backoff * 2, retry_max, DEVICE_RETRY_MAX)
+    dev.retry_at = now + dev.backoff
+    dev.backoff = min(dev.backoff * 2, cap)
     dev.state.clear()
+
+
+def found_again(dev: Device, how: str = "found again", now: float | None = None) -> None:
+    """A lost device answers again: it is up, and its backoff is kept until it has stayed up
+    for a while (see :func:`lose`); logged when its loss was."""
+    dev.lost, dev.lost_reason = False, None
+    dev.up_since = time.monotonic() if now is None else now
+    if dev.loss_logged:
+        logging.getLogger(f"gpuprobe.{dev.identity.vendor}").info(
+            "GPU %s (%s) %s", dev.identity.index, dev.uuid, how)
 
 
 def down_sample(dev: Device, reason: str) -> DeviceSample:

@@ -35,6 +35,7 @@ from ..backend import (
     LibraryDown,
     Lifetime,
     Query,
+    found_again,
     lose,
 )
 from .library import (
@@ -381,7 +382,7 @@ class AmdSession(Lifetime):
             if known is None:
                 log.info("AMD GPU %d: found %s at %s", index, uuid, pbdf)
             elif dev.lost:
-                log.info("AMD GPU %d (%s): found again", index, uuid)
+                found_again(dev)
             dev.handle, dev.worker, dev.lost, dev.lost_reason = h0, worker, False, None
             self._read_static(dev, q, index, len(handles))
             children = self._partitions(dev, handles, q) if len(handles) > 1 else []
