@@ -414,13 +414,25 @@ class EventWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start_failed = False
         self.attempted = threading.Event()  # set once registration has been tried
 
     def ensure_running(self) -> None:
+        """Start the thread if it is not running; when no thread can be started (out of
+        threads or memory) the events go uncounted until a later poll can start it."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=self.thread_name,
                                             daemon=True)
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError as e:
+                if not self._start_failed:
+                    self._start_failed = True
+                    logging.getLogger("gpuprobe").warning(
+                        "cannot start the %s thread (%s); retried at each poll",
+                        self.thread_name, e)
+                return
+            self._start_failed = False
 
     def stop(self) -> None:
         self._stop.set()

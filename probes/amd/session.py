@@ -138,7 +138,11 @@ class AmdSession(Lifetime):
             if stuck:
                 log.warning("%d earlier amdsmi preflight(s) could not be killed (stuck in the "
                             "kernel?)", stuck)
-            self._preflight = Preflight(self.config.init_timeout, self.face)
+            try:
+                self._preflight = Preflight(self.config.init_timeout, self.face)
+            except RuntimeError as e:  # can't start new thread
+                self._down(f"cannot start the amdsmi preflight: {e}")
+                return
         outcome = self._preflight.result(wait=(deadline - time.monotonic()) / 2)
         if outcome is None:
             self.reason = "initialising (amdsmi preflight under way)"
