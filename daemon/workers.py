@@ -13,11 +13,20 @@ hands work to a thread about twenty times, and a Future costs twice the CPU per 
 from __future__ import annotations
 
 import _thread
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("gpuprobe")
+
+
+class ThreadUnavailable(TimeoutError):
+    """The worker's thread could not be started (``can't start new thread``: out of threads
+    or memory). A TimeoutError, so every caller treats the call as one that did not answer in
+    time: it costs that call's reading, and the next submit tries to start the thread again."""
 
 
 class Job:
@@ -66,17 +75,32 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.busy_since: float | None = None
+        self._start_failed = False  # logged once until a start succeeds
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Job:
         job = Job()
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=self.name,
-                                                    daemon=True)
-                    self._thread.start()
+                    thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                    try:
+                        thread.start()
+                    except RuntimeError as e:  # a thread that never started would take
+                        self._cannot_start(e)  # jobs that never run: try again next time
+                        job._finish(None, ThreadUnavailable(f"thread {self.name}: {e}"))
+                        return job
+                    self._thread = thread
+                    if self._start_failed:
+                        self._start_failed = False
+                        log.info("thread %s started", self.name)
         self._queue.put((job, fn, args))
         return job
+
+    def _cannot_start(self, e: RuntimeError) -> None:
+        if not self._start_failed:
+            self._start_failed = True
+            log.warning("cannot start thread %s (%s: out of threads or memory); what it "
+                        "would run is not read until a thread can be started", self.name, e)
 
     def running_for(self) -> float:
         """Seconds the current call has been running; 0 when idle."""

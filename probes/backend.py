@@ -38,6 +38,8 @@ DEVICE_RETRY_MAX = 60.0
 # queued for it until that call returns. Normal vendor calls take microseconds to
 # milliseconds.
 STUCK_SECONDS = 2.0
+# The down reason of a device that answered none of the calls of a poll.
+NO_ANSWER = "no call answered"
 
 
 class DeviceLost(Exception):
@@ -64,6 +66,11 @@ class Device:
     unsupported: set[str] = field(default_factory=set)
     static: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # per-device state of readers
+    unanswered: bool = False  # its last poll asked it calls and none was answered
+    up_since: float = field(default_factory=time.monotonic)  # when last found (or made)
+    flaps: int = 0  # times lost since it last stayed up for a whole settle period
+    logged_step: float | None = None  # the backoff of the last loss that was logged
+    loss_logged: bool = False  # whether its latest loss was logged (then so is its return)
 
     @property
     def physical(self) -> Device:
@@ -86,8 +93,23 @@ class Classifier(Protocol):
         ...
 
 
+@dataclass
+class Tally:
+    """What one device was asked in one collection, and how much of it it answered (a value,
+    or "not supported": both are answers; a transient failure is not)."""
+
+    asked: int = 0
+    answered: int = 0
+    last_error: str | None = None
+
+
 class Query:
-    """Call a vendor library for one collection, classifying and counting errors."""
+    """Call a vendor library for one collection, classifying and counting errors.
+
+    It also tallies per device what was asked and answered, so that a device that answered
+    none of its calls in a poll reads down (:meth:`verdict`) instead of up with its static
+    facts only. Each device's calls run on its own worker, so the tallies of different
+    devices are written from different threads, never one tally from two."""
 
     def __init__(self, session: Classifier, errors: Counter,
                  log: logging.Logger | None = None) -> None:
@@ -95,6 +117,7 @@ class Query:
         self.lib = session.lib
         self.errors = errors
         self.log = log or logging.getLogger("gpuprobe")
+        self.tallies: dict[str, Tally] = {}
 
     def __call__(self, dev: Device, key: str, fn: Callable[..., Any], *args: Any,
                  **kwargs: Any) -> Any:
@@ -102,9 +125,40 @@ class Query:
         if key in dev.unsupported:
             return None
         try:
-            return fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
         except Exception as e:
             return self._failed(dev, key, e)
+        tally = self._tally(dev)
+        tally.asked += 1
+        tally.answered += 1
+        return value
+
+    def _tally(self, dev: Device) -> Tally:
+        tally = self.tallies.get(dev.uuid)
+        if tally is None:
+            tally = self.tallies[dev.uuid] = Tally()
+        return tally
+
+    def verdict(self, dev: Device, sample: DeviceSample) -> DeviceSample:
+        """``sample`` (of ``dev``, read with this query), or ``dev`` down when it was asked
+        calls in this poll and answered none: a GPU that answers nothing is not up. It is
+        asked again next poll and reads up as soon as a call is answered. A change either
+        way is logged once."""
+        tally = self.tallies.get(dev.uuid)
+        silent = tally is not None and tally.asked > 0 and tally.answered == 0
+        log = logging.getLogger(f"gpuprobe.{dev.identity.vendor}")
+        if silent and tally is not None:
+            if not dev.unanswered:
+                log.warning("GPU %s (%s) answered none of the %d calls of this poll (last "
+                            "error: %s); reported down until it answers", dev.identity.index,
+                            dev.uuid, tally.asked, tally.last_error)
+            dev.unanswered = True
+            return DeviceSample(identity=sample.identity, up=False,
+                                down_reason=f"{NO_ANSWER} ({tally.last_error})")
+        if dev.unanswered and tally is not None and tally.answered:
+            log.info("GPU %s (%s) answers calls again", dev.identity.index, dev.uuid)
+            dev.unanswered = False
+        return sample
 
     def first(self, dev: Device, key: str,
               calls: list[tuple[str | Callable[..., Any], tuple]]) -> Any:
@@ -152,13 +206,17 @@ class Query:
         if cls is None:
             raise e
         self.errors[cls] += 1
+        tally = self._tally(dev)
+        tally.asked += 1
         if cls == UNSUPPORTED:
+            tally.answered += 1  # the device (or library) answered: it cannot do this
             dev.unsupported.add(key)
             level = logging.INFO if self.session.quietly_unsupported(e) else logging.DEBUG
             self.log.log(level, "GPU %s (%s): %s unavailable (%s); not asked again",
                          dev.identity.index, dev.uuid, key, e)
             return None
         if cls == TRANSIENT:
+            tally.last_error = f"{key}: {' '.join(str(e).split())[:200]}"
             self.log.debug("GPU %s: %s failed (%s); will retry", dev.identity.index, key, e)
             return None
         if cls == DEVICE_FATAL:
@@ -206,17 +264,54 @@ def run_on_devices(devices: list[Any], fn: Callable[[Any], Any], deadline: float
     return results, stuck
 
 
-def lose(dev: Device, reason: str, retry_initial: float, retry_max: float) -> None:
-    """Mark a device down; it is looked up again after a backoff that doubles per failure."""
+def settle_seconds(retry_max: float) -> float:
+    """How long a device found again must stay up before its backoff starts afresh: the
+    longest wait between look-ups, so a GPU that flaps is looked at no more often than that."""
+    return min(retry_max, DEVICE_RETRY_MAX)
+
+
+def lose(dev: Device, reason: str, retry_initial: float, retry_max: float,
+         now: float | None = None) -> None:
+    """Mark a device down; it is looked up again after a backoff that doubles per failed
+    look-up, and per flap: a device lost again before it has stayed up for
+    ``settle_seconds`` keeps the backoff it had (it is not found again on every poll), and
+    its losses and returns are logged at most once per backoff step."""
+    now = time.monotonic() if now is None else now
+    log = logging.getLogger(f"gpuprobe.{dev.identity.vendor}")
+    cap = min(retry_max, DEVICE_RETRY_MAX)
     if not dev.lost:
-        logging.getLogger(f"gpuprobe.{dev.identity.vendor}").warning(
-            "GPU %s (%s) is down: %s", dev.identity.index, dev.uuid, reason)
-        dev.backoff = retry_initial
+        if dev.flaps == 0 or now - dev.up_since >= settle_seconds(retry_max):
+            dev.flaps = 0  # it had settled (or was never lost): a new episode
+            dev.backoff = retry_initial
+            dev.logged_step = None
+        dev.flaps += 1
+        dev.loss_logged = dev.backoff != dev.logged_step
+        if dev.loss_logged:
+            dev.logged_step = dev.backoff
+            if dev.flaps == 1:
+                log.warning("GPU %s (%s) is down: %s", dev.identity.index, dev.uuid, reason)
+            else:
+                log.warning("GPU %s (%s) is down again %.0fs after it came back (lost %d "
+                            "times without staying up %gs in between): %s; next look in %gs%s",
+                            dev.identity.index, dev.uuid, now - dev.up_since, dev.flaps,
+                            settle_seconds(retry_max), reason, dev.backoff,
+                            "; not logged again while it keeps flapping"
+                            if dev.backoff >= cap else "")
     dev.lost = True
     dev.lost_reason = reason
-    dev.retry_at = time.monotonic() + dev.backoff
-    dev.backoff = min(dev.backoff * 2, retry_max, DEVICE_RETRY_MAX)
+    dev.retry_at = now + dev.backoff
+    dev.backoff = min(dev.backoff * 2, cap)
     dev.state.clear()
+
+
+def found_again(dev: Device, how: str = "found again", now: float | None = None) -> None:
+    """A lost device answers again: it is up, and its backoff is kept until it has stayed up
+    for a while (see :func:`lose`); logged when its loss was."""
+    dev.lost, dev.lost_reason = False, None
+    dev.up_since = time.monotonic() if now is None else now
+    if dev.loss_logged:
+        logging.getLogger(f"gpuprobe.{dev.identity.vendor}").info(
+            "GPU %s (%s) %s", dev.identity.index, dev.uuid, how)
 
 
 def down_sample(dev: Device, reason: str) -> DeviceSample:
@@ -319,13 +414,25 @@ class EventWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start_failed = False
         self.attempted = threading.Event()  # set once registration has been tried
 
     def ensure_running(self) -> None:
+        """Start the thread if it is not running; when no thread can be started (out of
+        threads or memory) the events go uncounted until a later poll can start it."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=self.thread_name,
                                             daemon=True)
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError as e:
+                if not self._start_failed:
+                    self._start_failed = True
+                    logging.getLogger("gpuprobe").warning(
+                        "cannot start the %s thread (%s); retried at each poll",
+                        self.thread_name, e)
+                return
+            self._start_failed = False
 
     def stop(self) -> None:
         self._stop.set()

@@ -12,6 +12,7 @@ it neither parses cgroups nor takes a per-instance proc root.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -28,6 +29,25 @@ _CONTAINER_RE = re.compile(r"(?:^|[/\-:])([0-9a-f]{64})(?:\.scope)?(?=/|$)")
 # kubepods-burstable-pod<uid with _>.slice (systemd driver) or /pod<uid>/ (cgroupfs driver)
 _POD_RE = re.compile(
     r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+# The process (EMFILE) or the system (ENFILE) has no file descriptor left: a /proc read fails
+# for that reason, not because the process is invisible or gone.
+FD_EXHAUSTED = (errno.EMFILE, errno.ENFILE)
+
+
+class OutOfFds(Exception):
+    """A /proc read failed because no file descriptor was left (EMFILE or ENFILE)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def describe_fd_error(e: OSError) -> str:
+    """'EMFILE: Too many open files' for an OSError."""
+    name = errno.errorcode.get(e.errno or 0, str(e.errno))
+    return f"{name}: {e.strerror or e}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +95,7 @@ class ProcessResolver:
         self._current: dict[int, tuple[HostProcess, float]] = {}  # pid -> (process, checked)
         self._last: tuple[tuple[int, ...], float, dict[int, HostProcess]] | None = None
         self._warned_invisible = False
+        self._out_of_fds = False  # the last poll could not read some pids for want of fds
         self._lock = threading.Lock()
 
     def _read(self, pid: int, name: str) -> str | None:
@@ -82,11 +103,15 @@ class ProcessResolver:
             with open(os.path.join(self.proc_root, str(pid), name), encoding="utf-8",
                       errors="replace") as f:
                 return f.read()
-        except OSError:
+        except OSError as e:
+            if e.errno in FD_EXHAUSTED:
+                raise OutOfFds(e) from e
             return None
 
     def resolve(self, pid: int) -> HostProcess | None:
-        """The live process with this pid, or None when the host cannot see it."""
+        """The live process with this pid, or None when the host cannot see it. Raises
+        :class:`OutOfFds` when no file descriptor was left to read it with (then nothing
+        about it is cached: a container read as none would stick)."""
         stat = self._read(pid, "stat")
         if stat is None:
             return None
@@ -107,27 +132,61 @@ class ProcessResolver:
     def resolve_all(self, pids: list[int]) -> dict[int, HostProcess]:
         """Resolve the pids of one poll and forget processes that are gone. The NVIDIA and
         AMD process collectors share one resolver, so calls are serialised."""
+        return self.resolve_all_checked(pids)[0]
+
+    def resolve_all_checked(self, pids: list[int]
+                            ) -> tuple[dict[int, HostProcess], set[int]]:
+        """(what :meth:`resolve_all` returns, the pids that could not be checked at all
+        because the process was out of file descriptors): those are not known to be gone,
+        only unnamed for this poll."""
         with self._lock:
             return self._resolve_all(pids)
 
-    def _resolve_all(self, pids: list[int]) -> dict[int, HostProcess]:
+    def _resolve_all(self, pids: list[int]) -> tuple[dict[int, HostProcess], set[int]]:
         now = time.monotonic()
         key = tuple(pids)
         last = self._last
         if last is not None and last[0] == key and now - last[1] < self.revalidate:
-            return last[2]  # the same processes as last time, all checked recently enough
+            return last[2], set()  # the same processes as last time, all checked recently
         found = {}
         current = {}
+        unchecked: set[int] = set()
+        out_of_fds: OutOfFds | None = None
         for pid in pids:
             seen = self._current.get(pid)
             if seen is not None and now - seen[1] < self.revalidate:
                 found[pid] = seen[0]
                 current[pid] = seen
                 continue
-            proc = self.resolve(pid)
+            if out_of_fds is not None:  # the next read would fail the same way
+                unchecked.add(pid)
+                continue
+            try:
+                proc = self.resolve(pid)
+            except OutOfFds as e:
+                out_of_fds = e
+                unchecked.add(pid)
+                continue
             if proc is not None:
                 found[pid] = proc
                 current[pid] = (proc, now)
+        if out_of_fds is not None:
+            # Keep what is known (the unchecked pids' cache entries, the earlier checks) and
+            # read again next poll; say why once, and not that the processes are invisible.
+            self._current = {**self._current, **current}
+            self._last = None
+            if not self._out_of_fds:
+                self._out_of_fds = True
+                log.warning(
+                    "out of file descriptors reading %s (%s): names, containers and pods of "
+                    "%d GPU process(es) are missing from this poll, and from each poll until "
+                    "descriptors are free again; raise the daemon's open-file limit "
+                    "(LimitNOFILE=) or find what holds them", self.proc_root,
+                    describe_fd_error(out_of_fds.error), len(unchecked))
+            return found, unchecked
+        if self._out_of_fds:
+            self._out_of_fds = False
+            log.info("file descriptors are available again: GPU process names are back")
         self._current = current
         live = {(p.pid, p.start_ticks) for p in found.values()}
         for gone in [k for k in self._cache if k not in live]:
@@ -142,4 +201,4 @@ class ProcessResolver:
                 "none of the GPU processes (pids %s...) is visible under %s: process names and "
                 "containers are unavailable; run in the host PID namespace or set host.proc_root",
                 pids[:3], self.proc_root)
-        return found
+        return found, set()

@@ -297,3 +297,73 @@ def test_device_vanishing_and_returning() -> None:
         wait_for(lambda: (cycle(d, advance=1.0), _devices(d)[("amd", "1")].up)[1], timeout=15)
     finally:
         d.stop()
+
+
+def _amd_collector(d):
+    return next(c for c in d.scheduler.collectors if c.name == "amd")
+
+
+def test_stuck_address_read_does_not_shift_other_gpus_onto_its_handle() -> None:
+    """Issue 11, defect 3: while GPU 0's amdsmi_get_gpu_device_bdf hangs, its handles are
+    skipped in discovery; GPU 1 must keep its own address, identity and figures (the old
+    pairing gave GPU 1's address to GPU 0's handle: GPU 0's telemetry under GPU 1's labels)."""
+    from gpuprobe.probes.backend import STUCK_SECONDS
+
+    d = amd_daemon()
+    release = threading.Event()
+    try:
+        cycle(d)
+        before = {i: s for (v, i), s in _devices(d).items() if v == "amd"}
+        assert before["1"].identity.model == "AMD Radeon PRO W7900"
+        d.simulation.amdsmi.faults.add("amdsmi_get_gpu_device_bdf", 0, hang=release)
+        session = _amd_collector(d).session
+        stuck = session._worker("handle0")
+        checked = 0
+        end = time.monotonic() + 30  # generous: the hung handle counts as stuck after 2 s
+        while checked < 3 and time.monotonic() < end:
+            session.rediscover_soon()
+            cycle(d, advance=1.0)
+            if stuck.running_for() > STUCK_SECONDS:
+                checked += 1  # discovery now skips the stuck handles
+            now = {i: s for (v, i), s in _devices(d).items() if v == "amd"}
+            for index in ("0", "1"):
+                got, want = now[index], before[index]
+                assert got.up, (index, got.down_reason)
+                assert got.identity.uuid == want.identity.uuid, index
+                assert got.identity.pci_bus_id == want.identity.pci_bus_id, index
+                assert got.identity.model == want.identity.model, index
+                assert got.memory.total_bytes == want.memory.total_bytes, index
+            time.sleep(0.2)
+        assert checked == 3, "the bdf call never counted as stuck"
+    finally:
+        release.set()
+        d.stop()
+
+
+def test_gpu_answering_nothing_reads_down_and_comes_back(caplog) -> None:
+    """Issue 11, defect 7 on AMD: every call to the Radeon failing with RETRY (transient)
+    reads it down, not up with its static facts; it reads up again when calls answer."""
+    d = amd_daemon()
+    try:
+        cycle(d)
+        assert _devices(d)[("amd", "1")].up
+        with caplog.at_level("INFO", logger="gpuprobe"):
+            d.simulation.amdsmi.faults.add("*", 1, error=9)
+            for _ in range(3):
+                cycle(d)
+                s = _devices(d)[("amd", "1")]
+                assert not s.up
+                assert s.down_reason.startswith("no call answered"), s.down_reason
+                assert s.memory.total_bytes is None and s.thermal.thresholds == {}
+                _others_fine(d, 1)
+            _renders(d)
+            _no_internal_errors(d)
+            d.simulation.amdsmi.faults.clear()
+            cycle(d)
+        s = _devices(d)[("amd", "1")]
+        assert s.up and s.memory.used_bytes is not None
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("answered none" in m for m in said) == 1, said
+        assert sum("answers calls again" in m for m in said) == 1, said
+    finally:
+        d.stop()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
 import pytest
 
+from gpuprobe.probes import host
 from gpuprobe.probes.host import ProcessResolver, parse_cgroup, parse_stat
 
 CID = "0123456789abcdef" * 4
@@ -80,3 +82,56 @@ def test_a_reused_pid_is_noticed_within_the_revalidation_window(tmp_path):
     time.sleep(0.25)
     assert r.resolve_all([300])[300].name == "new"
     assert r.resolve_all([300, 301]).keys() == {300}  # a changed pid set is resolved afresh
+
+
+class _FdLimit:
+    """``open`` for the host module that fails with EMFILE (as with no descriptor left)
+    while ``on``, for the files named in ``only`` (all when empty)."""
+
+    def __init__(self, only: tuple[str, ...] = ()) -> None:
+        self.on = True
+        self.only = only
+        self.failed = 0
+
+    def __call__(self, path, *args, **kwargs):
+        if self.on and (not self.only or str(path).endswith(self.only)):
+            self.failed += 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
+        return open(path, *args, **kwargs)
+
+
+def test_out_of_fds_is_named_as_such_and_costs_only_that_poll(tmp_path, caplog, monkeypatch):
+    """Issue 11, defect 10: out of file descriptors, the resolver warned that the processes
+    were invisible ("run in the host PID namespace"), and the empty answer was reused for
+    up to a revalidation period. It names the real cause, keeps no partial answer, and
+    the names are back at the first poll with descriptors."""
+    make_proc(tmp_path, 100, "trainer", 1, f"0::/system.slice/docker-{CID}.scope")
+    make_proc(tmp_path, 200, "infer", 2)
+    r = ProcessResolver(str(tmp_path), revalidate=60)
+    limit = _FdLimit()
+    monkeypatch.setattr(host, "open", limit, raising=False)
+    with caplog.at_level("INFO", logger="gpuprobe.host"):
+        for _ in range(3):
+            found, unchecked = r.resolve_all_checked([100, 200])
+            assert found == {} and unchecked == {100, 200}
+        limit.on = False
+        found = r.resolve_all([100, 200])
+    assert {p: h.name for p, h in found.items()} == {100: "trainer", 200: "infer"}
+    assert found[100].container_id == CID
+    said = [rec.getMessage() for rec in caplog.records]
+    assert not any("PID namespace" in m or "none of the GPU processes" in m for m in said)
+    warned = [m for m in said if "out of file descriptors" in m]
+    assert len(warned) == 1 and "EMFILE" in warned[0], said
+    assert sum("available again" in m for m in said) == 1
+
+
+def test_out_of_fds_between_stat_and_cgroup_does_not_cache_a_missing_container(
+        tmp_path, monkeypatch):
+    make_proc(tmp_path, 100, "trainer", 1, f"0::/system.slice/docker-{CID}.scope")
+    r = ProcessResolver(str(tmp_path), revalidate=60)
+    limit = _FdLimit(only=("cgroup",))
+    monkeypatch.setattr(host, "open", limit, raising=False)
+    assert r.resolve_all([100]) == {}
+    assert limit.failed == 1
+    limit.on = False
+    assert r.resolve_all([100])[100].container_id == CID

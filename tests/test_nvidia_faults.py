@@ -329,3 +329,33 @@ def test_hung_enumeration_stalls_one_collector_not_the_daemon():
     finally:
         release.set()
         d.stop()
+
+
+def test_gpu_answering_nothing_reads_down_and_comes_back(caplog):
+    """Issue 11, defect 7: every call to one GPU failing with UNKNOWN (transient) left it
+    up, exporting its static facts. It reads down with the reason, the others are fine, it
+    is logged once, and it reads up again when calls answer."""
+    d = make_daemon()
+    try:
+        _cycle(d)
+        assert _by_index(d)["1"].up
+        with caplog.at_level("INFO", logger="gpuprobe"):
+            d.simulation.nvml.faults.add("*", 1, error=pynvml.NVML_ERROR_UNKNOWN)
+            for _ in range(3):
+                _cycle(d)
+                s = _by_index(d)["1"]
+                assert not s.up
+                assert s.down_reason.startswith("no call answered"), s.down_reason
+                assert s.memory.total_bytes is None and s.thermal.thresholds == {}
+                _others_fine(d, 1)
+            _renders(d)
+            _no_internal_errors(d)
+            d.simulation.nvml.faults.clear()
+            _cycle(d)
+        s = _by_index(d)["1"]
+        assert s.up and s.memory.used_bytes is not None
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("answered none" in m for m in said) == 1, said
+        assert sum("answers calls again" in m for m in said) == 1, said
+    finally:
+        d.stop()

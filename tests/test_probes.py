@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from gpuprobe.probes.kernels import cuda, hip
 from gpuprobe.probes.kernels.common import analyse_launch
 from gpuprobe.probes.orchestrator import Orchestrator, Outcome, probe_values, run_child
 
-from .conftest import ROOT, make_daemon
+from .conftest import ROOT, make_daemon, wait_for
 
 PTX = ROOT / "probes" / "kernels" / "probe.ptx"
 IDLE = {"vendor": "nvidia", "model": "NVIDIA H100 80GB HBM3", "architecture": "hopper"}
@@ -370,3 +373,85 @@ def test_cli_probe_on_simulated_gpus():
     p = subprocess.run([sys.executable, "-m", "gpuprobe.daemon", "probe", "launch",
                         "--simulate", "--gpu", "9"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--gpu 9: no such GPU" in p.stderr
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # a zombie would still answer: gone means reaped too
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_stopping_the_daemon_mid_probe_ends_the_child_and_removes_its_directory(
+        monkeypatch):
+    """Issue 11, defect 9: a probe child running when the daemon stopped was orphaned, and
+    its private directory left behind. Stopping the daemon (Daemon.stop closes the context,
+    and with it the orchestrator) ends the child and removes the directory."""
+    from gpuprobe.probes import orchestrator as o
+
+    d = make_daemon({"seed": 12, "devices": [IDLE]},
+                    config={"probes": {"timeout": "10m"}})
+    orch = o.orchestrator(d.context)
+    real_request = o.Orchestrator._request
+
+    def hanging(self, dev, probe):  # the simulated child sleeps for an hour
+        built = real_request(self, dev, probe)
+        return (dict(built[0], fake="hang"), built[1]) if built else built
+
+    monkeypatch.setattr(o.Orchestrator, "_request", hanging)
+    outcome: list = []
+    pid = None
+    private = None
+    try:
+        d.scheduler.run_once()
+        uuid = d.store.view().devices()[0].identity.uuid
+        t = threading.Thread(target=lambda: outcome.append(orch.run_now("pcie", uuid)),
+                             daemon=True)
+        t.start()
+        pid = wait_for(lambda: next(iter(orch.children), None), timeout=20)
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        private = env[b"CUDA_MPS_PIPE_DIRECTORY"].decode()
+        assert os.path.isdir(private) and not _gone(pid)
+        d.stop()
+        t.join(20)
+        assert not t.is_alive(), "the probe run did not end with the daemon"
+        assert _gone(pid), "the probe child outlived the daemon"
+        assert not os.path.exists(private), "its private directory was left behind"
+        assert outcome and outcome[0].outcome == "failed"
+    finally:
+        if pid is not None and not _gone(pid):
+            os.killpg(pid, signal.SIGKILL)
+        d.stop()
+
+
+def test_every_way_out_of_a_run_removes_its_directory(monkeypatch, tmp_path):
+    """A child that cannot start (out of file descriptors for its pipes) is a failed run, not
+    an exception, and leaves no directory; so do the other ways out."""
+    from gpuprobe.probes import orchestrator as o
+
+    monkeypatch.setattr(o.tempfile, "tempdir", str(tmp_path))
+
+    def no_fds(*args, **kwargs):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    with monkeypatch.context() as m:
+        m.setattr(o.subprocess, "Popen", no_fds)
+        out = run_child(sim_request(), {}, 30)
+    assert out.outcome == "failed" and "EMFILE" in out.detail, out
+    assert os.listdir(tmp_path) == []
+    out = run_child(sim_request(fake="hang"), {}, 1.0)
+    assert out.outcome == "timeout"
+    out = run_child(sim_request(fake="crash"), {}, 30)
+    assert out.outcome == "failed"
+    assert os.listdir(tmp_path) == []
+
+    with monkeypatch.context() as m:
+        def no_thread(self):
+            raise RuntimeError("can't start new thread")
+        m.setattr(o.threading.Thread, "start", no_thread)
+        pids: list[int] = []
+        out = run_child(sim_request(fake="hang"), {}, 30, None, pids.append)
+    assert out.outcome == "failed" and "can't start new thread" in out.detail
+    assert _gone(pids[0]) and os.listdir(tmp_path) == []

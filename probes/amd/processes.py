@@ -103,13 +103,17 @@ class AmdProcesses:
         skip = {self.own_pid, *self.probe_children}
         listed = [(uuid, {p: v for p, v in r.items() if p not in skip})
                   for uuid, r in results.items() if r]
-        host = self.resolver.resolve_all([pid for _, r in listed for pid in r])
+        host, unchecked = self.resolver.resolve_all_checked(
+            [pid for _, r in listed for pid in r])
         now = self.now()
         seen: dict[tuple[str, int, int | None], tuple[float, float]] = {}
         samples = []
         for uuid, r in listed:
             for pid, (vram, engine) in r.items():
                 h = host.get(pid)
+                if h is None and pid in unchecked:  # no fd to look: unnamed this poll
+                    samples.append(ProcessSample(uuid, pid, vram))
+                    continue
                 if h is None:  # exited: amdsmi 7.0.2 may list it long after
                     continue
                 busy = None

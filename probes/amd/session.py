@@ -24,7 +24,7 @@ from typing import Any
 from gpuprobe.daemon.config import AmdConfig
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
-from gpuprobe.daemon.workers import Worker
+from gpuprobe.daemon.workers import Job, Worker
 
 from ..backend import (
     LIBRARY_FATAL,
@@ -35,6 +35,7 @@ from ..backend import (
     LibraryDown,
     Lifetime,
     Query,
+    found_again,
     lose,
 )
 from .library import (
@@ -137,7 +138,11 @@ class AmdSession(Lifetime):
             if stuck:
                 log.warning("%d earlier amdsmi preflight(s) could not be killed (stuck in the "
                             "kernel?)", stuck)
-            self._preflight = Preflight(self.config.init_timeout, self.face)
+            try:
+                self._preflight = Preflight(self.config.init_timeout, self.face)
+            except RuntimeError as e:  # can't start new thread
+                self._down(f"cannot start the amdsmi preflight: {e}")
+                return
         outcome = self._preflight.result(wait=(deadline - time.monotonic()) / 2)
         if outcome is None:
             self.reason = "initialising (amdsmi preflight under way)"
@@ -327,16 +332,16 @@ class AmdSession(Lifetime):
         """(BDF, handle) of every handle whose address could be read, each read on a worker
         of its own (one hanging costs only its GPU), and whether any could not be."""
         lib = self.lib
-        jobs = []
-        missed = False
+        jobs: list[tuple[Any, Job]] = []  # each job with its own handle: a skipped
+        missed = False  # (stuck) handle must not shift the later ones onto others' answers
         for i, h in enumerate(handles):
             worker = self._worker(f"handle{i}")
             if worker.running_for() > STUCK_SECONDS:
                 missed = True
                 continue
-            jobs.append(worker.submit(lib.amdsmi_get_gpu_device_bdf, h))
+            jobs.append((h, worker.submit(lib.amdsmi_get_gpu_device_bdf, h)))
         out = []
-        for h, job in zip(handles, jobs, strict=False):
+        for h, job in jobs:
             try:
                 out.append((str(job.result(timeout=max(0.0, deadline - time.monotonic())))
                             .lower(), h))
@@ -381,7 +386,7 @@ class AmdSession(Lifetime):
             if known is None:
                 log.info("AMD GPU %d: found %s at %s", index, uuid, pbdf)
             elif dev.lost:
-                log.info("AMD GPU %d (%s): found again", index, uuid)
+                found_again(dev)
             dev.handle, dev.worker, dev.lost, dev.lost_reason = h0, worker, False, None
             self._read_static(dev, q, index, len(handles))
             children = self._partitions(dev, handles, q) if len(handles) > 1 else []

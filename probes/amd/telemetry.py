@@ -421,10 +421,13 @@ class AmdTelemetry:
                 dev.retry_at = time.monotonic() + dev.backoff
             return None
         try:
-            return reader.gpu(dev)
+            samples = reader.gpu(dev)
         except DeviceLost as e:
             self.session.lose(dev, str(e))
             return None
+        family = {d.uuid: d for d in (dev, *dev.children)}
+        return [reader.q.verdict(family[s.identity.uuid], s) if s.identity.uuid in family
+                else s for s in samples]
 
     def collect(self, deadline: float) -> CollectorResult:
         errors: Counter = Counter()

@@ -40,6 +40,7 @@ from ..backend import (
     DeviceLost,
     LibraryDown,
     Lifetime,
+    found_again,
     lose,
 )
 from ..backend import Query as BaseQuery
@@ -287,8 +288,8 @@ class NvmlSession(Lifetime):
                            backoff=self.config.retry_initial)
             log.info("GPU %d: found %s", i, uuid)
         elif dev.lost:
-            log.info("GPU %d (%s): found again", i, uuid)
-        dev.handle, dev.worker, dev.lost, dev.lost_reason = handle, worker, False, None
+            found_again(dev)
+        dev.handle, dev.worker = handle, worker
         try:
             self._read_static(dev, q, i)
             children = self._discover_mig(dev, q) if dev.mig_enabled else []

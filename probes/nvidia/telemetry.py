@@ -28,7 +28,7 @@ from gpuprobe.daemon.model import (
 )
 from gpuprobe.daemon.registry import register
 
-from ..backend import down_sample
+from ..backend import down_sample, found_again
 from .gpm import clamp_ratio, free_samples, read_gpm
 from .session import (
     CLOCK_DOMAINS,
@@ -350,9 +350,8 @@ def refind(session: NvmlSession, dev: NvDevice, q: Query) -> bool:
             raise LibraryDown(e) from e
         session._lose(dev, dev.lost_reason or str(e))
         return False
-    dev.handle, dev.lost, dev.lost_reason = handle, False, None
-    dev.backoff = session.config.retry_initial
-    log.info("GPU %s (%s) answers again", dev.identity.index, dev.uuid)
+    dev.handle = handle
+    found_again(dev, "answers again")  # its backoff is kept until it has stayed up a while
     session.rediscover_soon()
     return True
 
@@ -378,7 +377,7 @@ class NvidiaTelemetry:
             if not refind(self.session, dev, q):
                 return None
         try:
-            return read_device(self.session, dev, q, self.gpm_enabled)
+            return q.verdict(dev, read_device(self.session, dev, q, self.gpm_enabled))
         except DeviceLost as e:
             self.session._lose(dev, str(e))
             return None
