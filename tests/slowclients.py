@@ -25,6 +25,14 @@ def want_fds(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
 
 
+def _connected(s: socket.socket) -> bool:
+    try:
+        s.getpeername()
+        return True
+    except OSError:
+        return False
+
+
 class SlowClients:
     """``count`` connections to 127.0.0.1:``port``, each sending one byte a second of a
     request head that never ends; a connection the server closes is opened again."""
@@ -57,10 +65,12 @@ class SlowClients:
     def _run(self) -> None:
         sel = selectors.DefaultSelector()
         try:
-            for _ in range(self.count):
-                self._connect(sel)
             next_tick = time.monotonic()
             while not self.stop.is_set():
+                # ramp up, 25 connections every 50 ms, as clients arriving do (all at once,
+                # most SYNs would wait out the kernel's retry timers instead)
+                for _ in range(min(25, self.count - len(sel.get_map()))):
+                    self._connect(sel)
                 for key, _ in sel.select(timeout=0.05):
                     s = key.fileobj
                     try:
@@ -85,7 +95,8 @@ class SlowClients:
                                                                     len(SLOW_REQUEST) - 1))
                         except OSError:
                             pass  # not connected yet, or reset: the read side sees it
-                    self.open_now = len(sel.get_map())
+                    self.open_now = sum(1 for key in sel.get_map().values()
+                                        if _connected(key.fileobj))  # type: ignore[arg-type]
         finally:
             for key in list(sel.get_map().values()):
                 key.fileobj.close()  # type: ignore[union-attr]
