@@ -68,6 +68,10 @@ def display_path(path: str | Path) -> str:
     return s if len(s) <= _MAX_PATH else "..." + s[-(_MAX_PATH - 3):]
 
 
+# What PyYAML's constructors raise, besides YAMLError, on values they cannot build.
+_CONSTRUCTOR_BUGS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError)
+
+
 class _Limits(yaml.constructor.ConstructorError):
     """A limit exceeded while composing; carries its own mark."""
 
@@ -152,8 +156,9 @@ class _Bounds:
             return super().construct_object(node, deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, OverflowError) as e:  # e.g. a timestamp 2024-13-45
-            raise self._refuse(node, f"cannot read this value: {e}") from None
+        except _CONSTRUCTOR_BUGS as e:  # a timestamp 2024-13-45, an empty `!!int`
+            raise self._refuse(node, f"cannot read this value: {e or type(e).__name__}") \
+                from None
 
 
 class BoundedLoader(_Bounds, yaml.SafeLoader):
@@ -221,7 +226,7 @@ def loads(text: str | bytes, name: str = "<string>", *, max_bytes: int = MAX_BYT
         return loader.get_single_data()
     except yaml.YAMLError as e:
         raise YamlFileError(name, _problem(e)) from None
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+    except (*_CONSTRUCTOR_BUGS, RecursionError) as e:
         # Defence in depth: a constructor failing outside construct_object.
         raise YamlFileError(name, f"not valid YAML: {cut(str(e), _MAX_PROBLEM)}") from None
     finally:
