@@ -49,7 +49,7 @@ def _load_config(args: argparse.Namespace) -> config_mod.Config:
     try:
         cfg = config_mod.load(getattr(args, "config", None))
         overrides: dict[str, Any] = {}
-        if getattr(args, "listen", None):
+        if getattr(args, "listen", None) is not None:  # "" is an error, not the default
             config_mod.parse_listen(args.listen, "--listen")
             overrides["listen"] = args.listen
         if getattr(args, "web_config_file", None) is not None:
@@ -322,7 +322,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             chosen = [d for d in devices if d.identity.index == args.gpu]
             if not chosen:
                 known = ", ".join(d.identity.index for d in devices) or "none"
-                raise _Fail(f"--gpu {args.gpu}: no such GPU (found: {known})")
+                raise _Fail(f"--gpu {args.gpu:.40}: no such GPU (found: {known:.100})")
             devices = chosen
         if not devices:
             reasons = [f"{b.name}: {b.reason}" for r in view.results.values()

@@ -8,6 +8,7 @@ message names the file and the dotted key, which the CLI prints as a single line
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import types
 import typing
@@ -16,15 +17,20 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from . import registry
+from . import registry, safeyaml
+from .safeyaml import short
 
 DEFAULT_PORT = 14787
 # Loopback until the operator chooses to expose per-process details to the network
 # (docs/security.md): the shipped Kubernetes manifests and deploy/gpuprobe.yaml say so.
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+# No duration anywhere is longer than this: a larger one is a typo, and it keeps every
+# time computed from a config value far from float and datetime limits.
+MAX_DURATION = 30 * DAY
+MAX_PATH = 4096
 
 # XID codes whose counters exist at 0 from the start, so that the first occurrence is an
 # increase Prometheus can see. NVIDIA's XID catalogue marks these as needing attention.
@@ -35,8 +41,9 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line naming the key."""
 
 
-def _duration(minimum: float = 0.0, **extra: Any) -> dict[str, Any]:
-    return {"duration": True, "min": minimum, **extra}
+def _duration(minimum: float = 0.0, maximum: float = DAY, **extra: Any) -> dict[str, Any]:
+    assert maximum <= MAX_DURATION
+    return {"duration": True, "min": minimum, "max": maximum, **extra}
 
 
 @dataclass(frozen=True)
@@ -54,18 +61,19 @@ class CollectorConfig:
 class NvidiaConfig:
     gpm: bool = True
     discovery_interval: float = field(default=60.0, metadata=_duration(1.0))
-    retry_initial: float = field(default=1.0, metadata=_duration(0.01))
+    retry_initial: float = field(default=1.0, metadata=_duration(0.01, HOUR))
     retry_max: float = field(default=300.0, metadata=_duration(0.01))
-    xid_codes: tuple[int, ...] = field(default=DEFAULT_XID_CODES, metadata={"min": 0})
+    xid_codes: tuple[int, ...] = field(default=DEFAULT_XID_CODES,
+                                       metadata={"min": 0, "max": 65535, "max_items": 256})
 
 
 @dataclass(frozen=True)
 class AmdConfig:
     # How long the isolated amdsmi_init (a child process) may take before it is abandoned:
     # init has no timeout of its own and blocks on a wedged GPU.
-    init_timeout: float = field(default=15.0, metadata=_duration(0.5, max=300.0))
+    init_timeout: float = field(default=15.0, metadata=_duration(0.5, 300.0))
     discovery_interval: float = field(default=60.0, metadata=_duration(1.0))
-    retry_initial: float = field(default=1.0, metadata=_duration(0.01))
+    retry_initial: float = field(default=1.0, metadata=_duration(0.01, HOUR))
     retry_max: float = field(default=300.0, metadata=_duration(0.01))
     # ECC, RAS and bad-page counts change rarely; they are read at most this often.
     ras_interval: float = field(default=60.0, metadata=_duration(1.0))
@@ -76,7 +84,7 @@ class AmdConfig:
 
 @dataclass(frozen=True)
 class PcieProbeConfig:
-    every: float = field(default=900.0, metadata=_duration(1.0))
+    every: float = field(default=900.0, metadata=_duration(1.0, MAX_DURATION))
     buffer_size: int = field(default=64 * 2**20, metadata={"size": True, "min": 2**20,
                                                             "max": 1024 * 2**20})
     copies: int = field(default=4, metadata={"min": 1, "max": 64})
@@ -85,9 +93,9 @@ class PcieProbeConfig:
 
 @dataclass(frozen=True)
 class LaunchProbeConfig:
-    every: float = field(default=300.0, metadata=_duration(1.0))
-    spin: float = field(default=20e-6, metadata=_duration(1e-6, max=0.01))
-    reach_bound: float = field(default=100e-6, metadata=_duration(1e-6, max=1.0))
+    every: float = field(default=300.0, metadata=_duration(1.0, MAX_DURATION))
+    spin: float = field(default=20e-6, metadata=_duration(1e-6, 0.01))
+    reach_bound: float = field(default=100e-6, metadata=_duration(1e-6, 1.0))
     calibrations: int = field(default=20, metadata={"min": 1, "max": 1000})
 
 
@@ -97,8 +105,8 @@ class ProbesConfig:
     # pushed back accordingly; 0.001 is 0.1%.
     duty_cycle: float = field(default=0.001, metadata={"min": 1e-6, "max": 0.1})
     jitter: float = field(default=0.2, metadata={"min": 0.0, "max": 0.9})
-    timeout: float = field(default=30.0, metadata=_duration(1.0))
-    backoff_max: float = field(default=3600.0, metadata=_duration(1.0))
+    timeout: float = field(default=30.0, metadata=_duration(1.0, HOUR))
+    backoff_max: float = field(default=3600.0, metadata=_duration(1.0, MAX_DURATION))
     skip_when_processes: bool = True
     max_utilization: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
     min_thermal_margin: float = field(default=10.0, metadata={"min": 0.0, "max": 100.0})
@@ -113,8 +121,9 @@ class LeaksConfig:
     window: float = field(default=1800.0, metadata=_duration(60.0))
     min_samples: int = field(default=12, metadata={"min": 6, "max": 10000})
     segments: int = field(default=6, metadata={"min": 3, "max": 60})
-    min_rate: float = field(default=2**19 / 60, metadata={"rate": True, "min": 0.0})
-    min_snr: float = field(default=4.0, metadata={"min": 0.0})
+    min_rate: float = field(default=2**19 / 60, metadata={"rate": True, "min": 0.0,
+                                                           "max": float(2**40)})
+    min_snr: float = field(default=4.0, metadata={"min": 0.0, "max": 1000.0})
     min_duration: float = field(default=240.0, metadata=_duration(0.0))
     max_pause: float = field(default=360.0, metadata=_duration(0.0))
     warmup_grace: float = field(default=600.0, metadata=_duration(0.0))
@@ -139,14 +148,14 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
-    proc_root: str = "/proc"
+    proc_root: str = field(default="/proc", metadata={"path": True, "nonempty": True})
 
 
 @dataclass(frozen=True)
 class SimulationConfig:
     enabled: bool = False
     # Path to a scenario YAML file; empty means the built-in default scenario.
-    scenario: str = ""
+    scenario: str = field(default="", metadata={"path": True})
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ class Config:
     log_level: str = field(default="info", metadata={"choices": LOG_LEVELS})
     # A Prometheus web config file (TLS, client certificates, basic auth); empty for plain
     # HTTP. docs/security.md.
-    web_config_file: str = ""
+    web_config_file: str = field(default="", metadata={"path": True})
     http: HttpConfig = field(default_factory=HttpConfig)
     collectors: Mapping[str, CollectorConfig] = field(default_factory=dict)
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
@@ -172,10 +181,11 @@ class Config:
 
 def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
     """Split HOST:PORT (``[::1]:9`` for IPv6, ``:9`` for every interface)."""
-    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})", value)
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})", value) \
+        if isinstance(value, str) and len(value) <= 300 else None
     if not m:
         raise ConfigError(
-            f"{key}: expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT}, got {value!r}")
+            f"{key}: expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT}, got {short(value)}")
     host = m.group(1) if m.group(1) is not None else (m.group(2) or "0.0.0.0")
     port = int(m.group(3))
     if not 1 <= port <= 65535:
@@ -183,39 +193,53 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
     return host, port
 
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
+def _finite(value: int | float, key: str, what: str) -> float:
+    """``value`` as a finite float, or a ConfigError (NaN, infinity, an integer too large
+    for a float)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected {what}, got {short(value)}")
+    return number
+
+
+_DURATION_RE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*(us|ms|s|m|h)?\s*$")
 # Sub-second units divide, so that "20us" is exactly 20e-6.
 _UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_duration(value: Any, key: str) -> float:
-    """Seconds from a number or a string such as ``20us``, ``500ms``, ``5s``, ``2m``, ``1h``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration such as 5s or 1m, got {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    """Seconds from a number or a string such as ``20us``, ``500ms``, ``5s``, ``2m``, ``1h``.
+    Always finite."""
+    what = "a duration such as 5s or 1m"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _finite(value, key, what)
+    if isinstance(value, str) and len(value) <= 100:
         m = _DURATION_RE.match(value)
         if m:
             unit = _UNIT_SECONDS[m.group(2)]
             return float(m.group(1)) / (1 / unit) if unit < 1 else float(m.group(1)) * unit
-    raise ConfigError(f"{key}: expected a duration such as 5s or 1m, got {value!r}")
+    raise ConfigError(f"{key}: expected {what}, got {short(value)}")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d{1,30}(?:\.\d{1,30})?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
                "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
 def parse_size(value: Any, key: str) -> float:
-    """Bytes from a number or a string such as ``512MiB`` or ``80GiB``."""
+    """Bytes from a number or a string such as ``512MiB`` or ``80GiB``. Always finite and
+    not negative."""
+    what = "a size such as 512MiB or 80GiB"
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str):
+        return _finite(value, key, what)
+    if isinstance(value, str) and len(value) <= 100:
         m = _SIZE_RE.match(value)
         if m:
             return float(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    raise ConfigError(f"{key}: expected a size such as 512MiB or 80GiB, got {value!r}")
+    raise ConfigError(f"{key}: expected {what}, got {short(value)}")
 
 
 _RATE_RE = re.compile(r"^\s*(.+?)\s*/\s*(s|min|h)\s*$")
@@ -223,14 +247,18 @@ _PER = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def parse_rate(value: Any, key: str) -> float:
-    """Bytes per second from a number or a string such as ``20MiB/min``."""
-    if isinstance(value, str):
+    """Bytes per second from a number or a string such as ``20MiB/min``. Always finite."""
+    what = "a rate such as 1MiB/min"
+    if isinstance(value, str) and len(value) <= 100:
         m = _RATE_RE.match(value)
         if m:
-            return parse_size(m.group(1), key) / _PER[m.group(2)]
+            try:
+                return parse_size(m.group(1), key) / _PER[m.group(2)]
+            except ConfigError:
+                pass  # said below, as a rate
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigError(f"{key}: expected a rate such as 1MiB/min, got {value!r}")
+        return _finite(value, key, what)
+    raise ConfigError(f"{key}: expected {what}, got {short(value)}")
 
 
 def _type_name(value: Any) -> str:
@@ -242,9 +270,13 @@ def _type_name(value: Any) -> str:
 def _check_range(value: float, meta: Mapping[str, Any], key: str) -> None:
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
-        raise ConfigError(f"{key}: must be at least {lo}, got {value}")
+        raise ConfigError(f"{key}: must be at least {_num(lo)}, got {short(value)}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{key}: must be at most {hi}, got {value}")
+        raise ConfigError(f"{key}: must be at most {_num(hi)}, got {short(value)}")
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
@@ -263,41 +295,56 @@ def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
         _check_range(rate, meta, key)
         return rate
     if meta.get("size"):
-        size = int(parse_size(value, key))
+        size = parse_size(value, key)
         _check_range(size, meta, key)
-        return size
+        return int(size)
     if is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_type_name(value)} {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_type_name(value)} "
+                              f"{short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_type_name(value)} {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_type_name(value)} "
+                              f"{short(value)}")
         _check_range(value, meta, key)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {_type_name(value)} {value!r}")
-        _check_range(value, meta, key)
-        return float(value)
+            raise ConfigError(f"{key}: expected a number, got {_type_name(value)} "
+                              f"{short(value)}")
+        number = _finite(value, key, "a finite number")
+        _check_range(number, meta, key)
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_type_name(value)} {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_type_name(value)} "
+                              f"{short(value)}")
         choices = meta.get("choices")
         if choices and value not in choices:
-            raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+            raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {short(value)}")
+        if meta.get("path"):
+            if len(value) > MAX_PATH or "\0" in value:
+                raise ConfigError(f"{key}: expected a file path, got {short(value)}")
+            if meta.get("nonempty") and not value:
+                raise ConfigError(f"{key}: must not be empty")
         return value
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {_type_name(value)} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_type_name(value)} "
+                              f"{short(value)}")
+        most = meta.get("max_items")
+        if most is not None and len(value) > most:
+            raise ConfigError(f"{key}: at most {most} entries, got {len(value)}")
         return tuple(_convert(item_tp, v, f"{key}[{i}]", meta) for i, v in enumerate(value))
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
 
 
 def _unknown_key(key: str, name: str, known: list[str]) -> ConfigError:
+    name = safeyaml.cut(name, 30)  # the list of known keys makes the line long enough
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
     where = f"{key}." if key else ""
@@ -335,9 +382,14 @@ def _build_collectors(data: Any) -> dict[str, CollectorConfig]:
     for name, info in known.items():
         default = CollectorConfig(enabled=info.enabled, interval=info.interval,
                                   timeout=info.timeout)
-        given = data.get(name) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"collectors.{name}: expected a mapping, got {_type_name(given)}")
+        given = data.get(name)
+        if given is None or given is True:
+            given = {}  # the defaults
+        elif given is False:
+            given = {"enabled": False}
+        elif not isinstance(given, dict):
+            raise ConfigError(f"collectors.{name}: expected a mapping, true or false, got "
+                              f"{_type_name(given)} {short(given)}")
         merged = {f.name: getattr(default, f.name) for f in fields(CollectorConfig)}
         merged.update(given)
         if "interval" in given and "timeout" not in given:
@@ -371,21 +423,11 @@ def load(path: str | Path | None) -> Config:
     """Read and validate a config file; ``None`` gives the defaults. Raises ConfigError."""
     if path is None:
         return from_mapping({})
-    p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"config file {p}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {p}: not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"config file {p}: not valid YAML{where}: {problem}") from None
+        data = safeyaml.load_file(path, label="config file")
+    except safeyaml.YamlFileError as e:
+        raise ConfigError(str(e)) from None
     try:
         return from_mapping(data)
     except ConfigError as e:
-        raise ConfigError(f"config file {p}: {e}") from None
+        raise ConfigError(f"config file {safeyaml.display_path(path)}: {e}") from None

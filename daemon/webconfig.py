@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .safeyaml import YamlFileError, load_file
+from .safeyaml import YamlFileError, display_path, load_file, short
 
 log = logging.getLogger("gpuprobe.http")
 
@@ -88,12 +88,7 @@ _TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rat
 _TLS_KEYS = ("cert", "key", "client_ca", "cert_file", "key_file", "client_ca_file",
              "client_auth_type", "client_allowed_sans", "min_version", "max_version",
              "cipher_suites", "prefer_server_cipher_suites", "curve_preferences")
-_SHOW = 60
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOW else text[: _SHOW - 3] + "..."
+_show = short
 
 
 class Authenticator:
@@ -422,10 +417,10 @@ def parse(data: Any, where: str, base: Path, path: str | None = None) -> WebConf
 def load(path: str) -> WebConfig:
     """Read and validate a web config file. Raises WebConfigError."""
     try:
-        data = load_file(path)
+        data = load_file(path, label="web config")
     except YamlFileError as e:
-        raise WebConfigError(f"web config {e}") from None
-    return parse(data, path, Path(path).resolve().parent, path)
+        raise WebConfigError(str(e)) from None
+    return parse(data, display_path(path), Path(path).resolve().parent, path)
 
 
 class WebConfigSource:

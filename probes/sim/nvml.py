@@ -614,11 +614,15 @@ class SimNvml:
                 handle, since, delivered = entry
                 events = handle.dev.xids_between(since, t)
                 if len(events) > delivered and (best is None or
-                                                events[delivered][0] < best[1][0]):
-                    best = (entry, events[delivered])
+                                                events[delivered][0] < best[2][0]):
+                    best = (entry, events, events[delivered])
             if best is not None:
-                entry, (_te, code) = best
+                entry, events, (te, code) = best
                 entry[2] += 1
+                if entry[2] == len(events) or events[entry[2]][0] > te:
+                    # every event up to te delivered: look on from te, so that later calls
+                    # do not list every event since the set was registered
+                    entry[1], entry[2] = te, 0
                 handle = entry[0]
                 return pynvml.nvmlFriendlyObject({
                     "device": handle, "eventType": pynvml.nvmlEventTypeXidCriticalError,

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import itertools
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gpuprobe.daemon import safeyaml
 from gpuprobe.daemon.config import ConfigError, parse_duration
 from gpuprobe.daemon.config import parse_rate as config_parse_rate
 from gpuprobe.daemon.config import parse_size as config_parse_size
+from gpuprobe.daemon.safeyaml import cut, display_path, short
 
 from .patterns import PATTERNS, MemoryPattern
 
@@ -35,27 +38,65 @@ class ScenarioError(ValueError):
     """A scenario problem, phrased as one line naming the key."""
 
 
-def parse_size(value: Any, key: str) -> float:
-    """Bytes from an integer or a string such as ``512MiB`` or ``80GiB``."""
+# Bounds on what a scenario may ask for: beyond them a simulation would pin a CPU or fill
+# memory (docs/simulation.md lists them).
+MAX_DEVICES = 64
+MAX_PROCESSES = 1024  # per device
+MAX_ALL_PROCESSES = 4096  # over all devices
+MAX_EVENTS = 256  # per device
+MAX_INSTANCES = 8  # MIG allows 7 instances, an AMD CPX partition 8
+MAX_EVENT_COUNT = 10_000  # repeats of one xid event, row remaps of one event
+MAX_ERROR_COUNT = 10**9  # corrected or uncorrected ECC errors of one event
+MIN_SPACING = 1.0  # seconds between the repeats of one xid event
+MAX_TIME = 365 * 86400.0  # seconds: every time and duration in a scenario
+MIN_CYCLE = 60.0  # seconds: the shortest scenario duration
+MAX_CYCLES_PER_SECOND = 10  # repeats per wall-clock second: duration >= acceleration / 10
+MAX_BYTES = float(2**50)  # 1 PiB: any size
+MAX_RATE = float(2**40)  # 1 TiB/s: any rate
+MAX_HZ = 10e9
+MAX_POINTS = 100_000  # replay points
+MAX_REPLAY_BYTES = 16 * 2**20  # a replay CSV file
+MAX_STRING = 256
+MAX_PID = 4_194_304  # Linux's largest pid_max
+
+
+def _wrap(fn: Any, value: Any, key: str, *args: Any) -> float:
     try:
-        return config_parse_size(value, key)
+        return fn(value, key, *args)
     except ConfigError as e:
         raise ScenarioError(str(e)) from None
+
+
+def _bounded(x: float, key: str, lo: float, hi: float, show: Any = None) -> float:
+    if not lo <= x <= hi:  # also NaN
+        raise ScenarioError(f"{key}: must be between {_num(lo)} and {_num(hi)}, got "
+                            f"{short(x if show is None else show)}")
+    return x
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def parse_size(value: Any, key: str) -> float:
+    """Bytes from an integer or a string such as ``512MiB`` or ``80GiB``; finite, at most
+    1 PiB."""
+    return _bounded(_wrap(config_parse_size, value, key), key, 0, MAX_BYTES, value)
 
 
 def parse_rate(value: Any, key: str) -> float:
-    """Bytes per second from a string such as ``20MiB/min``."""
+    """Bytes per second from a string such as ``20MiB/min``; finite, at most 1 TiB/s either
+    way."""
     try:
-        return config_parse_rate(value, key)
+        rate = config_parse_rate(value, key)
     except ConfigError as e:
         raise ScenarioError(str(e).replace("1MiB/min", "20MiB/min")) from None
+    return _bounded(rate, key, -MAX_RATE, MAX_RATE, value)
 
 
 def _seconds(value: Any, key: str) -> float:
-    try:
-        return parse_duration(value, key)
-    except ConfigError as e:
-        raise ScenarioError(str(e)) from None
+    """A duration or a scenario time: finite, 0 to a year."""
+    return _bounded(_wrap(parse_duration, value, key), key, 0, MAX_TIME, value)
 
 
 @dataclass(frozen=True)
@@ -140,12 +181,14 @@ class _Reader:
 
     def __init__(self, data: Any, key: str, known: tuple[str, ...]) -> None:
         if not isinstance(data, dict):
-            raise ScenarioError(f"{key or 'top level'}: expected a mapping")
+            raise ScenarioError(f"{key or 'top level'}: expected a mapping, got "
+                                f"{short(data)}")
         for k in data:
             if k not in known:
-                close = difflib.get_close_matches(str(k), known, n=1)
+                name = cut(str(k), 40)
+                close = difflib.get_close_matches(name, known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ScenarioError(f"{key + '.' if key else ''}{k}: unknown key{hint}")
+                raise ScenarioError(f"{key + '.' if key else ''}{name}: unknown key{hint}")
         self.data, self.key = data, key
 
     def sub(self, name: str) -> str:
@@ -154,31 +197,47 @@ class _Reader:
     def get(self, name: str, default: Any = None) -> Any:
         return self.data.get(name, default)
 
-    def num(self, name: str, default: float, lo: float | None = None,
-            hi: float | None = None) -> float:
+    def reader(self, name: str, known: tuple[str, ...]) -> _Reader:
+        """The mapping under ``name`` (absent, null or false: empty)."""
+        v = self.data.get(name)
+        return _Reader({} if v is None or v is False else v, self.sub(name), known)
+
+    def num(self, name: str, default: float, lo: float, hi: float) -> float:
         v = self.data.get(name, default)
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ScenarioError(f"{self.sub(name)}: expected a number, got {v!r}")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ScenarioError(f"{self.sub(name)}: must be between {lo} and {hi}, got {v}")
-        return float(v)
+            raise ScenarioError(f"{self.sub(name)}: expected a number, got {short(v)}")
+        try:
+            x = float(v)
+        except OverflowError:
+            x = math.inf
+        if not math.isfinite(x):
+            raise ScenarioError(f"{self.sub(name)}: expected a finite number, got {short(v)}")
+        return _bounded(x, self.sub(name), lo, hi, v)
 
-    def int_(self, name: str, default: int, lo: int = 0) -> int:
+    def int_(self, name: str, default: int, lo: int = 0, hi: int = 2**31 - 1) -> int:
         v = self.data.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ScenarioError(f"{self.sub(name)}: expected an integer >= {lo}, got {v!r}")
-        return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ScenarioError(f"{self.sub(name)}: expected an integer, got {short(v)}")
+        return int(_bounded(v, self.sub(name), lo, hi))
 
     def str_(self, name: str, default: str | None = None) -> str | None:
         v = self.data.get(name, default)
-        if v is not None and not isinstance(v, str):
-            raise ScenarioError(f"{self.sub(name)}: expected a string, got {v!r}")
+        if v is not None and (not isinstance(v, str) or len(v) > MAX_STRING or "\0" in v):
+            raise ScenarioError(f"{self.sub(name)}: expected a string of at most {MAX_STRING} "
+                                f"characters, got {short(v)}")
+        return v
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str:
+        v = self.data.get(name, default)
+        if not isinstance(v, str) or v not in choices:
+            raise ScenarioError(f"{self.sub(name)}: must be one of {', '.join(choices)}; "
+                                f"got {short(v)}")
         return v
 
     def bool_(self, name: str, default: bool) -> bool:
         v = self.data.get(name, default)
         if not isinstance(v, bool):
-            raise ScenarioError(f"{self.sub(name)}: expected true or false, got {v!r}")
+            raise ScenarioError(f"{self.sub(name)}: expected true or false, got {short(v)}")
         return v
 
     def size(self, name: str, default: Any) -> float:
@@ -189,16 +248,31 @@ class _Reader:
 
     def hertz(self, name: str, default: float) -> float:
         v = self.data.get(name, default)
-        if isinstance(v, str) and v.upper().endswith("MHZ"):
-            return float(v[:-3]) * 1e6
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
-        raise ScenarioError(f"{self.sub(name)}: expected a clock such as 1980MHz, got {v!r}")
+        what = f"{self.sub(name)}: expected a clock such as 1980MHz, got {short(v)}"
+        if isinstance(v, str) and len(v) <= 40:
+            m = re.fullmatch(r"\s*(\d{1,6}(?:\.\d{1,6})?)\s*MHz\s*", v, re.IGNORECASE)
+            if not m:
+                raise ScenarioError(what)
+            hz = float(m.group(1)) * 1e6
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            try:
+                hz = float(v)
+            except OverflowError:
+                hz = math.inf
+            if not math.isfinite(hz):
+                raise ScenarioError(what)
+        else:
+            raise ScenarioError(what)
+        return _bounded(hz, self.sub(name), 0, MAX_HZ, v)
 
-    def items(self, name: str) -> list[tuple[str, Any]]:
-        v = self.data.get(name) or []
+    def items(self, name: str, most: int) -> list[tuple[str, Any]]:
+        v = self.data.get(name)
+        if v is None or v is False:
+            v = []
         if not isinstance(v, list):
-            raise ScenarioError(f"{self.sub(name)}: expected a list")
+            raise ScenarioError(f"{self.sub(name)}: expected a list, got {short(v)}")
+        if len(v) > most:
+            raise ScenarioError(f"{self.sub(name)}: at most {most} entries, got {len(v)}")
         return [(f"{self.sub(name)}[{i}]", item) for i, item in enumerate(v)]
 
 
@@ -206,10 +280,7 @@ def _memory(data: Any, key: str, base_dir: Path | None) -> MemoryPattern:
     r = _Reader(data, key, ("pattern", "size", "base", "low", "high", "start", "plateau", "peak",
                             "rate", "step", "every", "period", "ramp", "peak_duration", "noise",
                             "points", "file", "loop", "free_at"))
-    kind = r.str_("pattern")
-    if kind not in PATTERNS:
-        raise ScenarioError(f"{r.sub('pattern')}: must be one of {', '.join(PATTERNS)}; "
-                            f"got {kind!r}")
+    kind = r.choice("pattern", PATTERNS, None)
     kw: dict[str, Any] = {"kind": kind, "noise": r.size("noise", 0)}
     if r.get("free_at") is not None:
         kw["free_at"] = r.seconds("free_at", 0)
@@ -238,39 +309,71 @@ def _memory(data: Any, key: str, base_dir: Path | None) -> MemoryPattern:
     return MemoryPattern(**kw)
 
 
+_PLAIN_NUMBER = re.compile(r"\s*\d{1,30}(?:\.\d{1,30})?\s*")
+
+
+def _read_replay_file(r: _Reader, base_dir: Path | None) -> list[tuple[Any, Any]]:
+    name = r.str_("file")
+    assert name is not None
+    path = Path(name)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    shown = display_path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_REPLAY_BYTES + 1)
+    except OSError as e:
+        raise ScenarioError(f"{r.sub('file')}: cannot read {shown}: "
+                            f"{cut(e.strerror or str(e), 60)}") from None
+    if len(raw) > MAX_REPLAY_BYTES:
+        raise ScenarioError(f"{r.sub('file')}: {shown} is larger than "
+                            f"{MAX_REPLAY_BYTES // 2**20} MiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{r.sub('file')}: {shown} is not UTF-8 text (byte {e.start})") \
+            from None
+    rows: list[tuple[Any, Any]] = []
+    try:
+        for line, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+            if not row or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) != 2:
+                raise ScenarioError(f"{r.sub('file')}: {shown} line {line}: expected two "
+                                    f"columns, age and bytes")
+            rows.append((row[0], row[1]))
+            if len(rows) > MAX_POINTS + 1:
+                raise ScenarioError(f"{r.sub('file')}: {shown}: more than {MAX_POINTS} rows")
+    except csv.Error as e:
+        raise ScenarioError(f"{r.sub('file')}: {shown}: {cut(str(e), 60)}") from None
+    if rows and not re.match(r"^\s*[\d.]", rows[0][0]):
+        rows = rows[1:]  # a header line
+    return rows
+
+
 def _points(r: _Reader, base_dir: Path | None) -> tuple[tuple[float, float], ...]:
     """Replay points from ``points: [[age, size], ...]`` or a two-column CSV ``file``."""
     rows: list[tuple[Any, Any]] = []
     if r.get("file"):
-        path = Path(r.get("file"))
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = [(row[0], row[1]) for row in csv.reader(f)
-                        if row and not row[0].lstrip().startswith("#")]
-        except (OSError, IndexError) as e:
-            raise ScenarioError(f"{r.sub('file')}: cannot read {path}: {e}") from None
-        if rows and not re.match(r"^\s*[\d.]", str(rows[0][0])):
-            rows = rows[1:]  # a header line
+        rows = _read_replay_file(r, base_dir)
     else:
-        for key, item in r.items("points"):
+        for key, item in r.items("points", MAX_POINTS):
             if not isinstance(item, list) or len(item) != 2:
-                raise ScenarioError(f"{key}: expected [age, size]")
+                raise ScenarioError(f"{key}: expected [age, size], got {short(item)}")
             rows.append((item[0], item[1]))
     if not rows:
         raise ScenarioError(f"{r.key}: a replay needs points or a file")
+    if len(rows) > MAX_POINTS:
+        raise ScenarioError(f"{r.key}: at most {MAX_POINTS} replay points, got {len(rows)}")
     pts = []
     for i, (t, v) in enumerate(rows):
         key = f"{r.key}.points[{i}]"
-        try:
-            t = float(t) if not isinstance(t, str) or re.fullmatch(r"[\d.]+", t.strip()) \
-                else _seconds(t, key)
-        except ValueError:
-            raise ScenarioError(f"{key}: bad time {t!r}") from None
-        v = parse_size(float(v) if isinstance(v, str) and re.fullmatch(r"[\d.]+", v.strip())
-                       else v, key)
-        pts.append((float(t), v))
+        # A CSV cell is text: a bare number there is seconds or bytes, as in YAML.
+        if isinstance(t, str) and _PLAIN_NUMBER.fullmatch(t):
+            t = float(t)
+        if isinstance(v, str) and _PLAIN_NUMBER.fullmatch(v):
+            v = float(v)
+        pts.append((_seconds(t, key), parse_size(v, key)))
     if any(b[0] < a[0] for a, b in itertools.pairwise(pts)):
         raise ScenarioError(f"{r.key}: replay times must not go backwards")
     return tuple(pts)
@@ -283,7 +386,7 @@ def _process(data: Any, key: str, base_dir: Path | None) -> ProcessSpec:
     if container is not None and not re.fullmatch(r"[0-9a-f]{64}", container):
         raise ScenarioError(f"{r.sub('container')}: expected a 64-hex-digit container id")
     return ProcessSpec(
-        pid=r.int_("pid", 0, lo=2),
+        pid=r.int_("pid", 0, lo=2, hi=MAX_PID),
         name=r.str_("name", "python3") or "python3",
         memory=_memory(r.get("memory"), r.sub("memory"), base_dir),
         start=r.seconds("start", 0),
@@ -291,24 +394,27 @@ def _process(data: Any, key: str, base_dir: Path | None) -> ProcessSpec:
         utilization=r.num("utilization", 0.5, 0.0, 1.0),
         container=container,
         pod=r.str_("pod"),
-        instance=r.int_("instance", 0) if r.get("instance") is not None else None,
+        instance=r.int_("instance", 0, hi=MAX_INSTANCES - 1)
+        if r.get("instance") is not None else None,
     )
 
 
 def _event(data: Any, key: str) -> EventSpec:
     r = _Reader(data, key, ("at", "kind", "duration", "code", "count", "spacing", "corrected",
                             "uncorrected"))
-    kind = r.str_("kind")
-    if kind not in EVENT_KINDS:
-        raise ScenarioError(f"{r.sub('kind')}: must be one of {', '.join(EVENT_KINDS)}; "
-                            f"got {kind!r}")
+    kind = r.choice("kind", EVENT_KINDS, None)
     if kind == "xid" and r.get("code") is None:
         raise ScenarioError(f"{r.sub('code')}: an xid event needs a code")
+    count = r.int_("count", 1, lo=1, hi=MAX_EVENT_COUNT)
+    spacing = r.seconds("spacing", "10s")
+    if kind == "xid" and count > 1 and spacing < MIN_SPACING:
+        raise ScenarioError(f"{r.sub('spacing')}: repeats must be at least {MIN_SPACING:g}s "
+                            f"apart, got {spacing:g}s")
     return EventSpec(
         at=r.seconds("at", 0), kind=kind, duration=r.seconds("duration", 0),
-        code=r.int_("code", 0), count=r.int_("count", 1, lo=1),
-        spacing=r.seconds("spacing", "10s"), corrected=r.int_("corrected", 0),
-        uncorrected=r.int_("uncorrected", 0))
+        code=r.int_("code", 0, hi=65535), count=count, spacing=spacing,
+        corrected=r.int_("corrected", 0, hi=MAX_ERROR_COUNT),
+        uncorrected=r.int_("uncorrected", 0, hi=MAX_ERROR_COUNT))
 
 
 _MODELS = {
@@ -316,6 +422,10 @@ _MODELS = {
     "nvidia": ("hopper", "80GiB", 5, 16, 70.0, 700.0, 1980e6, 2619e6),
     "amd": ("cdna3", "192GiB", 5, 16, 140.0, 750.0, 2100e6, 1300e6),
 }
+MAX_WATTS = 10_000.0
+CELSIUS = (-100.0, 300.0)
+_PCI_BUS_ID = re.compile(r"(?:[0-9A-Fa-f]{4}|[0-9A-Fa-f]{8}):[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}"
+                         r"\.[0-7]")
 
 
 def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpec:
@@ -323,69 +433,82 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
                             "uuid", "pci_bus_id", "pcie", "power", "thermal", "clocks", "ecc",
                             "processes", "events", "instances", "partition", "unsupported",
                             "compute_mode"))
-    vendor = r.str_("vendor", "nvidia")
-    if vendor not in _MODELS:
-        raise ScenarioError(f"{r.sub('vendor')}: must be nvidia or amd, got {vendor!r}")
+    vendor = r.get("vendor", "nvidia")
+    if not isinstance(vendor, str) or vendor not in _MODELS:
+        raise ScenarioError(f"{r.sub('vendor')}: must be nvidia or amd, got {short(vendor)}")
     arch, mem, gen, width, idle_w, max_w, sm_hz, mem_hz = _MODELS[vendor]
-    pcie = _Reader(r.get("pcie") or {}, r.sub("pcie"),
-                   ("max_generation", "max_width", "generation", "width", "idle_downtrain",
-                    "replays_per_minute"))
-    power = _Reader(r.get("power") or {}, r.sub("power"), ("idle", "max", "limit"))
-    thermal = _Reader(r.get("thermal") or {}, r.sub("thermal"),
-                      ("idle", "busy", "slowdown", "shutdown", "max_operating", "memory_offset"))
-    clocks = _Reader(r.get("clocks") or {}, r.sub("clocks"), ("sm_max", "sm_idle", "memory"))
-    max_gen = int(pcie.num("max_generation", gen, 1, 6))
-    max_width = int(pcie.num("max_width", width, 1, 32))
+    pcie = r.reader("pcie", ("max_generation", "max_width", "generation", "width",
+                             "idle_downtrain", "replays_per_minute"))
+    power = r.reader("power", ("idle", "max", "limit"))
+    thermal = r.reader("thermal", ("idle", "busy", "slowdown", "shutdown", "max_operating",
+                                   "memory_offset"))
+    clocks = r.reader("clocks", ("sm_max", "sm_idle", "memory"))
+    max_gen = pcie.int_("max_generation", gen, 1, 6)
+    max_width = pcie.int_("max_width", width, 1, 32)
     unsupported = r.get("unsupported") or []
-    if not isinstance(unsupported, list) or any(u not in FEATURES for u in unsupported):
-        bad = [u for u in unsupported if u not in FEATURES] if isinstance(unsupported, list) \
-            else unsupported
-        raise ScenarioError(f"{r.sub('unsupported')}: unknown feature(s) {bad!r}; known: "
-                            f"{', '.join(FEATURES)}")
-    processes = tuple(_process(p, k, base_dir) for k, p in r.items("processes"))
-    instances = tuple(
-        InstanceSpec(profile=_Reader(i, k, ("profile", "memory")).str_("profile", "3g.40gb")
-                     or "", memory=_Reader(i, k, ("profile", "memory")).size("memory", "40GiB"))
-        for k, i in r.items("instances"))
+    if not isinstance(unsupported, list) or any(not isinstance(u, str) or u not in FEATURES
+                                                for u in unsupported):
+        bad = [u for u in unsupported if not isinstance(u, str) or u not in FEATURES] \
+            if isinstance(unsupported, list) else unsupported
+        first = bad[0] if isinstance(bad, list) and bad else bad
+        close = difflib.get_close_matches(cut(first, 40), FEATURES, n=1) \
+            if isinstance(first, str) else []
+        hint = f"did you mean {close[0]!r}?" if close else "docs/simulation.md lists them"
+        raise ScenarioError(f"{r.sub('unsupported')}: unknown feature(s) {short(bad, 40)}; "
+                            f"{hint}")
+    processes = tuple(_process(p, k, base_dir) for k, p in r.items("processes", MAX_PROCESSES))
+    instances = []
+    for k, i in r.items("instances", MAX_INSTANCES):
+        ir = _Reader(i, k, ("profile", "memory"))
+        instances.append(InstanceSpec(profile=ir.str_("profile", "3g.40gb") or "",
+                                      memory=ir.size("memory", "40GiB")))
     for p in processes:
         if p.instance is not None and p.instance >= max(len(instances), 1):
             raise ScenarioError(f"{key}: process {p.pid} names instance {p.instance}, which "
                                 f"does not exist")
-    limit = power.num("limit", power.num("max", max_w))
+    memory, reserved = r.size("memory", mem), r.size("reserved", "512MiB")
+    if reserved > memory:
+        raise ScenarioError(f"{r.sub('reserved')}: must not exceed memory ({memory:.0f} B)")
+    max_watts = power.num("max", max_w, 0.0, MAX_WATTS)
+    limit = power.num("limit", max_watts, 0.0, MAX_WATTS)
+    pci_bus_id = r.str_("pci_bus_id")
+    if pci_bus_id is not None and not _PCI_BUS_ID.fullmatch(pci_bus_id):
+        raise ScenarioError(f"{r.sub('pci_bus_id')}: expected a PCI address such as "
+                            f"00000000:18:00.0, got {short(pci_bus_id)}")
     return DeviceSpec(
         vendor=vendor,
         model=r.str_("model", "NVIDIA H100 80GB HBM3" if vendor == "nvidia"
                      else "AMD Instinct MI300X") or "",
         architecture=r.str_("architecture", arch) or arch,
-        memory=r.size("memory", mem),
-        reserved=r.size("reserved", "512MiB"),
+        memory=memory,
+        reserved=reserved,
         serial=r.str_("serial", f"SIM{index:010d}") or "",
         uuid=r.str_("uuid"),
-        pci_bus_id=r.str_("pci_bus_id"),
+        pci_bus_id=pci_bus_id,
         max_generation=max_gen,
         max_width=max_width,
-        generation=int(pcie.num("generation", max_gen, 1, max_gen)),
-        width=int(pcie.num("width", max_width, 1, max_width)),
+        generation=pcie.int_("generation", max_gen, 1, max_gen),
+        width=pcie.int_("width", max_width, 1, max_width),
         idle_downtrain=pcie.bool_("idle_downtrain", True),
-        replay_rate=pcie.num("replays_per_minute", 0.0, 0.0) / 60.0,
-        idle_watts=power.num("idle", idle_w, 0.0),
-        max_watts=power.num("max", max_w, 0.0),
+        replay_rate=pcie.num("replays_per_minute", 0.0, 0.0, 1e6) / 60.0,
+        idle_watts=power.num("idle", idle_w, 0.0, MAX_WATTS),
+        max_watts=max_watts,
         limit_watts=limit,
-        idle_celsius=thermal.num("idle", 32.0),
-        busy_celsius=thermal.num("busy", 68.0),
-        slowdown_celsius=thermal.num("slowdown", 87.0),
-        shutdown_celsius=thermal.num("shutdown", 92.0),
-        max_operating_celsius=thermal.num("max_operating", 85.0),
-        memory_offset_celsius=thermal.num("memory_offset", 6.0),
+        idle_celsius=thermal.num("idle", 32.0, *CELSIUS),
+        busy_celsius=thermal.num("busy", 68.0, *CELSIUS),
+        slowdown_celsius=thermal.num("slowdown", 87.0, *CELSIUS),
+        shutdown_celsius=thermal.num("shutdown", 92.0, *CELSIUS),
+        max_operating_celsius=thermal.num("max_operating", 85.0, *CELSIUS),
+        memory_offset_celsius=thermal.num("memory_offset", 6.0, -100.0, 100.0),
         sm_max_hz=clocks.hertz("sm_max", sm_hz),
         sm_idle_hz=clocks.hertz("sm_idle", 345e6),
         memory_hz=clocks.hertz("memory", mem_hz),
         ecc=r.bool_("ecc", True),
         processes=processes,
-        events=tuple(_event(e, k) for k, e in r.items("events")),
-        instances=instances,
+        events=tuple(_event(e, k) for k, e in r.items("events", MAX_EVENTS)),
+        instances=tuple(instances),
         partition=r.str_("partition"),
-        compute_mode=_compute_mode(r),
+        compute_mode=r.choice("compute_mode", COMPUTE_MODES, "default"),
         unsupported=frozenset(unsupported),
     )
 
@@ -393,30 +516,36 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
 COMPUTE_MODES = ("default", "exclusive_process", "prohibited")
 
 
-def _compute_mode(r: _Reader) -> str:
-    mode = r.str_("compute_mode", "default") or "default"
-    if mode not in COMPUTE_MODES:
-        raise ScenarioError(f"{r.sub('compute_mode')}: must be one of "
-                            f"{', '.join(COMPUTE_MODES)}; got {mode!r}")
-    return mode
-
-
 def parse(data: Any, source: str = "scenario", base_dir: Path | None = None) -> Scenario:
     try:
         r = _Reader(data, "", ("name", "time_acceleration", "duration", "seed", "devices"))
-        devices = tuple(_device(d, k, i, base_dir) for i, (k, d) in enumerate(r.items("devices")))
+        devices = tuple(_device(d, k, i, base_dir)
+                        for i, (k, d) in enumerate(r.items("devices", MAX_DEVICES)))
         if not devices:
             raise ScenarioError("devices: a scenario needs at least one device")
-        pids = [p.pid for d in devices for p in d.processes]
-        dup = {p for p in pids if pids.count(p) > 1}
+        pids = Counter(p.pid for d in devices for p in d.processes)
+        if sum(pids.values()) > MAX_ALL_PROCESSES:
+            raise ScenarioError(f"devices: at most {MAX_ALL_PROCESSES} processes in all, got "
+                                f"{sum(pids.values())}")
+        dup = sorted(p for p, n in pids.items() if n > 1)
         if dup:
-            raise ScenarioError(f"devices: pid(s) {sorted(dup)} used by more than one process")
+            raise ScenarioError(f"devices: pid(s) {short(dup, 40)} used by more than one "
+                                f"process")
+        acceleration = r.num("time_acceleration", 1.0, 0.001, 100000.0)
         duration = r.get("duration")
+        if duration is not None:
+            duration = _seconds(duration, "duration")
+            shortest = max(MIN_CYCLE, acceleration / MAX_CYCLES_PER_SECOND)
+            if duration < shortest:
+                raise ScenarioError(f"duration: must be at least {shortest:g}s (one minute, "
+                                    f"and at most {MAX_CYCLES_PER_SECOND} repeats a wall-clock "
+                                    f"second at time_acceleration {acceleration:g}), got "
+                                    f"{duration:g}s")
         return Scenario(
             name=r.str_("name", "scenario") or "scenario",
-            time_acceleration=r.num("time_acceleration", 1.0, 0.001, 100000.0),
-            duration=_seconds(duration, "duration") if duration is not None else None,
-            seed=r.int_("seed", 0),
+            time_acceleration=acceleration,
+            duration=duration,
+            seed=r.int_("seed", 0, hi=2**63 - 1),
             devices=devices,
         )
     except ScenarioError as e:
@@ -425,17 +554,12 @@ def parse(data: Any, source: str = "scenario", base_dir: Path | None = None) -> 
 
 def load(path: str | Path | None) -> Scenario:
     """A scenario file, or the built-in default when ``path`` is None or empty."""
-    if not path:
-        text = resources.files(__package__).joinpath("scenarios/default.yaml").read_text()
-        return parse(yaml.safe_load(text), "built-in default scenario")
-    p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ScenarioError(f"scenario file {p}: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ScenarioError(f"scenario file {p}: not valid YAML{where}: "
-                            f"{getattr(e, 'problem', e)}") from None
-    return parse(data, f"scenario file {p}", p.parent)
+        if not path:
+            text = resources.files(__package__).joinpath("scenarios/default.yaml").read_text()
+            return parse(safeyaml.loads(text, "built-in default scenario"),
+                         "built-in default scenario")
+        data = safeyaml.load_file(path, label="scenario file")
+    except safeyaml.YamlFileError as e:
+        raise ScenarioError(str(e)) from None
+    return parse(data, f"scenario file {display_path(path)}", Path(path).parent)

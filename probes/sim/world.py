@@ -267,15 +267,22 @@ class SimDevice:
 
     def xids_between(self, t0: float, t1: float) -> list[tuple[float, int]]:
         """XID events (time, code) in (t0, t1], including the 79 of a fall off the bus."""
-        out = []
+        out: list[tuple[float, int]] = []
         spans = [(e.at, e.code, e.count, e.spacing) for e in self.spec.events if e.kind == "xid"]
         spans += [(e.at, 79, 1, 0.0) for e in self.spec.events if e.kind == "fall_off_bus"]
+        if not spans or t1 <= t0:
+            return out
         k0 = self._cycle(max(t0, 0.0))[0]
         k1 = self._cycle(t1)[0]
         for k in range(k0, k1 + 1):
             base = k * (self.duration or 0.0)
             for at, code, count, spacing in spans:
-                for n in range(count):
+                # only the repeats that can fall in (t0, t1], not all `count` of them
+                first, last = 0, count - 1
+                if spacing > 0:
+                    first = max(0, math.floor((t0 - base - at) / spacing))
+                    last = min(count - 1, math.ceil((t1 - base - at) / spacing))
+                for n in range(first, last + 1):
                     te = base + at + n * spacing
                     if t0 < te <= t1:
                         out.append((te, code))
