@@ -45,6 +45,11 @@ def machine() -> str:
             f"{sys.version.split()[0]}, {os.uname().sysname} {os.uname().release}")
 
 
+def load() -> float:
+    """The 1-minute load average: on a shared machine, what else was running."""
+    return round(os.getloadavg()[0], 2)
+
+
 @dataclass
 class Scrape:
     t: float  # monotonic time the request started
@@ -76,13 +81,13 @@ def series(text: str) -> list[tuple[str, dict[str, str], str]]:
     return out
 
 
-def device_up(text: str) -> dict[str, dict[str, Any]]:
-    """uuid -> {vendor, gpu, up} from gpuprobe_device_up."""
-    out = {}
+def device_up(text: str) -> list[dict[str, Any]]:
+    """{uuid, vendor, gpu, up} of each gpuprobe_device_up sample."""
+    out = []
     for m in UP_RE.finditer(text):
         labels = dict(LABEL_RE.findall(m.group(1)))
-        out[labels.get("uuid", "")] = {"vendor": labels.get("vendor"), "gpu": labels.get("gpu"),
-                                        "up": float(m.group(2))}
+        out.append({"uuid": labels.get("uuid", ""), "vendor": labels.get("vendor"),
+                    "gpu": labels.get("gpu"), "up": float(m.group(2))})
     return out
 
 

@@ -40,6 +40,7 @@ from _harness import (
     fmt_ms,
     free_port,
     linear_fit,
+    load,
     machine,
     percentile,
     proc_sample,
@@ -111,6 +112,7 @@ def run(hours: float, wall: float, jobs: int, life_wall: float, cycle_wall: floa
            "--simulate", str(tmp / "scenario.yaml"), "--listen", f"127.0.0.1:{port}"]
     samples: list[dict[str, Any]] = []
     pids: set[str] = set()
+    load_start = load()
     with open(log_path, "w") as log:
         t_launch = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -138,9 +140,10 @@ def run(hours: float, wall: float, jobs: int, life_wall: float, cycle_wall: floa
         finally:
             ended = stop(proc)
     logs = LogCount.of(log_path)
-    return summarize(samples, acceleration, hours, wall, warmup, jobs, ready_s, crashed, ended,
-                     logs, {"scenario": scen, "config": config(process_interval),
-                            "command": cmd, "log": str(log_path)})
+    r = summarize(samples, acceleration, hours, wall, warmup, jobs, ready_s, crashed, ended,
+                  logs, {"scenario": scen, "config": config(process_interval),
+                         "command": cmd, "log": str(log_path)})
+    return {"load_start": load_start, "load_end": load(), **r}
 
 
 def summarize(samples: list[dict[str, Any]], acceleration: float, hours: float, wall: float,
@@ -195,6 +198,7 @@ def _mb(n: float | None) -> str:
 def report(r: dict[str, Any]) -> str:
     rows = [
         ("machine", r["machine"]),
+        ("load average at start / end", f"{r['load_start']} / {r['load_end']}"),
         ("run", f"{r['simulated_hours_run']:.1f} simulated h in {r['wall_seconds']:.0f} s wall "
                 f"(x{r['time_acceleration']:.0f}), {r['gpus']} GPUs, "
                 f"{r['jobs_per_gpu_per_cycle']} jobs/GPU/cycle"),
