@@ -377,11 +377,12 @@ def case_flap(kind: str, tmp: Path, base: float, hold: float) -> dict[str, Any]:
 
 
 def _timeline(run: Run) -> list[dict[str, Any]]:
-    """Every scrape: phase, time, latency, and per GPU up, uuid and series count."""
+    """Every scrape: phase, time, latency, and per GPU up, series count and identity
+    (uuid, PCI address, model, memory total)."""
     t0 = run.scrapes[0][1].t if run.scrapes else 0.0
     return [{"phase": p, "t": round(s.t - t0, 2), "status": s.status,
              "seconds": round(s.seconds, 5),
-             "gpus": {k: [v["up"], v["uuid"], v["series"]] for k, v in d.items()}}
+             "gpus": {k: [v["up"], v["series"], *v["identity"]] for k, v in d.items()}}
             for p, s, d in run.scrapes]
 
 
@@ -401,7 +402,9 @@ def _phase_row(name: str, f: dict[str, Any]) -> tuple[str, str]:
         first = f["target_first_down_after_seconds"]
         parts.append(f"{f['target']} up in {f['target_up_scrapes']}, down in "
                      f"{f['target_down_scrapes']}" + (f" (first after {first} s)"
-                                                      if first is not None else ""))
+                                                      if first is not None else "")
+                     + (f", ABSENT from /metrics in {f['target_missing_scrapes']}"
+                        if f["target_missing_scrapes"] else ""))
         parts.append(f"its series {f['target_series_min']}-{f['target_series_max']} "
                      f"(before: {f['target_series_before']})")
     if "target_series_last" in f:
@@ -448,7 +451,11 @@ def main() -> int:
     ap.add_argument("--flap", type=float, default=60.0,
                     help="seconds of flapping per flap case (default 60)")
     ap.add_argument("--json", metavar="FILE", help="write every figure as JSON")
+    ap.add_argument("--from-json", metavar="FILE", help="print the table of an earlier run")
     args = ap.parse_args()
+    if args.from_json:
+        print(report(json.loads(Path(args.from_json).read_text(encoding="utf-8"))))
+        return 0
     base, settle = 10.0, 10.0
     if args.quick:
         args.hold, args.fail, args.flap, base, settle = 3.0, 4.0, 4.0, 2.0, 2.0

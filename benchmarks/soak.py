@@ -225,6 +225,7 @@ def report(r: dict[str, Any]) -> str:
         ("stop (SIGTERM)", f"status {r['stop']['returncode']} after "
                            f"{r['stop']['stop_seconds']} s"
                            + (", had to be killed" if r["stop"]["killed"] else "")),
+        ("daemon log", r["setup"]["log"]),
     ]
     out = table(rows)
     if r["log_examples"]:
