@@ -367,3 +367,37 @@ def test_gpu_answering_nothing_reads_down_and_comes_back(caplog) -> None:
         assert sum("answers calls again" in m for m in said) == 1, said
     finally:
         d.stop()
+
+
+def test_a_gpu_hung_through_a_rediscovery_stays_listed_down() -> None:
+    """A hung telemetry call on the MI300X's worker, then a rediscovery: the GPU must stay
+    on /metrics, down, not vanish until the hang ends (benchmarks/faults.py saw it gone for
+    as long as the hang lasted, so an alert on device_up == 0 stopped firing)."""
+    from gpuprobe.probes.backend import STUCK_SECONDS
+
+    d = amd_daemon()
+    release = threading.Event()
+    try:
+        cycle(d)
+        uuid = _devices(d)[("amd", "0")].identity.uuid
+        d.simulation.amdsmi.faults.add("amdsmi_get_gpu_memory_usage", 0, hang=release)
+        session = _amd_collector(d).session
+        stuck = session._worker(session.physical()[0].bdf)
+        end = time.monotonic() + 30
+        rediscovered = 0
+        while rediscovered < 2 and time.monotonic() < end:
+            cycle(d, advance=1.0)
+            if stuck.running_for() > STUCK_SECONDS:
+                session.rediscover_soon()
+                cycle(d, advance=1.0)
+                rediscovered += 1
+                s = _devices(d).get(("amd", "0"))
+                assert s is not None, "the hung GPU vanished from the snapshot"
+                assert s.identity.uuid == uuid and not s.up
+                assert f'uuid="{uuid}"' in generate_latest(d.registry).decode()
+            time.sleep(0.2)
+        assert rediscovered == 2, "the telemetry call never counted as stuck"
+        _others_fine(d, 0)
+    finally:
+        release.set()
+        d.stop()

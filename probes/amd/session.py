@@ -284,20 +284,26 @@ class AmdSession(Lifetime):
             groups.setdefault(physical_bdf(bdf), []).append((fn, bdf, handle))
         for pbdf in sorted(groups):  # a GPU keeps its index while the daemon runs
             self._indices.setdefault(pbdf, len(self._indices))
+        found: dict[str, AmdDevice] = {}
+        retry_soon = unaddressed
+        failure: BaseException | None = None
+        by_bdf = {d.bdf: d for d in self.physical()}
         jobs = []
         for pbdf in sorted(groups):
             index = self._indices[pbdf]
             handles = sorted(groups[pbdf], key=lambda h: h[0])
             worker = self._worker(pbdf)
             if worker.running_for() > STUCK_SECONDS:
+                # its worker is inside a hung call: the GPU stays known (it reads down), as
+                # one whose read times out below does; dropping it hid it from /metrics
+                retry_soon = True
+                known = by_bdf.get(pbdf)
+                if known is not None:
+                    found.update((d.uuid, d) for d in (known, *known.children))
                 continue
             errors: Counter = Counter()
             jobs.append((pbdf, worker.submit(self._read_gpu, index, pbdf, handles,
                                               worker, self.query(errors)), errors))
-        found: dict[str, AmdDevice] = {}
-        retry_soon = unaddressed
-        failure: BaseException | None = None
-        by_bdf = {d.bdf: d for d in self.physical()}
         for pbdf, fut, errors in jobs:
             try:
                 result = fut.result(timeout=max(0.0, deadline - time.monotonic()))
