@@ -49,7 +49,7 @@ MAX_EVENT_COUNT = 10_000  # repeats of one xid event, row remaps of one event
 MAX_ERROR_COUNT = 10**9  # corrected or uncorrected ECC errors of one event
 MIN_SPACING = 1.0  # seconds between the repeats of one xid event
 MAX_TIME = 365 * 86400.0  # seconds: every time and duration in a scenario
-MIN_CYCLE = 60.0  # seconds: the shortest scenario duration
+MIN_CYCLE = 1.0  # seconds: the shortest scenario duration
 MAX_CYCLES_PER_SECOND = 10  # repeats per wall-clock second: duration >= acceleration / 10
 MAX_BYTES = float(2**50)  # 1 PiB: any size
 MAX_RATE = float(2**40)  # 1 TiB/s: any rate
@@ -537,7 +537,7 @@ def parse(data: Any, source: str = "scenario", base_dir: Path | None = None) -> 
             duration = _seconds(duration, "duration")
             shortest = max(MIN_CYCLE, acceleration / MAX_CYCLES_PER_SECOND)
             if duration < shortest:
-                raise ScenarioError(f"duration: must be at least {shortest:g}s (one minute, "
+                raise ScenarioError(f"duration: must be at least {shortest:g}s (one second, "
                                     f"and at most {MAX_CYCLES_PER_SECOND} repeats a wall-clock "
                                     f"second at time_acceleration {acceleration:g}), got "
                                     f"{duration:g}s")
