@@ -245,6 +245,7 @@ class HttpServer:
         self._renders: dict[tuple[Any, ...], _Render] = {}
         self._pool = ThreadPoolExecutor(max_workers=limits.render_threads,
                                         thread_name_prefix="http-render")
+        self._auth_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-auth")
         self._encoder = Encoder()
         self._throttled = _Throttled()
         self._tokens: tuple[float, float] | None = None  # rate limit: (tokens, when)
@@ -287,6 +288,7 @@ class HttpServer:
             self._thread.join(5)
         self._sock.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._auth_pool.shutdown(wait=False, cancel_futures=True)
 
     def reload_web_config(self) -> bool:
         """Re-read the web config file now (SIGHUP)."""
@@ -541,9 +543,12 @@ class HttpServer:
                 return 429, b"too many requests\n", _TEXT, handler
             if web.auth is not None:
                 auth = dict(req.headers).get(b"authorization")
-                loop = asyncio.get_running_loop()
-                ok, why = await loop.run_in_executor(
-                    self._pool, web.auth.check, auth.decode("latin-1") if auth else None)
+                header = auth.decode("latin-1") if auth else None
+                verdict = web.auth.quick(header)
+                if verdict is None:  # a bcrypt run: on its own thread, never a render's
+                    verdict = await asyncio.get_running_loop().run_in_executor(
+                        self._auth_pool, web.auth.check, header)
+                ok, why = verdict
                 if ok is None:
                     self._note("busy", conn.peer, "too many password checks waiting")
                     return 503, b"busy\n", [*_TEXT, ("Retry-After", "1")], handler

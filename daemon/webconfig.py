@@ -111,22 +111,39 @@ class Authenticator:
     def _key(self, user: str, password: str, hashed: str) -> bytes:
         return hashlib.sha256(f"{user}\0{password}\0{hashed}".encode()).digest()
 
-    def check(self, header: str | None) -> tuple[bool | None, str]:
-        """(True, user) when the ``Authorization`` header carries a known user's password,
-        (False, why) when it does not, (None, "busy") when too many checks are waiting."""
+    @staticmethod
+    def _credentials(header: str | None) -> tuple[str, str] | str:
+        """(user, password) from an ``Authorization`` header, or why there are none."""
         if not header or header[:6].lower() != "basic ":
-            return False, "no credentials"
+            return "no credentials"
         try:
             decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
-            return False, "malformed credentials"
+            return "malformed credentials"
         user, sep, password = decoded.partition(":")
-        if not sep:
-            return False, "malformed credentials"
+        return (user, password) if sep else "malformed credentials"
+
+    def quick(self, header: str | None) -> tuple[bool, str] | None:
+        """The verdict where it needs no bcrypt run (malformed, or cached as good); None
+        when :meth:`check` must run, on a thread that may block."""
+        creds = self._credentials(header)
+        if isinstance(creds, str):
+            return False, creds
+        user, password = creds
+        hashed = self.users.get(user)
+        if hashed is not None and self._key(user, password, hashed) in self._ok:
+            return True, user
+        return None
+
+    def check(self, header: str | None) -> tuple[bool | None, str]:
+        """(True, user) when the ``Authorization`` header carries a known user's password,
+        (False, why) when it does not, (None, "busy") when too many checks are waiting."""
+        verdict = self.quick(header)
+        if verdict is not None:
+            return verdict
+        user, password = self._credentials(header)  # type: ignore[misc]
         hashed = self.users.get(user)
         key = self._key(user, password, hashed or "")
-        if hashed is not None and key in self._ok:
-            return True, user
         with self._lock:
             if self._waiting >= self.MAX_WAITING:
                 return None, "busy"

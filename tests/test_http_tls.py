@@ -263,3 +263,28 @@ def test_prometheus_scrapes_over_mutual_tls_with_basic_auth(pki, tmp_path,
         prom.stop()
         out = d.stop()
     assert "Traceback" not in out
+
+
+def test_password_checks_that_hang_do_not_hold_up_a_scraper_already_checked(pki, tls_server,
+                                                                             monkeypatch):
+    """bcrypt runs on a thread of its own: wrong passwords arriving faster than bcrypt can
+    check them must not occupy the threads that render /metrics."""
+    import threading
+
+    good = auth("prometheus", PASSWORD)
+    assert get(tls_server.port, pki.context(pki.client), good)[0] == 200  # now cached
+    gate = threading.Event()
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: gate.wait(30) and real(pw, h))
+    attackers = [threading.Thread(target=lambda: get(
+        tls_server.port, pki.context(pki.client), auth("prometheus", "wrong"))) for _ in range(3)]
+    try:
+        for t in attackers:
+            t.start()
+        time.sleep(0.5)  # all three are waiting for bcrypt
+        status, body, _ = get(tls_server.port, pki.context(pki.client), good)
+        assert status == 200 and b"gpuprobe_test_value" in body
+    finally:
+        gate.set()
+        for t in attackers:
+            t.join(30)
