@@ -10,7 +10,8 @@ thread, and one that sends a byte a second holds nothing but its socket:
   ``http.write_timeout`` is dropped;
 - at most ``http.max_connections`` are open (fewer where RLIMIT_NOFILE is low, so file
   descriptors stay for the collectors); the next one evicts the oldest connection that has
-  not sent a whole request, else it is refused with 503 at once;
+  not sent a whole request, else the oldest idle kept-alive one, else it is refused with
+  503 at once;
 - ``/metrics`` renders on a small pool of threads, one render per distinct request at a time
   shared by every client asking for it meanwhile, and not at all for a client that left;
 - TLS, client certificates and basic auth come from a Prometheus web config file
@@ -229,8 +230,10 @@ class HttpServer:
         self.limits = limits
         self.stats = HttpStats(self.web)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # "[::]" takes IPv4 too, as the kernel's default (and the previous server) did
+        dualstack = host == "::" and socket.has_dualstack_ipv6()
         self._sock = socket.create_server((host, port), family=family, backlog=BACKLOG,
-                                          reuse_port=False)
+                                          reuse_port=False, dualstack_ipv6=dualstack)
         self._sock.setblocking(False)
         self.port = self._sock.getsockname()[1]
         fds = raise_fd_limit()

@@ -289,3 +289,20 @@ def test_a_render_queued_for_clients_that_all_left_is_not_done():
         assert counting.renders - before == 1
     finally:
         s.stop()
+
+
+def test_listening_on_all_ipv6_addresses_takes_ipv4_too():
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("no dual-stack IPv6 here")
+    registry = CollectorRegistry(auto_describe=True)
+    try:
+        s = HttpServer("::", 0, registry, lambda: (True, {}), lambda: (True, {}), lambda: "")
+    except OSError as e:
+        pytest.skip(f"cannot bind [::]: {e}")
+    s.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        s.stop()
