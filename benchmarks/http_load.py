@@ -122,6 +122,7 @@ def serve(arm: str, port: int) -> None:
         server.start()
     print("READY", flush=True)
     sys.stdin.read()  # until the parent closes our stdin
+    daemon.stop()  # removes the simulation's files
 
 
 # -- the parent: measure each arm --------------------------------------------------------------
@@ -167,12 +168,12 @@ def _spawn(arm: str) -> tuple[subprocess.Popen[str], int, float]:
 
 
 def _end(child: subprocess.Popen[str]) -> None:
-    child.stdin.close()  # type: ignore[union-attr]
-    child.terminate()
+    child.stdin.close()  # type: ignore[union-attr]  # the child stops its daemon and exits
     try:
         child.wait(10)
     except subprocess.TimeoutExpired:
         child.kill()
+        child.wait()
 
 
 def startups(arms: list[str], rounds: int) -> dict[str, float]:

@@ -4,8 +4,10 @@ else escapes. Derandomized with a fixed budget, so CI runs the same examples eve
 
 from __future__ import annotations
 
+import atexit
 import copy
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ SCENARIO_TEXT = (ROOT / "probes" / "sim" / "scenarios" / "default.yaml").read_te
 DEPLOY = yaml.safe_load(DEPLOY_TEXT)
 SCENARIO = yaml.safe_load(SCENARIO_TEXT)
 WORK = Path(tempfile.mkdtemp(prefix="gpuprobe-fuzz-"))
+atexit.register(shutil.rmtree, WORK, True)
 
 
 def check_line(e: BaseException, path: Path | None = None) -> None:
