@@ -1,3 +1,3 @@
-from .cli import main
+from gpuprobe.daemon.cli import main
 
 raise SystemExit(main())

@@ -9,14 +9,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import registry
-from .config import Config
-from .context import Context
-from .exporter import SnapshotCollector, version
-from .http import HttpServer, Limits, landing_page
-from .scheduler import TICK_SECONDS, Scheduler
-from .state import Store
-from .webconfig import WebConfigSource
+from gpuprobe.daemon import registry
+from gpuprobe.daemon.config import Config
+from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.exporter import SnapshotCollector, version
+from gpuprobe.daemon.http import HttpServer, Limits, landing_page
+from gpuprobe.daemon.scheduler import TICK_SECONDS, Scheduler
+from gpuprobe.daemon.state import Store
+from gpuprobe.daemon.webconfig import WebConfigSource
 
 log = logging.getLogger("gpuprobe")
 

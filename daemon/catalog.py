@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import DeviceSample
+from gpuprobe.daemon.model import DeviceSample
 
 Series = Iterable[tuple[tuple[str, ...], float]]
 DEVICE_LABELS = ("gpu", "uuid", "vendor")

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import registry, safeyaml
-from .safeyaml import short
+from gpuprobe.daemon import registry, safeyaml
+from gpuprobe.daemon.safeyaml import short
 
 DEFAULT_PORT = 14787
 # Loopback until the operator chooses to expose per-process details to the network

@@ -15,10 +15,10 @@ from importlib import metadata
 
 from prometheus_client.metrics_core import Metric
 
-from .catalog import CATALOG, DEVICE_LABELS, MetricSpec
-from .config import ExporterConfig
-from .model import DeviceIdentity, LeakSample, ProbeSample, ProcessSample
-from .state import Store
+from gpuprobe.daemon.catalog import CATALOG, DEVICE_LABELS, MetricSpec
+from gpuprobe.daemon.config import ExporterConfig
+from gpuprobe.daemon.model import DeviceIdentity, LeakSample, ProbeSample, ProcessSample
+from gpuprobe.daemon.state import Store
 
 PROBE_OUTCOMES = ("ok", "skipped", "failed", "timeout", "discarded")
 ERROR_CLASSES = ("unsupported", "transient", "device_fatal", "library_fatal", "timeout",

@@ -45,9 +45,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
 from prometheus_client.metrics_core import Metric
 
-from .catalog import BY_NAME, CATALOG
-from .exposition import Encoder, render
-from .webconfig import WebConfig, WebConfigSource, peer_allowed
+from gpuprobe.daemon.catalog import BY_NAME, CATALOG
+from gpuprobe.daemon.exposition import Encoder, render
+from gpuprobe.daemon.webconfig import WebConfig, WebConfigSource, peer_allowed
 
 log = logging.getLogger("gpuprobe.http")
 

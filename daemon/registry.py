@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .model import CollectorResult
+    from gpuprobe.daemon.context import Context
+    from gpuprobe.daemon.model import CollectorResult
 
 
 class Collector(Protocol):

@@ -15,11 +15,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .config import CollectorConfig
-from .model import CollectorResult
-from .registry import Collector
-from .state import CollectorHealth, Store
-from .workers import Job, Worker
+from gpuprobe.daemon.config import CollectorConfig
+from gpuprobe.daemon.model import CollectorResult
+from gpuprobe.daemon.registry import Collector
+from gpuprobe.daemon.state import CollectorHealth, Store
+from gpuprobe.daemon.workers import Job, Worker
 
 log = logging.getLogger("gpuprobe.scheduler")
 

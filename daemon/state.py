@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .model import CollectorResult, DeviceSample
+from gpuprobe.daemon.model import CollectorResult, DeviceSample
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult
 from gpuprobe.daemon.registry import register
-
-from .orchestrator import orchestrator
+from gpuprobe.probes.orchestrator import orchestrator
 
 
 @register("pcie_probe", interval=15.0, timeout=45.0,

@@ -18,9 +18,8 @@ from typing import Any
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult
 from gpuprobe.daemon.registry import register
-
-from ..backend import LIBRARY_FATAL, EventWatcher
-from .session import AmdSession, amd_session
+from gpuprobe.probes.amd.session import AmdSession, amd_session
+from gpuprobe.probes.backend import LIBRARY_FATAL, EventWatcher
 
 log = logging.getLogger("gpuprobe.amd.events")
 

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import DEVICE_FATAL, LIBRARY_FATAL, TRANSIENT, UNSUPPORTED
+from gpuprobe.probes.backend import DEVICE_FATAL, LIBRARY_FATAL, TRANSIENT, UNSUPPORTED
 
 # amdsmi_status_t codes
 STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED = 2, 3

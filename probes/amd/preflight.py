@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuprobe.daemon.systemd import child_environment
-
-from .library import Unavailable, import_amdsmi, versions
+from gpuprobe.probes.amd.library import Unavailable, import_amdsmi, versions
 
 
 @dataclass(frozen=True)

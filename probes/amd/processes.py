@@ -18,11 +18,10 @@ from collections import Counter
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult, ProcessSample
 from gpuprobe.daemon.registry import register
-
-from ..backend import DeviceLost, LibraryDown, Query, run_on_devices
-from ..host import ProcessResolver
-from .library import clean, number
-from .session import AmdDevice, AmdSession, amd_session
+from gpuprobe.probes.amd.library import clean, number
+from gpuprobe.probes.amd.session import AmdDevice, AmdSession, amd_session
+from gpuprobe.probes.backend import DeviceLost, LibraryDown, Query, run_on_devices
+from gpuprobe.probes.host import ProcessResolver
 
 # pid -> (VRAM bytes, cumulative gfx engine ns)
 Listing = dict[int, tuple[int | None, float | None]]

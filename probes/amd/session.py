@@ -25,8 +25,19 @@ from gpuprobe.daemon.config import AmdConfig
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
 from gpuprobe.daemon.workers import Job, Worker
-
-from ..backend import (
+from gpuprobe.probes.amd.library import (
+    STATUS_NO_PERM,
+    Unavailable,
+    Versions,
+    binding_bug,
+    classify,
+    error_code,
+    import_amdsmi,
+    package_installed,
+    text,
+)
+from gpuprobe.probes.amd.preflight import Preflight, describe, reap
+from gpuprobe.probes.backend import (
     LIBRARY_FATAL,
     STUCK_SECONDS,
     TRANSIENT,
@@ -38,18 +49,6 @@ from ..backend import (
     found_again,
     lose,
 )
-from .library import (
-    STATUS_NO_PERM,
-    Unavailable,
-    Versions,
-    binding_bug,
-    classify,
-    error_code,
-    import_amdsmi,
-    package_installed,
-    text,
-)
-from .preflight import Preflight, describe, reap
 
 log = logging.getLogger("gpuprobe.amd")
 
@@ -467,7 +466,7 @@ def amd_session(ctx: Context) -> AmdSession:
         session = AmdSession(ctx)
 
         def lister(uuid: str, deadline: float) -> set[int] | None:
-            from .processes import current_pids  # processes imports this module
+            from gpuprobe.probes.amd.processes import current_pids  # processes imports this module
             return current_pids(session, uuid, deadline)
 
         ctx.shared("probe.listers", dict)["amd"] = lister

@@ -19,9 +19,8 @@ from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult
 from gpuprobe.daemon.registry import register
 from gpuprobe.daemon.workers import Job, Worker
-
-from ..backend import STUCK_SECONDS, DeviceLost, LibraryDown, Query
-from .session import AmdDevice, AmdSession, amd_session
+from gpuprobe.probes.amd.session import AmdDevice, AmdSession, amd_session
+from gpuprobe.probes.backend import STUCK_SECONDS, DeviceLost, LibraryDown, Query
 
 
 def read_slow(session: AmdSession, dev: AmdDevice, q: Query) -> dict[str, Any]:

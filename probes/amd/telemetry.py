@@ -40,16 +40,7 @@ from gpuprobe.daemon.model import (
     Throttle,
 )
 from gpuprobe.daemon.registry import register
-
-from ..backend import (
-    TRANSIENT,
-    DeviceLost,
-    LibraryDown,
-    Query,
-    down_sample,
-    run_on_devices,
-)
-from .library import (
+from gpuprobe.probes.amd.library import (
     clean,
     energy_joules,
     generation_from_mts,
@@ -59,7 +50,15 @@ from .library import (
     number,
     percent_ratio,
 )
-from .session import SENSORS, AmdDevice, AmdSession, amd_session, log
+from gpuprobe.probes.amd.session import SENSORS, AmdDevice, AmdSession, amd_session, log
+from gpuprobe.probes.backend import (
+    TRANSIENT,
+    DeviceLost,
+    LibraryDown,
+    Query,
+    down_sample,
+    run_on_devices,
+)
 
 # (clock label, AmdSmiClkType member)
 CLOCKS = (("graphics", "GFX"), ("memory", "MEM"), ("soc", "SOC"), ("video", "VCLK0"))

@@ -40,16 +40,16 @@ def _nvml_link(uuid: str) -> tuple[Callable[[], dict | None], Callable[[], None]
 def measure(req: dict, progress: Callable[[str], None] = _progress) -> dict:
     backend, probe = req["backend"], req["probe"]
     if backend == "sim":
-        from . import simulated
+        from gpuprobe.probes.kernels import simulated
 
         return simulated.run(req, progress)
     if backend == "cuda":
-        from . import cuda as rt
+        from gpuprobe.probes.kernels import cuda as rt
 
         dev = rt.CudaProbeDevice().open()
         link, close_link = _nvml_link(req["uuid"])
     elif backend == "hip":
-        from . import hip as rt  # type: ignore[no-redef]
+        from gpuprobe.probes.kernels import hip as rt  # type: ignore[no-redef]
 
         dev = rt.HipProbeDevice().open()
         link, close_link = (lambda: None), (lambda: None)

@@ -18,9 +18,8 @@ from typing import Any
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult
 from gpuprobe.daemon.registry import register
-
-from ..backend import EventWatcher
-from .session import LIBRARY_FATAL, NvmlSession, nvml_session
+from gpuprobe.probes.backend import EventWatcher
+from gpuprobe.probes.nvidia.session import LIBRARY_FATAL, NvmlSession, nvml_session
 
 log = logging.getLogger("gpuprobe.nvidia.events")
 

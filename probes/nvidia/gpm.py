@@ -11,7 +11,7 @@ import math
 import time
 from typing import Any
 
-from .session import NvDevice, NvmlSession, Query
+from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession, Query
 
 # (NVML_GPM_METRIC_* id, name in the result)
 GPM_METRICS = (

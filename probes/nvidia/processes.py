@@ -14,9 +14,8 @@ from collections import Counter
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import CollectorResult, ProcessSample
 from gpuprobe.daemon.registry import register
-
-from ..host import ProcessResolver
-from .session import (
+from gpuprobe.probes.host import ProcessResolver
+from gpuprobe.probes.nvidia.session import (
     DeviceLost,
     LibraryDown,
     NvDevice,

@@ -29,8 +29,7 @@ from gpuprobe.daemon.config import NvidiaConfig
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
 from gpuprobe.daemon.workers import Job, Worker
-
-from ..backend import (
+from gpuprobe.probes.backend import (
     DEVICE_FATAL,
     LIBRARY_FATAL,
     STUCK_SECONDS,
@@ -43,8 +42,10 @@ from ..backend import (
     found_again,
     lose,
 )
-from ..backend import Query as BaseQuery
-from ..backend import run_on_devices as run_on_devices  # re-exported for the collectors
+from gpuprobe.probes.backend import Query as BaseQuery
+from gpuprobe.probes.backend import (
+    run_on_devices as run_on_devices,  # re-exported for the collectors
+)
 
 log = logging.getLogger("gpuprobe.nvidia")
 
@@ -393,7 +394,9 @@ def nvml_session(ctx: Context) -> NvmlSession:
         session = NvmlSession(ctx.nvml(), ctx.config.nvidia)
 
         def lister(uuid: str, deadline: float) -> set[int] | None:
-            from .processes import current_pids  # processes imports this module
+            from gpuprobe.probes.nvidia.processes import (
+                current_pids,  # processes imports this module
+            )
             return current_pids(session, uuid, deadline)
 
         # The probes ask which processes hold a GPU before and after each run.

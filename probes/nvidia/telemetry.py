@@ -27,10 +27,9 @@ from gpuprobe.daemon.model import (
     Throttle,
 )
 from gpuprobe.daemon.registry import register
-
-from ..backend import down_sample, found_again
-from .gpm import clamp_ratio, free_samples, read_gpm
-from .session import (
+from gpuprobe.probes.backend import down_sample, found_again
+from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
+from gpuprobe.probes.nvidia.session import (
     CLOCK_DOMAINS,
     DEVICE_FATAL,
     LIBRARY_FATAL,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .amdsmi import SimAmdSmi
-from .nvml import SimNvml
-from .scenario import Scenario, ScenarioError, load
-from .world import ManualClock, SimClock, SimWorld
+from gpuprobe.probes.sim.amdsmi import SimAmdSmi
+from gpuprobe.probes.sim.nvml import SimNvml
+from gpuprobe.probes.sim.scenario import Scenario, ScenarioError, load
+from gpuprobe.probes.sim.world import ManualClock, SimClock, SimWorld
 
 SM_COUNTS = {"volta": 80, "turing": 72, "ampere": 108, "ada": 142, "hopper": 132,
              "blackwell": 148, "cdna3": 304, "rdna3": 96}

@@ -36,9 +36,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from gpuprobe.daemon.model import pcie_link_bytes_per_second
-
-from .faults import Faults, api, api_functions
-from .world import SimDevice, SimWorld
+from gpuprobe.probes.sim.faults import Faults, api, api_functions
+from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
 MIB = 1024 * 1024
 ENERGY_RESOLUTION_UJ = 15.259

@@ -20,8 +20,8 @@ from typing import Any
 
 import pynvml
 
-from .faults import Faults, api, api_functions
-from .world import SimDevice, SimWorld
+from gpuprobe.probes.sim.faults import Faults, api, api_functions
+from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
 _INIT_FUNCTIONS = {"nvmlInit", "nvmlInitWithFlags"}
 _ARCH_CODES = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7,

@@ -24,8 +24,7 @@ from gpuprobe.daemon.config import ConfigError, parse_duration
 from gpuprobe.daemon.config import parse_rate as config_parse_rate
 from gpuprobe.daemon.config import parse_size as config_parse_size
 from gpuprobe.daemon.safeyaml import cut, display_path, short
-
-from .patterns import PATTERNS, MemoryPattern
+from gpuprobe.probes.sim.patterns import PATTERNS, MemoryPattern
 
 EVENT_KINDS = ("xid", "thermal_throttle", "power_cap", "fall_off_bus", "ecc", "row_remap")
 FEATURES = ("power_limit", "memory_temperature", "gpm", "ecc", "bar1", "encoder",

@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 
 from gpuprobe.daemon.model import pcie_link_bytes_per_second
-
-from .scenario import DeviceSpec, EventSpec, ProcessSpec, Scenario
+from gpuprobe.probes.sim.scenario import DeviceSpec, EventSpec, ProcessSpec, Scenario
 
 PID_CYCLE_STRIDE = 100_000
 CLOCK_TICKS = 100  # USER_HZ used for start times in the fake /proc
