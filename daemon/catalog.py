@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gpuprobe.daemon.model import DeviceSample
 
@@ -52,7 +53,8 @@ def one(get: Callable[[DeviceSample], float | int | bool | None]
     return series
 
 
-def keyed(get: Callable[[DeviceSample], dict]) -> Callable[[DeviceSample], Series]:
+def keyed(get: Callable[[DeviceSample], Mapping[Any, float]]
+          ) -> Callable[[DeviceSample], Series]:
     def series(d: DeviceSample) -> Series:
         return [((k,) if isinstance(k, str) else tuple(k), float(v))
                 for k, v in sorted(get(d).items())]

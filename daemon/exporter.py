@@ -118,13 +118,13 @@ class SnapshotCollector:
             # Processes beyond the cap have no series, unless they are suspected of leaking.
             if not self.config.process_metrics or leak.pid is None:
                 return
-            labels = shown.get((leak.device_uuid, leak.pid))
-            if labels is None:
+            found = shown.get((leak.device_uuid, leak.pid))
+            if found is None:
                 if not leak.suspected:
                     return
-                labels = _process_labels(base, leak.pid, leak.name, leak.container_id,
-                                         leak.pod_uid)
-            prefix = "gpuprobe_process_"
+                found = _process_labels(base, leak.pid, leak.name, leak.container_id,
+                                        leak.pod_uid)
+            prefix, labels = "gpuprobe_process_", found
         f.add(prefix + "memory_leak_suspected", labels, leak.suspected)
         # A device's rate always; a process's only while growth is seen: hosts run hundreds
         # of GPU processes, and a flat one's rate says nothing its memory series does not.

@@ -59,8 +59,8 @@ class Encoder:
     def encode(self, metrics: Iterable[Metric]) -> bytes:
         out: list[str] = []
         append = out.append
-        previous, current = self._labels, {}
-        values_before, values_now = self._values, {}
+        previous, current = self._labels, dict[tuple, str]()
+        values_before, values_now = self._values, dict[float, str]()
         for metric in metrics:
             if metric.type == "gaugehistogram":
                 append(_fallback(metric).decode())
@@ -90,9 +90,8 @@ def _line(s: Sample, previous: dict[tuple, str], current: dict[tuple, str],
     if type(value) is float and 0 <= value < 1e6:
         text = repr(value)  # what floatToGoString gives for these, without its checks
     else:
-        text = values_now.get(value) or values_before.get(value)
-        if text is None:
-            text = floatToGoString(value)
+        cached = values_now.get(value) or values_before.get(value)
+        text = floatToGoString(value) if cached is None else cached
         values_now[value] = text
     stamp = "" if s.timestamp is None else f" {int(float(s.timestamp) * 1000):d}"
     if not s.labels:

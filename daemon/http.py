@@ -162,12 +162,13 @@ class HttpStats:
             m.add_sample(name, {}, value)
             yield m
         if self.web.path is not None:
-            for name, value in (
-                    ("gpuprobe_web_config_last_reload_successful", self.web.last_reload_ok),
-                    ("gpuprobe_web_config_last_reload_success_timestamp_seconds",
-                     self.web.last_reload_success)):
+            reload: tuple[tuple[str, float], ...] = (
+                ("gpuprobe_web_config_last_reload_successful", float(self.web.last_reload_ok)),
+                ("gpuprobe_web_config_last_reload_success_timestamp_seconds",
+                 self.web.last_reload_success))
+            for name, seconds_or_flag in reload:
                 m = family(name)
-                m.add_sample(name, {}, float(value))
+                m.add_sample(name, {}, seconds_or_flag)
                 yield m
 
 
@@ -181,7 +182,7 @@ class _Conn:
         self.sock = sock
         self.phase = "head"  # head (no whole request yet), idle (kept alive), busy
         self.task: asyncio.Task[None] | None = None
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self.tls = False
 
     def abort(self) -> None:
@@ -420,8 +421,13 @@ class HttpServer:
                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Wait for the first byte, tell TLS from plain HTTP by it, and wrap the socket."""
         loop = asyncio.get_running_loop()
-        readable = loop.create_future()
-        loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(sock.fileno(), ready)
         try:
             await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
@@ -547,11 +553,12 @@ class HttpServer:
             if web.auth is not None:
                 auth = dict(req.headers).get(b"authorization")
                 header = auth.decode("latin-1") if auth else None
-                verdict = web.auth.quick(header)
-                if verdict is None:  # a bcrypt run: on its own thread, never a render's
-                    verdict = await asyncio.get_running_loop().run_in_executor(
+                quick = web.auth.quick(header)
+                if quick is None:  # a bcrypt run: on its own thread, never a render's
+                    ok, why = await asyncio.get_running_loop().run_in_executor(
                         self._auth_pool, web.auth.check, header)
-                ok, why = verdict
+                else:
+                    ok, why = quick
                 if ok is None:
                     self._note("busy", conn.peer, "too many password checks waiting")
                     return 503, b"busy\n", [*_TEXT, ("Retry-After", "1")], handler

@@ -14,6 +14,7 @@ The limits are keyword arguments with the module defaults below.
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,10 @@ class _Bounds:
 
     max_depth = MAX_DEPTH
     max_nodes = MAX_NODES
+    # What the loader this is mixed into provides (PyYAML's composer and parser).
+    anchors: dict[str, Node]
+    peek_event: Callable[[], Any]
+    check_event: Callable[..., bool]
 
     def _init_bounds(self) -> None:
         self._depth = 0
@@ -149,11 +154,11 @@ class _Bounds:
         if len(node.value) > MAX_INT_CHARS:
             raise self._refuse(node, f"an integer of {len(node.value)} characters "
                                      f"(at most {MAX_INT_CHARS})")
-        return super().construct_yaml_int(node)
+        return super().construct_yaml_int(node)  # type: ignore[misc]  # the loader's
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
-            return super().construct_object(node, deep)
+            return super().construct_object(node, deep)  # type: ignore[misc]  # the loader's
         except yaml.YAMLError:
             raise
         except _CONSTRUCTOR_BUGS as e:  # a timestamp 2024-13-45, an empty `!!int`
@@ -171,13 +176,13 @@ class BoundedLoader(_Bounds, yaml.SafeLoader):
 
 BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
 
+FastBoundedLoader: type | None = None
 try:
     from yaml.cyaml import CParser
 except ImportError:  # PyYAML built without libyaml
-    FastBoundedLoader: type | None = None
+    pass
 else:
-    class FastBoundedLoader(  # type: ignore[no-redef]
-            _Bounds, Composer, CParser, SafeConstructor, Resolver):
+    class _FastBoundedLoader(_Bounds, Composer, CParser, SafeConstructor, Resolver):
         """libyaml's scanner and parser (about ten times faster), PyYAML's composer with the
         bounds, the safe constructor: the same limits as :class:`BoundedLoader`."""
 
@@ -188,8 +193,9 @@ else:
             Resolver.__init__(self)
             self._init_bounds()
 
-    FastBoundedLoader.add_constructor("tag:yaml.org,2002:int",
-                                      FastBoundedLoader.construct_yaml_int)
+    _FastBoundedLoader.add_constructor("tag:yaml.org,2002:int",
+                                       _FastBoundedLoader.construct_yaml_int)
+    FastBoundedLoader = _FastBoundedLoader
 
 
 def _problem(e: yaml.YAMLError) -> str:

@@ -35,8 +35,8 @@ class View:
         """Every device of every collector, with devices of a stalled collector marked down."""
         out = []
         for name, result in self.results.items():
-            stalled = self.health.get(name, None)
-            stalled = stalled is not None and stalled.stalled
+            health = self.health.get(name, None)
+            stalled = health is not None and health.stalled
             for d in result.devices:
                 if stalled and d.up:
                     d = DeviceSample(identity=d.identity, up=False, down_reason="stalled")

@@ -141,7 +141,9 @@ class Authenticator:
         verdict = self.quick(header)
         if verdict is not None:
             return verdict
-        user, password = self._credentials(header)  # type: ignore[misc]
+        creds = self._credentials(header)
+        assert not isinstance(creds, str)  # quick() answered every malformed header
+        user, password = creds
         hashed = self.users.get(user)
         key = self._key(user, password, hashed or "")
         with self._lock:
