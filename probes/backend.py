@@ -65,7 +65,8 @@ class Device:
     backoff: float = 1.0
     unsupported: set[str] = field(default_factory=set)
     static: dict[str, Any] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)  # per-device state of readers
+    # per-device state of readers, by name (Query.first keys its choices ("alt", key))
+    state: dict[str | tuple[str, str], Any] = field(default_factory=dict)
     unanswered: bool = False  # its last poll asked it calls and none was answered
     up_since: float = field(default_factory=time.monotonic)  # when last found (or made)
     flaps: int = 0  # times lost since it last stayed up for a whole settle period

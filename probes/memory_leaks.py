@@ -15,6 +15,7 @@ instance of it): the device's memory is judged from the job's start on.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import cast
 
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.leaks import Assessment, LeakDetector
@@ -132,7 +133,8 @@ class MemoryLeaks:
         self.devices.forget({u for u in self.devices.series if u not in present})
 
         out: list[LeakSample] = []
-        for uuid in self.devices.series:
+        for key in self.devices.series:
+            uuid = cast(str, key)  # the device detector is keyed by uuid (_feed_devices)
             a = self.devices.assess(uuid) if uuid in fresh_devices else self.devices.last(uuid)
             if a is not None:
                 out.append(LeakSample("device", uuid, a.slope, a.suspected, a.confidence,

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from gpuprobe.daemon.systemd import child_environment
 from gpuprobe.probes.amd.library import Unavailable, import_amdsmi, versions
@@ -40,10 +40,18 @@ class Outcome:
     library: str | None = None
 
 
+class _VersionFields(TypedDict):
+    """The version fields of an Outcome, passed as keywords."""
+
+    binding: str | None
+    rocm: str | None
+    library: str | None
+
+
 def check(lib: Any) -> Outcome:
     """Versions, init, enumeration and shutdown on ``lib`` (the module or the face)."""
     v = versions(lib)
-    fields = {"binding": v.binding, "rocm": v.rocm, "library": v.library}
+    fields: _VersionFields = {"binding": v.binding, "rocm": v.rocm, "library": v.library}
     try:
         lib.amdsmi_init(lib.AmdSmiInitFlags.INIT_AMD_GPUS)
     except Exception as e:

@@ -18,6 +18,7 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -469,7 +470,9 @@ def amd_session(ctx: Context) -> AmdSession:
             from gpuprobe.probes.amd.processes import current_pids  # processes imports this module
             return current_pids(session, uuid, deadline)
 
-        ctx.shared("probe.listers", dict)["amd"] = lister
+        listers: dict[str, Callable[[str, float], set[int] | None]] = ctx.shared(
+            "probe.listers", dict)
+        listers["amd"] = lister
         return session
 
     return ctx.shared("amdsmi", make)

@@ -24,7 +24,8 @@ from gpuprobe.probes.backend import STUCK_SECONDS, DeviceLost, LibraryDown, Quer
 
 
 def read_slow(session: AmdSession, dev: AmdDevice, q: Query) -> dict[str, Any]:
-    lib, out = session.lib, {}
+    lib = session.lib
+    out: dict[str, Any] = {}
     throughput = q(dev, "slow.throughput", lib.amdsmi_get_gpu_pci_throughput, dev.handle)
     if isinstance(throughput, dict):
         out["throughput"] = throughput

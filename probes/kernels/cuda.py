@@ -23,7 +23,12 @@ from gpuprobe.probes.kernels.common import analyse_launch
 CUresult = C.c_int
 CUdevice = C.c_int
 CUdeviceptr = C.c_uint64
-CUcontext = CUmodule = CUfunction = CUstream = CUevent = C.c_void_p
+# One assignment each: mypy takes a chained assignment for variables, not type aliases.
+CUcontext = C.c_void_p
+CUmodule = C.c_void_p
+CUfunction = C.c_void_p
+CUstream = C.c_void_p
+CUevent = C.c_void_p
 P = C.POINTER
 
 

@@ -15,7 +15,7 @@ import ctypes as C
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from gpuprobe.probes.kernels.common import analyse_launch
 
@@ -245,7 +245,7 @@ def launch(d: HipProbeDevice, spin_ns: int, reach_bound_ns: int, calibrations: i
         def sample() -> tuple[int, int, int]:
             """(round trip ns, host mid ns, GPU ticks) of one stamp kernel."""
             t0 = time.monotonic_ns()
-            go(stamp, 1, 1, [buf.value])
+            go(stamp, 1, 1, [cast(int, buf.value)])  # set: hipMalloc raised otherwise
             h("hipStreamSynchronize", stream)
             t1 = time.monotonic_ns()
             v = C.c_uint64()
@@ -261,7 +261,7 @@ def launch(d: HipProbeDevice, spin_ns: int, reach_bound_ns: int, calibrations: i
         h("hipMemset", buf, 0, blocks * 16)
         progress(f"launching {blocks} blocks")
         t_launch = time.monotonic_ns()
-        go(probe, blocks, 64, [buf.value, spin_ticks])
+        go(probe, blocks, 64, [cast(int, buf.value), spin_ticks])
         h("hipStreamSynchronize", stream)
         out = (C.c_uint64 * (blocks * 2))()
         h("hipMemcpyDtoH", out, buf, blocks * 16)

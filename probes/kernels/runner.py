@@ -11,6 +11,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from types import ModuleType
 
 
 def _progress(message: str) -> None:
@@ -39,6 +40,7 @@ def _nvml_link(uuid: str) -> tuple[Callable[[], dict | None], Callable[[], None]
 
 def measure(req: dict, progress: Callable[[str], None] = _progress) -> dict:
     backend, probe = req["backend"], req["probe"]
+    rt: ModuleType  # the cuda or the hip module: their functions differ in signature
     if backend == "sim":
         from gpuprobe.probes.kernels import simulated
 
@@ -49,7 +51,7 @@ def measure(req: dict, progress: Callable[[str], None] = _progress) -> dict:
         dev = rt.CudaProbeDevice().open()
         link, close_link = _nvml_link(req["uuid"])
     elif backend == "hip":
-        from gpuprobe.probes.kernels import hip as rt  # type: ignore[no-redef]
+        from gpuprobe.probes.kernels import hip as rt
 
         dev = rt.HipProbeDevice().open()
         link, close_link = (lambda: None), (lambda: None)

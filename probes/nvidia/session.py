@@ -214,7 +214,7 @@ class NvmlSession(Lifetime):
             self._workers[name] = Worker(f"nvml-{name}")
         return self._workers[name]
 
-    def _discover(self, q: Query, deadline: float) -> None:
+    def _discover(self, q: BaseQuery, deadline: float) -> None:
         """Enumerate GPUs (and MIG instances) by UUID. Each GPU is looked at on its own
         worker, so one that hangs during discovery holds up only itself."""
         count = q.system(self.lib.nvmlDeviceGetCount) or 0
@@ -400,7 +400,9 @@ def nvml_session(ctx: Context) -> NvmlSession:
             return current_pids(session, uuid, deadline)
 
         # The probes ask which processes hold a GPU before and after each run.
-        ctx.shared("probe.listers", dict)["nvidia"] = lister
+        listers: dict[str, Callable[[str, float], set[int] | None]] = ctx.shared(
+            "probe.listers", dict)
+        listers["nvidia"] = lister
         return session
 
     return ctx.shared("nvml", make)

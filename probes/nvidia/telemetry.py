@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.model import (
@@ -241,9 +241,13 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
     def flag(fid: int) -> bool | None:
         return bool(fields[fid]) if fid in fields else None
 
+    def count(fid: int) -> int | None:
+        """A counter field as read: NVML reports these as integers (uint or ull)."""
+        return cast("int | None", fields.get(fid))
+
     ecc_enabled = flag(F_ECC_CURRENT)
-    ecc = {f: fields.get(f) for f in (F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG,
-                                      F_ECC_DBE_AGG)}
+    ecc = {f: count(f) for f in (F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG,
+                                 F_ECC_DBE_AGG)}
     if ecc_enabled is False:
         ecc = dict.fromkeys(ecc)  # counts are meaningless with ECC off
 
@@ -278,10 +282,10 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
             max_width=s.get("max_width") or None,
             tx_bytes_total=tx,
             rx_bytes_total=rx,
-            replays_total=fields.get(F_PCIE_REPLAY),
-            recoveries_total=fields.get(F_PCIE_RECOVERY),
-            naks_received_total=fields.get(F_PCIE_NAKS_RECEIVED),
-            naks_sent_total=fields.get(F_PCIE_NAKS_SENT),
+            replays_total=count(F_PCIE_REPLAY),
+            recoveries_total=count(F_PCIE_RECOVERY),
+            naks_received_total=count(F_PCIE_NAKS_RECEIVED),
+            naks_sent_total=count(F_PCIE_NAKS_SENT),
         ),
         utilization=util,
         activity=_activity(gpm),

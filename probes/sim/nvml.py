@@ -64,7 +64,10 @@ class SimNvml:
         self._devices = world.vendor_devices("nvidia")
         self._index = {id(d): i for i, d in enumerate(self._devices)}
         self._init_count = 0
-        self._gpm: dict[int, tuple[Any, tuple[int, int | None, float, dict]] | Any] = {}
+        # sample buffer address -> (buffer, its reading: (device id, instance, t, totals,
+        # wall time) once taken); looked up by a sample's address, None for a null pointer.
+        self._gpm: dict[int | None,
+                        tuple[Any, tuple[int, int | None, float, dict, float] | None]] = {}
         self._lock = threading.Lock()
         self.faults = Faults()
         self.calls: Counter = Counter()
