@@ -205,3 +205,15 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n",
                               encoding="utf-8")
+
+
+def write_section(path: Path, begin: str, end: str, text: str) -> None:
+    """Put ``text`` (which starts with ``begin`` and ends with ``end``) in place of the part
+    of the markdown file ``path`` between those markers, or append it."""
+    doc = path.read_text(encoding="utf-8") if path.exists() else ""
+    if begin in doc:
+        head, _, rest = doc.partition(begin)
+        doc = head + text + rest.partition(end)[2]
+    else:
+        doc += "\n" + text + "\n"
+    path.write_text(doc, encoding="utf-8")

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _harness import write_section  # noqa: E402
+
 LIMIT_S = 60
 LIMIT_AS = 4 * 2**30
 
@@ -222,14 +225,7 @@ def main() -> int:
     text = table(arms, sys.argv[1:])
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text(encoding="utf-8") if path.exists() else ""
-        if BEGIN in doc:
-            head, _, rest = doc.partition(BEGIN)
-            doc = head + text + rest.partition(END)[2]
-        else:
-            doc += "\n" + text + "\n"
-        path.write_text(doc, encoding="utf-8")
+        write_section(Path(args.write), BEGIN, END, text)
     return 0
 
 

@@ -40,6 +40,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _harness import free_port, write_section  # noqa: E402
+
 from tests.slowclients import Scrapes, SlowClients, burst, scrape_every  # noqa: E402
 
 ARMS = ("threading", "asyncio")
@@ -127,14 +130,6 @@ def serve(arm: str, port: int) -> None:
 
 # -- the parent: measure each arm --------------------------------------------------------------
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _usage(proc: psutil.Process) -> dict[str, float]:
     with proc.oneshot():
         return {"rss_mb": proc.memory_info().rss / 1e6, "threads": proc.num_threads(),
@@ -155,7 +150,7 @@ def _summary(s: Scrapes) -> dict[str, Any]:
 
 def _spawn(arm: str) -> tuple[subprocess.Popen[str], int, float]:
     """A child serving ``arm``, its port, and the seconds from spawn to its first /metrics."""
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     child = subprocess.Popen([sys.executable, __file__, "--serve", arm, "--port", str(port)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -271,17 +266,6 @@ def table(results: list[dict[str, Any]], argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, text: str) -> None:
-    doc = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in doc:
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        doc = head + text + tail
-    else:
-        doc += "\n" + text + "\n"
-    path.write_text(doc, encoding="utf-8")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--serve", choices=ARMS, help=argparse.SUPPRESS)
@@ -308,7 +292,7 @@ def main() -> int:
     text = table(results, sys.argv[1:])
     print(text)
     if args.write:
-        write(Path(args.write), text)
+        write_section(Path(args.write), BEGIN, END, text)
     return 0
 
 

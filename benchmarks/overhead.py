@@ -35,6 +35,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import write_section
+
 from gpuprobe.daemon import config as config_mod
 from gpuprobe.daemon import exposition
 from gpuprobe.daemon.app import Daemon
@@ -326,14 +329,7 @@ def write_doc(path: Path, r: dict, rss: dict) -> None:
         "",
         f"One scrape is {r['series']} series, {r['bytes'] / 1024:.0f} KiB of text.",
         END])
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + table + tail
-    else:
-        text += "\n" + table + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_section(path, BEGIN, END, table)
 
 
 def main() -> int:
