@@ -92,8 +92,8 @@ class Daemon:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         view = self.store.view()
-        backends = {b.name: {"up": b.up, "reason": b.reason}
-                    for r in view.results.values() for b in r.backends}
+        backends = {name: {"up": b.up, "reason": b.reason}
+                    for name, b in view.backends().items()}
         ready = self.scheduler.attempted_all()
         return ready, {"ready": ready, "backends": backends,
                        "collectors": {n: h.up for n, h in view.health.items()}}

@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuprobe.daemon.model import DeviceSample
+from gpuprobe.daemon.model import DeviceIdentity, DeviceSample, LeakSample, ProbeSample
+from gpuprobe.daemon.state import View
 
 Series = Iterable[tuple[tuple[str, ...], float]]
+Labels = dict[str, str]
+Samples = Iterable[tuple[Labels, float]]
 DEVICE_LABELS = ("gpu", "uuid", "vendor")
+PROBE_OUTCOMES = ("ok", "skipped", "failed", "timeout", "discarded")
+ERROR_CLASSES = ("unsupported", "transient", "device_fatal", "library_fatal", "timeout",
+                 "internal")
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,18 @@ class MetricSpec:
     nvidia: str
     amd: str = ""
     labels: tuple[str, ...] = ()
+    # A device metric's series from one DeviceSample: (values of `labels`, value) pairs ...
     values: Callable[[DeviceSample], Series] | None = None
+    # ... any other metric's from the whole scrape: (labels, value) pairs.
+    samples: Callable[[Scrape], Samples] | None = None
+
+    def series(self, scrape: Scrape) -> Samples:
+        """Every sample of this metric in the scrape; an absent value yields none."""
+        if self.samples is not None:
+            return self.samples(scrape)
+        if self.values is None:
+            return ()
+        return _per_device(self.values, self.labels, scrape)
 
     @property
     def family(self) -> str:
@@ -66,6 +83,204 @@ def _throttle_active(d: DeviceSample) -> Series:
     return [((r,), 1.0 if r in t.active else 0.0) for r in sorted(t.supported)]
 
 
+# -- the scrape and the extractors of the metrics that are not one device's readings -------
+
+def device_labels(identity: DeviceIdentity) -> Labels:
+    labels = dict(zip(DEVICE_LABELS, (identity.index, identity.uuid, identity.vendor),
+                      strict=True))
+    if identity.parent_uuid:
+        labels["parent_uuid"] = identity.parent_uuid
+    return labels
+
+
+def _present(labels: dict[str, str | None]) -> Labels:
+    """``labels`` without those that have no value: absent, never exported empty."""
+    return {k: str(v) for k, v in labels.items() if v is not None and v != ""}
+
+
+def process_labels(base: Labels, pid: int, name: str | None, container_id: str | None,
+                   pod_uid: str | None) -> Labels:
+    return {**base, "pid": str(pid), **_present(
+        {"process_name": name, "container_id": container_id, "pod_uid": pod_uid})}
+
+
+class Scrape:
+    """What one scrape renders from: the published view and the exporter's settings, with
+    what several metrics share worked out once (each device's labels, the processes that get
+    series of their own, the leak assessments that are shown)."""
+
+    def __init__(self, view: View, process_metrics: bool, max_processes: int,
+                 build: Labels) -> None:
+        self.view = view
+        self.build = build
+        self.devices = view.devices()
+        self.ids = {d.identity.uuid: device_labels(d.identity) for d in self.devices}
+        by_device: dict[str, list] = {}
+        for p in view.processes():
+            by_device.setdefault(p.device_uuid, []).append(p)
+        # device uuid -> every process on it; (labels, process) of those with series
+        self.processes = {u: ps for u, ps in by_device.items() if u in self.ids}
+        self.shown: list[tuple[Labels, Any]] = []
+        shown_labels: dict[tuple[str, int], Labels] = {}
+        for uuid, procs in self.processes.items() if process_metrics else ():
+            ranked = sorted(procs, key=lambda p: (-(p.used_memory_bytes or 0), p.pid))
+            for p in ranked[:max_processes]:
+                if p.used_memory_bytes is None:
+                    continue
+                labels = process_labels(self.ids[uuid], p.pid, p.name, p.container_id,
+                                        p.pod_uid)
+                shown_labels[(uuid, p.pid)] = labels
+                self.shown.append((labels, p))
+        # (labels, leak) of every assessment exported: a device's always; a process's when
+        # it has series of its own, or when it is suspected (beyond the cap too).
+        self.device_leaks: list[tuple[Labels, LeakSample]] = []
+        self.process_leaks: list[tuple[Labels, LeakSample]] = []
+        for leak in view.leaks():
+            base = self.ids.get(leak.device_uuid)
+            if base is None:
+                continue
+            if leak.kind == "device":
+                self.device_leaks.append((base, leak))
+            elif process_metrics and leak.pid is not None:
+                found = shown_labels.get((leak.device_uuid, leak.pid))
+                if found is None and leak.suspected:
+                    found = process_labels(base, leak.pid, leak.name, leak.container_id,
+                                           leak.pod_uid)
+                if found is not None:
+                    self.process_leaks.append((found, leak))
+        self.probes = [(self.ids[ps.device_uuid], ps) for ps in view.probes()
+                       if ps.device_uuid in self.ids]
+
+
+def _per_device(values: Callable[[DeviceSample], Series], names: tuple[str, ...],
+                scrape: Scrape) -> Samples:
+    for d in scrape.devices:
+        base = scrape.ids[d.identity.uuid]
+        for extra, value in values(d):
+            if not extra:
+                yield base, value
+            else:
+                yield {**base, **dict(zip(names, extra, strict=True))}, value
+
+
+def _device_info(s: Scrape) -> Samples:
+    for d in s.devices:
+        i = d.identity
+        yield {**s.ids[i.uuid], **_present({
+            "model": i.model, "pci_bus_id": i.pci_bus_id, "serial": i.serial,
+            "driver_version": i.driver_version, "firmware_version": i.firmware_version,
+            "architecture": i.architecture, "compute_capability": i.compute_capability,
+            "parent_uuid": i.parent_uuid, "partition": i.partition,
+            "memory_partition": i.memory_partition})}, 1
+
+
+def _counts(pairs: Callable[[View], list[tuple[str, Mapping[Any, int]]]], label: str
+            ) -> Callable[[Scrape], Samples]:
+    """Per-device counters by one key (xid code, event), sorted by key."""
+    def samples(s: Scrape) -> Samples:
+        for uuid, counts in pairs(s.view):
+            if uuid in s.ids:
+                for key, count in sorted(counts.items()):
+                    yield {**s.ids[uuid], label: str(key)}, count
+    return samples
+
+
+def _device_processes(s: Scrape) -> Samples:
+    for uuid, procs in s.processes.items():
+        yield s.ids[uuid], len(procs)
+
+
+def _process(get: Callable[[Any], float | None]) -> Callable[[Scrape], Samples]:
+    def samples(s: Scrape) -> Samples:
+        for labels, p in s.shown:
+            value = get(p)
+            if value is not None:
+                yield labels, value
+    return samples
+
+
+def _leak(kind: str, get: Callable[[LeakSample], float | None],
+          when: Callable[[str, LeakSample], bool] = lambda kind, leak: True
+          ) -> Callable[[Scrape], Samples]:
+    """One figure of the leak detector's assessments of a kind (device or process)."""
+    def samples(s: Scrape) -> Samples:
+        for labels, leak in (s.device_leaks if kind == "device" else s.process_leaks):
+            value = get(leak)
+            if value is not None and when(kind, leak):
+                yield labels, value
+    return samples
+
+
+def _growing(kind: str, leak: LeakSample) -> bool:
+    # A process's growth figures only while growth is seen: hosts run hundreds of GPU
+    # processes, and a flat one's rate says nothing its memory series does not.
+    return leak.growth_seconds > 0 or leak.suspected
+
+
+def _rate_shown(kind: str, leak: LeakSample) -> bool:
+    return kind == "device" or _growing(kind, leak)
+
+
+def _probe(get: Callable[[Labels, ProbeSample], Samples]) -> Callable[[Scrape], Samples]:
+    def samples(s: Scrape) -> Samples:
+        for base, ps in s.probes:
+            yield from get(base, ps)
+    return samples
+
+
+def _pcie_directions(suffix: str) -> Callable[[Labels, ProbeSample], Samples]:
+    def get(base: Labels, ps: ProbeSample) -> Samples:
+        if ps.probe != "pcie":
+            return
+        for direction in ("host_to_device", "device_to_host"):
+            if direction in ps.values and direction + suffix in ps.values:
+                yield {**base, "direction": direction}, ps.values[direction + suffix]
+    return get
+
+
+def _probe_value(probe: str | None, key: str) -> Callable[[Labels, ProbeSample], Samples]:
+    """``values[key]`` of the probe ``probe`` (None: any other than pcie)."""
+    def get(base: Labels, ps: ProbeSample) -> Samples:
+        if (ps.probe == probe if probe else ps.probe != "pcie") and key in ps.values:
+            yield base, ps.values[key]
+    return get
+
+
+def _probe_field(get: Callable[[ProbeSample], Iterable[tuple[Labels, float | None]]]
+                 ) -> Callable[[Labels, ProbeSample], Samples]:
+    def samples(base: Labels, ps: ProbeSample) -> Samples:
+        for extra, value in get(ps):
+            if value is not None:
+                yield {**base, "probe": ps.probe, **extra}, value
+    return samples
+
+
+def _collector(get: Callable[[Any], Iterable[tuple[Labels, float | None]]]
+               ) -> Callable[[Scrape], Samples]:
+    def samples(s: Scrape) -> Samples:
+        for name, h in sorted(s.view.health.items()):
+            for extra, value in get(h):
+                if value is not None:
+                    yield {"collector": name, **extra}, value
+    return samples
+
+
+def _backend(get: Callable[[Any], Iterable[tuple[Labels, float | None]]]
+             ) -> Callable[[Scrape], Samples]:
+    def samples(s: Scrape) -> Samples:
+        for name, b in sorted(s.view.backends().items()):
+            for extra, value in get(b):
+                if value is not None:
+                    yield {"backend": name, **extra}, value
+    return samples
+
+
+def _backend_info(b: Any) -> Iterable[tuple[Labels, float | None]]:
+    return (({**_present({"library_version": b.library_version,
+                          "driver_version": b.driver_version,
+                          "binding_version": b.binding_version})}, 1),)
+
+
 M = MetricSpec
 CATALOG: tuple[MetricSpec, ...] = (
     # -- identity and health ---------------------------------------------------------------
@@ -80,7 +295,8 @@ CATALOG: tuple[MetricSpec, ...] = (
       'amdsmi_get_gpu_asic_info (market_name, target_graphics_version), '
       'get_gpu_device_bdf, get_gpu_board_info / asic_serial, get_gpu_driver_info, '
       'get_gpu_vbios_info, get_gpu_compute_partition, get_gpu_memory_partition; a '
-      'partition per handle, its number in the PCI function')),
+      'partition per handle, its number in the PCI function'),
+      samples=_device_info),
     M("gpuprobe_device_up", "gauge",
       "1 when the device answered the last poll, 0 when it is lost, hung or its library is "
       "down. A device once seen stays listed.", "", "device", "any device-fatal NVML error "
@@ -396,13 +612,15 @@ CATALOG: tuple[MetricSpec, ...] = (
       "codes (config nvidia.xid_codes) start at 0.", "", "xid",
       "NVML event set, nvmlEventTypeXidCriticalError, on its own thread", labels=("xid",),
       amd=(
-      "absent: XIDs are NVIDIA's; see gpuprobe_device_events_total")),
+      "absent: XIDs are NVIDIA's; see gpuprobe_device_events_total"),
+      samples=_counts(View.xid_counts, "xid")),
     M("gpuprobe_device_events_total", "counter",
       "Device events the driver reported, by kind (reset, thermal_throttle), since gpuprobe "
       "started watching; both start at 0.", "", "event",
       "absent: NVIDIA reports XIDs instead (gpuprobe_xid_errors_total)", labels=("event",),
       amd="AmdSmiEventReader (KFD SMI events) GPU_PRE_RESET as reset, THERMAL_THROTTLE, on "
-      "its own thread"),
+      "its own thread",
+      samples=_counts(View.event_counts, "event")),
     # -- processes -------------------------------------------------------------------------
     M("gpuprobe_process_memory_used_bytes", "gauge",
       "Device memory a process holds, in bytes. The largest processes per device are kept "
@@ -414,76 +632,89 @@ CATALOG: tuple[MetricSpec, ...] = (
       amd=(
       'amdsmi_get_gpu_process_list memory_usage.vram_mem (bytes), per partition; pids '
       "not in /proc and the daemon's own are dropped; name, start time, container and "
-      'pod from /proc')),
+      'pod from /proc'),
+      samples=_process(lambda p: p.used_memory_bytes)),
     M("gpuprobe_process_utilization_ratio", "gauge",
       "Share of the time between the last two process listings the graphics/compute engine "
       "worked for the process.", "ratio", "process",
       "absent: not collected from NVML (nvmlDeviceGetProcessUtilization is not read)",
       labels=("pid", "process_name", "container_id", "pod_uid"),
       amd="amdsmi_get_gpu_process_list engine_usage.gfx (cumulative ns), its growth over the "
-      "wall time between listings"),
+      "wall time between listings",
+      samples=_process(lambda p: p.busy_ratio)),
     M("gpuprobe_device_processes", "gauge",
       "Processes holding memory on the device, all of them (not capped).", "", "device",
       "length of the process lists above",
       amd=(
-      'length of amdsmi_get_gpu_process_list after those drops')),
+      'length of amdsmi_get_gpu_process_list after those drops'),
+      samples=_device_processes),
     # -- memory-leak detector (daemon/leaks.py; docs/leaks.md) -------------------------------
     M("gpuprobe_memory_growth_bytes_per_second", "gauge",
       "Robust (Theil-Sen) growth rate of the device's used memory over the leak detector's "
       "window, in bytes per second; negative when it shrinks.",
       "bytes", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
-      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes",
+      samples=_leak("device", lambda x: x.growth_bytes_per_second, _rate_shown)),
     M("gpuprobe_memory_leak_suspected", "gauge",
       "1 while the leak detector sees sustained growth of the device's used memory that a "
       "sawtooth, a warm-up, peaks or noise do not explain, 0 otherwise.",
       "", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
-      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes",
+      samples=_leak("device", lambda x: x.suspected)),
     M("gpuprobe_memory_leak_confidence_ratio", "gauge",
       "How sure the leak detector is of the growth of the device's used memory (0-1): its margin "
       "over the noise and how long it has lasted. Present only while growth is seen.",
       "ratio", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
-      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes",
+      samples=_leak("device", lambda x: x.confidence, _growing)),
     M("gpuprobe_memory_growth_duration_seconds", "gauge",
       "How long the leak-like growth of the device's used memory has lasted without a break "
       "longer than leaks.max_pause; present only while growth is seen.",
       "seconds", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
-      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes",
+      samples=_leak("device", lambda x: x.growth_seconds, _growing)),
     M("gpuprobe_memory_exhaustion_seconds", "gauge",
       "Projected time until the device's memory is full if the device's used memory goes on "
       "growing at its current rate; present only while a leak is suspected.",
       "seconds", "leak", "derived by gpuprobe from gpuprobe_memory_used_bytes",
-      amd="derived by gpuprobe from gpuprobe_memory_used_bytes"),
+      amd="derived by gpuprobe from gpuprobe_memory_used_bytes",
+      samples=_leak("device", lambda x: x.exhaustion_seconds)),
     M("gpuprobe_process_memory_growth_bytes_per_second", "gauge",
       "Robust (Theil-Sen) growth rate of the process's memory over the leak detector's window, in"
       " bytes per second; present only while growth is seen.",
       "bytes", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid")),
+      labels=("pid", "process_name", "container_id", "pod_uid"),
+      samples=_leak("process", lambda x: x.growth_bytes_per_second, _rate_shown)),
     M("gpuprobe_process_memory_leak_suspected", "gauge",
       "1 while the leak detector sees sustained growth of the process's memory that a sawtooth, a"
       " warm-up, peaks or noise do not explain, 0 otherwise. Suspected processes are always "
       "exported, even beyond exporter.max_processes_per_device.",
       "", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid")),
+      labels=("pid", "process_name", "container_id", "pod_uid"),
+      samples=_leak("process", lambda x: x.suspected)),
     M("gpuprobe_process_memory_leak_confidence_ratio", "gauge",
       "How sure the leak detector is of the growth of the process's memory (0-1): its margin over"
       " the noise and how long it has lasted. Present only while growth is seen.",
       "ratio", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid")),
+      labels=("pid", "process_name", "container_id", "pod_uid"),
+      samples=_leak("process", lambda x: x.confidence, _growing)),
     M("gpuprobe_process_memory_growth_duration_seconds", "gauge",
       "How long the leak-like growth of the process's memory has lasted without a break longer "
       "than leaks.max_pause; present only while growth is seen.",
       "seconds", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid")),
+      labels=("pid", "process_name", "container_id", "pod_uid"),
+      samples=_leak("process", lambda x: x.growth_seconds, _growing)),
     M("gpuprobe_process_memory_exhaustion_seconds", "gauge",
       "Projected time until the device's memory is full if the process's memory goes on growing "
       "at its current rate; present only while a leak is suspected.",
       "seconds", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid")),
+      labels=("pid", "process_name", "container_id", "pod_uid"),
+      samples=_leak("process", lambda x: x.exhaustion_seconds)),
     # -- active probes ---------------------------------------------------------------------
     M("gpuprobe_probe_pcie_bandwidth_bytes_per_second", "gauge",
       "Bandwidth the last successful PCIe probe measured, per direction (a cached "
@@ -491,65 +722,81 @@ CATALOG: tuple[MetricSpec, ...] = (
       "probe child: pinned host memory, cuMemcpyHtoDAsync_v2 / cuMemcpyDtoHAsync_v2 timed "
       "with events, median of repetitions",
       "probe child: hipHostMalloc, hipMemcpyHtoDAsync / hipMemcpyDtoHAsync timed with events",
-      labels=("direction",)),
+      labels=("direction",),
+      samples=_probe(_pcie_directions(""))),
     M("gpuprobe_probe_pcie_link_bytes_per_second", "gauge",
       "Theoretical per-direction rate of the link as trained during the last PCIe probe "
       "(generation and width, after line encoding; Gen5 x16 is 63 GB/s). Cached.", "bytes",
       "probe", "nvmlDeviceGetCurrPcieLinkGeneration/Width read by the probe child while "
-      "its copies run", "the device's last reported link (amdsmi)"),
+      "its copies run", "the device's last reported link (amdsmi)",
+      samples=_probe(_probe_value("pcie", "link_bytes_per_second"))),
     M("gpuprobe_probe_pcie_bandwidth_ratio", "gauge",
       "Measured bandwidth over the trained link's theoretical rate, per direction; about "
       "0.85-0.9 is normal (packet overhead). Cached.", "ratio", "probe",
-      "the two metrics above", "the two metrics above", labels=("direction",)),
+      "the two metrics above", "the two metrics above", labels=("direction",),
+      samples=_probe(_pcie_directions("_ratio"))),
     M("gpuprobe_probe_launch_latency_seconds", "gauge",
       "Time from a kernel launch to its first block starting, from the last launch probe "
       "(cached). Microseconds on an idle GPU; a time-sliced GPU makes work wait longer.",
       "seconds", "probe", "probe child: PTX kernel reading %globaltimer, related to the host "
       "clock by minimum-round-trip calibration", "probe child: hipRTC kernel reading "
-      "wall_clock64(), rate calibrated against the host clock"),
+      "wall_clock64(), rate calibrated against the host clock",
+      samples=_probe(_probe_value(None, "launch_latency_seconds"))),
     M("gpuprobe_probe_sm_reach_ratio", "gauge",
       "Share of the SMs (compute units) that the launch probe's blocks reached within "
       "probes.launch.reach_bound of the first block (cached).", "ratio", "probe",
-      "%smid of each block of 2 x SM-count one-warp blocks", "__smid() of each block"),
+      "%smid of each block of 2 x SM-count one-warp blocks", "__smid() of each block",
+      samples=_probe(_probe_value(None, "sm_reach_ratio"))),
     M("gpuprobe_probe_duration_seconds", "gauge",
       "Wall time of the last probe run, child process start to exit.", "seconds", "probe",
-      "orchestrator", "orchestrator", labels=("probe",)),
+      "orchestrator", "orchestrator", labels=("probe",),
+      samples=_probe(_probe_field(lambda ps: (({}, ps.duration_seconds),)))),
     M("gpuprobe_probe_last_success_timestamp_seconds", "gauge",
       "Unix time of the last successful probe run.", "seconds", "probe", "orchestrator",
-      "orchestrator", labels=("probe",)),
+      "orchestrator", labels=("probe",),
+      samples=_probe(_probe_field(lambda ps: (({}, ps.last_success),)))),
     M("gpuprobe_probe_runs_total", "counter",
       "Probe runs by outcome: ok, skipped (see gpuprobe_probe_skips_total), failed, timeout "
       "(killed at probes.timeout), discarded (a process appeared during the run).", "",
-      "probe", "orchestrator", "orchestrator", labels=("probe", "outcome")),
+      "probe", "orchestrator", "orchestrator", labels=("probe", "outcome"),
+      samples=_probe(_probe_field(lambda ps: (({"outcome": o}, ps.runs.get(o, 0))
+                                              for o in PROBE_OUTCOMES)))),
     M("gpuprobe_probe_skips_total", "counter",
       "Probe runs skipped, by reason: device_down, mig, compute_mode, mps, thermal, busy, "
       "processes, no_runtime.", "", "probe", "orchestrator", "orchestrator",
-      labels=("probe", "reason")),
+      labels=("probe", "reason"),
+      samples=_probe(_probe_field(lambda ps: (({"reason": r}, n)
+                                              for r, n in sorted(ps.skips.items()))))),
     M("gpuprobe_probe_gpu_seconds_total", "counter",
       "Time probes held a context on the GPU, in seconds; the duty cycle is its rate.",
       "seconds", "probe", "probe child (context retained to released)",
-      "probe child (device set to synchronized)", labels=("probe",)),
+      "probe child (device set to synchronized)", labels=("probe",),
+      samples=_probe(_probe_field(lambda ps: (({}, ps.gpu_seconds_total),)))),
     # -- gpuprobe itself -------------------------------------------------------------------
     M("gpuprobe_collector_up", "gauge",
       "1 when the collector's last run succeeded and is not stalled.", "", "collector",
       "scheduler", labels=("collector",),
       amd=(
-      'scheduler')),
+      'scheduler'),
+      samples=_collector(lambda h: (({}, h.up),))),
     M("gpuprobe_collector_stalled", "gauge",
       "1 while a collector's call is past its deadline; it is not called again until the call "
       "returns.", "", "collector", "scheduler", labels=("collector",),
       amd=(
-      'scheduler')),
+      'scheduler'),
+      samples=_collector(lambda h: (({}, h.stalled),))),
     M("gpuprobe_collector_last_success_timestamp_seconds", "gauge",
       "Unix time of the collector's last successful run.", "seconds", "collector", "scheduler",
       labels=("collector",),
       amd=(
-      'scheduler')),
+      'scheduler'),
+      samples=_collector(lambda h: (({}, h.last_success),))),
     M("gpuprobe_collector_duration_seconds", "gauge",
       "How long the collector's last run took, in seconds.", "seconds", "collector",
       "scheduler", labels=("collector",),
       amd=(
-      'scheduler')),
+      'scheduler'),
+      samples=_collector(lambda h: (({}, h.last_duration),))),
     M("gpuprobe_collector_errors_total", "counter",
       "Vendor-call errors by class: unsupported (metric absent, not asked again), transient "
       "(retried next cycle), device_fatal, library_fatal; timeout (run past its deadline) and "
@@ -557,23 +804,28 @@ CATALOG: tuple[MetricSpec, ...] = (
       labels=("collector", "class"),
       amd=(
       "the backend's error choke point (amdsmi status codes and the binding's Python "
-      'errors)')),
+      'errors)'),
+      samples=_collector(lambda h: (({"class": c}, h.errors_total.get(c, 0))
+                                    for c in ERROR_CLASSES))),
     M("gpuprobe_backend_up", "gauge",
       "1 when the vendor library is loaded and initialised; 0 while it is missing or being "
       "re-initialised.", "", "backend", "nvmlInit", labels=("backend",),
       amd=(
-      'amdsmi_init after an isolated preflight (child process)')),
+      'amdsmi_init after an isolated preflight (child process)'),
+      samples=_backend(lambda b: (({}, b.up),))),
     M("gpuprobe_backend_info", "info", "Versions of a vendor library and driver; always 1.", "",
       "backend", "nvmlSystemGetNVMLVersion, nvmlSystemGetDriverVersion",
       labels=("backend", "library_version", "driver_version", "binding_version"),
       amd="amdsmi_get_lib_version (library), amdsmi.__version__ (binding_version), "
-      "get_gpu_driver_info"),
+      "get_gpu_driver_info",
+      samples=_backend(_backend_info)),
     M("gpuprobe_backend_version_mismatch", "gauge",
       "1 when the vendor library's Python binding was not made for the installed library "
       "(the AMD backend then refuses to run unless amd.allow_version_mismatch), 0 when they "
       "match; absent when it cannot be told.", "", "backend",
       "absent: pynvml binds symbols lazily and degrades per call", labels=("backend",),
-      amd="amdsmi.__version__ against amdsmi_get_rocm_version(), checked in the preflight"),
+      amd="amdsmi.__version__ against amdsmi_get_rocm_version(), checked in the preflight",
+      samples=_backend(lambda b: (({}, b.version_mismatch),))),
     M("gpuprobe_http_requests_total", "counter",
       "HTTP requests answered, by handler (metrics, healthz, readyz, landing, other) and "
       "status code.", "", "http", "HTTP server", "HTTP server", labels=("handler", "code")),
@@ -599,7 +851,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     M("gpuprobe_build_info", "info", "gpuprobe's version and Python's; always 1.", "", "build",
       "package metadata", labels=("version", "python_version"),
       amd=(
-      'package metadata')),
+      'package metadata'),
+      samples=lambda s: ((s.build, 1),)),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}

@@ -216,7 +216,7 @@ def render_snapshot(view: Any) -> str:
                      ",".join(active) or "-"])
     out = [_table(rows)]
     index = {d.identity.uuid: (d.identity.vendor, d.identity.index) for d in devices}
-    procs = [p for r in view.results.values() for p in r.processes]
+    procs = view.processes()
     if procs:
         prow = [["GPU", "VENDOR", "PID", "NAME", "MEMORY", "CONTAINER", "POD"]]
         for p in sorted(procs, key=lambda p: (index.get(p.device_uuid, ("?", "?")), p.pid)):
@@ -225,7 +225,7 @@ def render_snapshot(view: Any) -> str:
                          _human_bytes(p.used_memory_bytes), (p.container_id or "-")[:12],
                          p.pod_uid or "-"])
         out.append(_table(prow))
-    backends = {b.name: b for r in view.results.values() for b in r.backends}
+    backends = view.backends()
     for b in backends.values():
         out.append(f"{b.name}: " + (f"up (driver {b.driver_version})" if b.up
                                     else f"unavailable: {b.reason}"))
@@ -249,10 +249,9 @@ def snapshot_json(view: Any) -> dict[str, Any]:
 
     return {
         "devices": [plain(d) for d in view.devices()],
-        "processes": [plain(p) for r in view.results.values() for p in r.processes],
-        "xid_counts": {u: {str(k): v for k, v in c.items()}
-                       for r in view.results.values() for u, c in r.xid_counts.items()},
-        "backends": [plain(b) for r in view.results.values() for b in r.backends],
+        "processes": [plain(p) for p in view.processes()],
+        "xid_counts": {u: {str(k): v for k, v in c.items()} for u, c in view.xid_counts()},
+        "backends": [plain(b) for b in view.backends().values()],
         "collectors": {n: plain(h) for n, h in view.health.items()},
     }
 
@@ -324,8 +323,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
                 raise _Fail(f"--gpu {args.gpu:.40}: no such GPU (found: {known:.100})")
             devices = chosen
         if not devices:
-            reasons = [f"{b.name}: {b.reason}" for r in view.results.values()
-                       for b in r.backends if not b.up]
+            reasons = [f"{b.name}: {b.reason}" for b in view.backends().values() if not b.up]
             print("no GPUs found" + (f" ({'; '.join(reasons)})" if reasons else ""),
                   file=sys.stderr)
             return EXIT_RUNTIME

@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gpuprobe.daemon.model import CollectorResult, DeviceSample
+from gpuprobe.daemon.model import (
+    BackendStatus,
+    CollectorResult,
+    DeviceSample,
+    LeakSample,
+    ProbeSample,
+    ProcessSample,
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,28 @@ class View:
                     d = DeviceSample(identity=d.identity, up=False, down_reason="stalled")
                 out.append(d)
         return out
+
+    # What every collector's result holds, gathered in the order the collectors published.
+    def processes(self) -> list[ProcessSample]:
+        return [p for r in self.results.values() for p in r.processes]
+
+    def xid_counts(self) -> list[tuple[str, Mapping[int, int]]]:
+        """(device uuid, {xid code: count}) pairs."""
+        return [item for r in self.results.values() for item in r.xid_counts.items()]
+
+    def event_counts(self) -> list[tuple[str, Mapping[str, int]]]:
+        """(device uuid, {event: count}) pairs."""
+        return [item for r in self.results.values() for item in r.event_counts.items()]
+
+    def backends(self) -> dict[str, BackendStatus]:
+        """Each backend's latest status, by name."""
+        return {b.name: b for r in self.results.values() for b in r.backends}
+
+    def probes(self) -> list[ProbeSample]:
+        return [p for r in self.results.values() for p in r.probes]
+
+    def leaks(self) -> list[LeakSample]:
+        return [leak for r in self.results.values() for leak in r.leaks]
 
 
 class Store:

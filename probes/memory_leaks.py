@@ -86,8 +86,7 @@ class MemoryLeaks:
         view = self.ctx.store.view() if self.ctx.store is not None else None
         if view is None:
             return CollectorResult(ok=True)
-        self._parents = {d.identity.uuid: d.identity.parent_uuid
-                         for r in view.results.values() for d in r.devices
+        self._parents = {d.identity.uuid: d.identity.parent_uuid for d in view.devices()
                          if d.identity.parent_uuid}
         fresh_devices: set[str] = set()
         fresh_processes: set[Hashable] = set()

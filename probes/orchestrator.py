@@ -463,8 +463,7 @@ class Orchestrator:
 
     def _view(self) -> tuple[list[DeviceSample], list[ProcessSample]]:
         view = self.ctx.store.view()
-        processes = [p for r in view.results.values() for p in r.processes]
-        return view.devices(), processes
+        return view.devices(), view.processes()
 
     def tick(self, probe: str) -> CollectorResult:
         """Run at most one due probe of this kind; skip, with a reason, the due ones that
