@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuprobe.daemon.model import DeviceIdentity, DeviceSample, LeakSample, ProbeSample
+from gpuprobe.daemon.model import (
+    PROBE_OUTCOMES,
+    DeviceIdentity,
+    DeviceSample,
+    LeakSample,
+    ProbeSample,
+)
 from gpuprobe.daemon.state import View
 
 Series = Iterable[tuple[tuple[str, ...], float]]
 Labels = dict[str, str]
 Samples = Iterable[tuple[Labels, float]]
 DEVICE_LABELS = ("gpu", "uuid", "vendor")
-PROBE_OUTCOMES = ("ok", "skipped", "failed", "timeout", "discarded")
 ERROR_CLASSES = ("unsupported", "transient", "device_fatal", "library_fatal", "timeout",
                  "internal")
 

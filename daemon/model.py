@@ -180,6 +180,11 @@ class ProcessSample(NamedTuple):
     busy_ratio: float | None = None
 
 
+# How a probe run can end: ok, skipped (a gate said no), failed, timeout (killed at
+# probes.timeout), discarded (a process appeared during the run).
+PROBE_OUTCOMES = ("ok", "skipped", "failed", "timeout", "discarded")
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeSample:
     """What gpuprobe's active probes have measured on a device, and how their runs went.

@@ -50,7 +50,6 @@ from gpuprobe.daemon.systemd import child_environment
 log = logging.getLogger("gpuprobe.probes")
 
 RUNNER = "gpuprobe.probes.kernels.runner"
-OUTCOMES = ("ok", "skipped", "failed", "timeout", "discarded")
 SKIP_REASONS = ("device_down", "mig", "compute_mode", "mps", "thermal", "busy", "processes",
                 "no_runtime")
 UNSAFE_COMPUTE_MODES = ("exclusive_process", "exclusive_thread", "prohibited")
@@ -58,7 +57,7 @@ UNSAFE_COMPUTE_MODES = ("exclusive_process", "exclusive_thread", "prohibited")
 
 @dataclass(frozen=True)
 class Outcome:
-    outcome: str  # one of OUTCOMES
+    outcome: str  # one of model.PROBE_OUTCOMES
     detail: str | None = None  # skip reason, or what went wrong
     values: Mapping[str, Any] = field(default_factory=dict)
     gpu_seconds: float = 0.0
