@@ -40,12 +40,9 @@ class Daemon:
         )
         self.store = Store()
         self.context.store = self.store
-        known = registry.load_builtin()
-        collectors = []
-        for name, info in known.items():
-            cfg = config.collectors[name]
-            if cfg.enabled:
-                collectors.append((info.factory(self.context), cfg))
+        enabled = [n for n, c in config.collectors.items() if c.enabled]
+        collectors = [(info.factory(self.context), config.collectors[name])
+                      for name, info in registry.load_builtin(enabled).items()]
         self.scheduler = Scheduler(collectors, self.store)
         # auto_describe lets ?name[]= find the process_* metrics too (ours have describe()).
         self.registry = CollectorRegistry(auto_describe=True)

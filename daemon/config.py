@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpuprobe.daemon import registry, safeyaml
+from gpuprobe.daemon import safeyaml
+from gpuprobe.daemon.collectors import BUILTIN
 from gpuprobe.daemon.safeyaml import short
 
 DEFAULT_PORT = 14787
@@ -370,7 +371,7 @@ def _build(cls: type, data: Any, key: str) -> Any:
 
 
 def _build_collectors(data: Any) -> dict[str, CollectorConfig]:
-    known = registry.load_builtin()
+    known = BUILTIN  # names and defaults only: parsing a config imports no backend
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,16 +1,19 @@
 """Collectors registered by name, as node_exporter's collectors are.
 
 A collector is one file under ``probes/`` whose class has a ``name`` and a
-``collect(deadline) -> CollectorResult`` method, and registers itself here with its default
-schedule. The config enables, disables and re-times collectors by these names.
+``collect(deadline) -> CollectorResult`` method, and registers itself here under its name in
+daemon/collectors.py, which holds its module and default schedule. The config enables,
+disables and re-times collectors by these names.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+from gpuprobe.daemon.collectors import BUILTIN
 
 if TYPE_CHECKING:
     from gpuprobe.daemon.context import Context
@@ -39,36 +42,32 @@ class CollectorInfo:
 
 COLLECTORS: dict[str, CollectorInfo] = {}
 
-# Modules whose import registers the built-in collectors.
-BUILTIN_MODULES = (
-    "gpuprobe.probes.nvidia.telemetry",
-    "gpuprobe.probes.nvidia.processes",
-    "gpuprobe.probes.nvidia.events",
-    "gpuprobe.probes.amd.telemetry",
-    "gpuprobe.probes.amd.processes",
-    "gpuprobe.probes.amd.slow",
-    "gpuprobe.probes.amd.events",
-    "gpuprobe.probes.pcie_probe",
-    "gpuprobe.probes.launch_probe",
-    "gpuprobe.probes.memory_leaks",
-)
 
-
-def register(
-    name: str, *, interval: float, timeout: float, enabled: bool = True, description: str
-) -> Callable[[Callable[[Context], Collector]], Callable[[Context], Collector]]:
-    """Class decorator: make a collector known under ``name`` with its default schedule."""
+def register(name: str) -> Callable[[Callable[[Context], Collector]],
+                                    Callable[[Context], Collector]]:
+    """Class decorator: the collector ``name`` of daemon/collectors.py, whose table holds
+    its module and default schedule."""
+    builtin = BUILTIN.get(name)
+    if builtin is None:
+        raise ValueError(f"collector {name!r} is not in daemon/collectors.py's table")
 
     def wrap(factory: Callable[[Context], Collector]) -> Callable[[Context], Collector]:
         if name in COLLECTORS and COLLECTORS[name].factory is not factory:
             raise ValueError(f"collector {name!r} registered twice")
-        COLLECTORS[name] = CollectorInfo(name, factory, interval, timeout, enabled, description)
+        COLLECTORS[name] = CollectorInfo(name, factory, builtin.interval, builtin.timeout,
+                                         builtin.enabled, builtin.description)
         return factory
 
     return wrap
 
 
-def load_builtin() -> dict[str, CollectorInfo]:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    return COLLECTORS
+def load_builtin(names: Iterable[str] | None = None) -> dict[str, CollectorInfo]:
+    """The built-in collectors ``names`` (all by default), in the table's order, importing
+    only their modules: a disabled backend is never imported."""
+    wanted = [n for n in BUILTIN if names is None or n in set(names)]
+    for n in wanted:
+        importlib.import_module(BUILTIN[n].module)
+    missing = [n for n in wanted if n not in COLLECTORS]
+    if missing:
+        raise RuntimeError(f"collectors {missing} did not register")  # a bug in gpuprobe
+    return {n: COLLECTORS[n] for n in wanted}

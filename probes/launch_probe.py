@@ -15,8 +15,7 @@ from gpuprobe.daemon.registry import register
 from gpuprobe.probes.orchestrator import orchestrator
 
 
-@register("launch_probe", interval=15.0, timeout=45.0,
-          description="Kernel launch latency and SM reach, in a child process per run")
+@register("launch_probe")
 class LaunchProbe:
     name = "launch_probe"
 

@@ -35,9 +35,7 @@ def _exhaustion(a: Assessment, free: int | None) -> float | None:
     return max(0.0, free / a.slope)
 
 
-@register(NAME, interval=5.0, timeout=5.0,
-          description="Memory-leak detector over the device and process memory that the other "
-                      "collectors read (no vendor calls)")
+@register(NAME)
 class MemoryLeaks:
     name = NAME
 

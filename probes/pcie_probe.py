@@ -14,8 +14,7 @@ from gpuprobe.daemon.registry import register
 from gpuprobe.probes.orchestrator import orchestrator
 
 
-@register("pcie_probe", interval=15.0, timeout=45.0,
-          description="Measured PCIe bandwidth per direction, in a child process per run")
+@register("pcie_probe")
 class PcieProbe:
     name = "pcie_probe"
 

@@ -24,3 +24,29 @@ def test_the_installed_name_works_from_the_repository_root():
                         str(ROOT / "deploy" / "gpuprobe.yaml")], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_parsing_a_config_imports_no_backend_and_a_disabled_one_is_never_imported(tmp_path):
+    """Config parsing used to import every vendor backend (through the collector registry)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("collectors: {amd: false, amd_processes: false, amd_slow: false, "
+                      "amd_events: false, pcie_probe: false, launch_probe: false}\n")
+    code = (
+        "import sys\n"
+        "from gpuprobe.daemon import config\n"
+        f"cfg = config.load({str(config)!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gpuprobe.probes')))\n"
+        "from gpuprobe.daemon.app import Daemon\n"
+        "from gpuprobe.probes.sim import Simulation\n"
+        "d = Daemon(cfg, Simulation.from_file(None))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gpuprobe.probes.amd')))\n"
+        "print(sorted(c.name for c in d.scheduler.collectors))\n"
+        "d.stop()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    parsed, amd_after_start, running = p.stdout.strip().splitlines()
+    assert parsed == "[]"
+    assert "gpuprobe.probes.amd.telemetry" not in amd_after_start
+    assert running == str(sorted(["nvidia", "nvidia_processes", "nvidia_events",
+                                  "memory_leaks"]))

@@ -113,9 +113,7 @@ class AmdEventWatcher(EventWatcher):
             self.session.rediscover_soon()
 
 
-@register("amd_events", interval=5.0, timeout=2.0,
-          description="AMD GPU resets and thermal-throttle events from KFD, counted, on their "
-                      "own thread")
+@register("amd_events")
 class AmdEvents:
     name = "amd_events"
 

@@ -62,9 +62,7 @@ def current_pids(session: AmdSession, uuid: str, deadline: float) -> set[int] | 
     return {pid for r in results.values() for pid in r if pid != own}
 
 
-@register("amd_processes", interval=10.0, timeout=8.0,
-          description="Processes holding memory on AMD GPUs and partitions, with name, "
-                      "container, pod and engine busy ratio")
+@register("amd_processes")
 class AmdProcesses:
     name = "amd_processes"
 

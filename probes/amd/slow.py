@@ -37,9 +37,7 @@ def read_slow(session: AmdSession, dev: AmdDevice, q: Query) -> dict[str, Any]:
     return out
 
 
-@register("amd_slow", interval=60.0, timeout=30.0,
-          description="AMD calls that block by design (PCIe throughput: 1 s; violation "
-                      "status: 0.1 s per GPU), off the telemetry poll")
+@register("amd_slow")
 class AmdSlow:
     name = "amd_slow"
 

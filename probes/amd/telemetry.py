@@ -398,9 +398,7 @@ class Reader:
         return errors
 
 
-@register("amd", interval=5.0, timeout=4.0,
-          description="AMD device telemetry through amdsmi (memory, thermal, power, clocks, "
-                      "throttling, PCIe, activity, ECC/RAS); partitions as their own devices")
+@register("amd")
 class AmdTelemetry:
     name = "amd"
 

@@ -141,8 +141,7 @@ class XidWatcher(EventWatcher):
             log.warning("XID %d on GPU %s (%s)", code, dev.identity.index if dev else "?", uuid)
 
 
-@register("nvidia_events", interval=5.0, timeout=2.0,
-          description="XID errors counted by code, from an NVML event set on its own thread")
+@register("nvidia_events")
 class NvidiaEvents:
     name = "nvidia_events"
 

@@ -69,8 +69,7 @@ def resolver(ctx: Context) -> ProcessResolver:
     return ctx.shared("host.processes", lambda: ProcessResolver(ctx.proc_root))
 
 
-@register("nvidia_processes", interval=10.0, timeout=8.0,
-          description="Processes holding memory on NVIDIA GPUs, with name, container and pod")
+@register("nvidia_processes")
 class NvidiaProcesses:
     name = "nvidia_processes"
 

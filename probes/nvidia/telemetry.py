@@ -359,9 +359,7 @@ def refind(session: NvmlSession, dev: NvDevice, q: Query) -> bool:
     return True
 
 
-@register("nvidia", interval=5.0, timeout=4.0,
-          description="NVIDIA device telemetry through NVML (memory, thermal, power, clocks, "
-                      "throttling, PCIe, utilization, GPM activity, ECC)")
+@register("nvidia")
 class NvidiaTelemetry:
     name = "nvidia"
 
