@@ -197,10 +197,7 @@ def parse_listen(value: str, key: str = "listen") -> tuple[str, int]:
 def _finite(value: int | float, key: str, what: str) -> float:
     """``value`` as a finite float, or a ConfigError (NaN, infinity, an integer too large
     for a float)."""
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
+    number = safeyaml.as_float(value)
     if not math.isfinite(number):
         raise ConfigError(f"{key}: expected {what}, got {short(value)}")
     return number

@@ -54,6 +54,7 @@ log = logging.getLogger("gpuprobe.http")
 BACKLOG = 1024  # the kernel caps it at net.core.somaxconn (4096 on current kernels)
 FD_RESERVE = 256  # descriptors kept for the collectors, /proc reads and probe children
 MAX_HEAD = 16 * 1024  # request line and headers
+AUTH_QUEUE = 8  # password checks waiting for the bcrypt thread
 HANDLERS = ("metrics", "healthz", "readyz", "landing", "other")
 CODES = ("200", "400", "401", "404", "405", "408", "413", "429", "431", "500", "503")
 REFUSALS = (
@@ -249,7 +250,10 @@ class HttpServer:
         self._renders: dict[tuple[Any, ...], _Render] = {}
         self._pool = ThreadPoolExecutor(max_workers=limits.render_threads,
                                         thread_name_prefix="http-render")
+        # bcrypt is CPU-bound: one thread, so a flood of wrong passwords costs one core at
+        # most, and beyond AUTH_QUEUE checks waiting the next is refused (busy), not queued
         self._auth_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-auth")
+        self._auth_waiting = 0
         self._encoder = Encoder()
         self._throttled = _Throttled()
         self._tokens: tuple[float, float] | None = None  # rate limit: (tokens, when)
@@ -554,14 +558,18 @@ class HttpServer:
                 auth = dict(req.headers).get(b"authorization")
                 header = auth.decode("latin-1") if auth else None
                 quick = web.auth.quick(header)
-                if quick is None:  # a bcrypt run: on its own thread, never a render's
-                    ok, why = await asyncio.get_running_loop().run_in_executor(
-                        self._auth_pool, web.auth.check, header)
-                else:
+                if quick is not None:
                     ok, why = quick
-                if ok is None:
+                elif self._auth_waiting >= AUTH_QUEUE:
                     self._note("busy", conn.peer, "too many password checks waiting")
                     return 503, b"busy\n", [*_TEXT, ("Retry-After", "1")], handler
+                else:  # a bcrypt run: on its own thread, never a render's
+                    self._auth_waiting += 1
+                    try:
+                        ok, why = await asyncio.get_running_loop().run_in_executor(
+                            self._auth_pool, web.auth.check, header)
+                    finally:
+                        self._auth_waiting -= 1
                 if not ok:
                     if auth:  # a request without credentials is a browser's first try
                         self._note("unauthorized", conn.peer, why)

@@ -13,6 +13,7 @@ The limits are keyword arguments with the module defaults below.
 
 from __future__ import annotations
 
+import math
 import reprlib
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,15 @@ def short(value: Any, limit: int = 60) -> str:
     except (ValueError, RecursionError, MemoryError, OverflowError):
         text = f"<{type(value).__name__}>"
     return cut(text, limit)
+
+
+def as_float(value: int | float) -> float:
+    """A YAML number as a float; an integer too large for one is infinite (so that the
+    caller's finiteness check refuses it rather than an OverflowError escaping)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def display_path(path: str | Path) -> str:

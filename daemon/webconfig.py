@@ -88,24 +88,17 @@ _TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rat
 _TLS_KEYS = ("cert", "key", "client_ca", "cert_file", "key_file", "client_ca_file",
              "client_auth_type", "client_allowed_sans", "min_version", "max_version",
              "cipher_suites", "prefer_server_cipher_suites", "curve_preferences")
-_show = short
-
-
 class Authenticator:
     """Basic auth against bcrypt hashes. A successful check is cached (keyed by a SHA-256 of
     user, password and hash, as exporter-toolkit does) so a scrape every few seconds does
     not cost a bcrypt run each; an unknown user is checked against a dummy hash so that the
-    answer takes as long as for a known one."""
-
-    # bcrypt is CPU-bound and serialised here: a flood of wrong passwords costs one core at
-    # most, and requests beyond this many waiting are refused (busy) rather than queued.
-    MAX_WAITING = 8
+    answer takes as long as for a known one. :meth:`check` blocks for the bcrypt run: the
+    HTTP server runs it on one thread of its own and bounds how many wait for it."""
 
     def __init__(self, users: Mapping[str, str]) -> None:
         self.users = dict(users)
         self._ok: set[bytes] = set()
-        self._lock = threading.Lock()
-        self._waiting = 0
+        self._lock = threading.Lock()  # the cache is read on the event loop, filled here
         self._dummy: bytes | None = None
 
     def _key(self, user: str, password: str, hashed: str) -> bytes:
@@ -135,9 +128,9 @@ class Authenticator:
             return True, user
         return None
 
-    def check(self, header: str | None) -> tuple[bool | None, str]:
+    def check(self, header: str | None) -> tuple[bool, str]:
         """(True, user) when the ``Authorization`` header carries a known user's password,
-        (False, why) when it does not, (None, "busy") when too many checks are waiting."""
+        (False, why) when it does not."""
         verdict = self.quick(header)
         if verdict is not None:
             return verdict
@@ -146,33 +139,21 @@ class Authenticator:
         user, password = creds
         hashed = self.users.get(user)
         key = self._key(user, password, hashed or "")
-        with self._lock:
-            if self._waiting >= self.MAX_WAITING:
-                return None, "busy"
-            self._waiting += 1
-        try:
-            import bcrypt
+        import bcrypt
 
-            with _bcrypt_lock:
-                if hashed is None:
-                    if self._dummy is None:
-                        self._dummy = bcrypt.hashpw(b"gpuprobe", bcrypt.gensalt(10))
-                    bcrypt.checkpw(password.encode(), self._dummy)
-                    return False, f"unknown user {_show(user)}"
-                good = bcrypt.checkpw(password.encode(), hashed.encode())
-        finally:
-            with self._lock:
-                self._waiting -= 1
-        if not good:
-            return False, f"wrong password for user {_show(user)}"
+        if hashed is None:
+            if self._dummy is None:
+                self._dummy = bcrypt.hashpw(b"gpuprobe", bcrypt.gensalt(10))
+            bcrypt.checkpw(password.encode(), self._dummy)
+            return False, f"unknown user {short(user)}"
+        if not bcrypt.checkpw(password.encode(), hashed.encode()):
+            return False, f"wrong password for user {short(user)}"
         with self._lock:
             if len(self._ok) > 1024:
                 self._ok.clear()
             self._ok.add(key)
         return True, user
 
-
-_bcrypt_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -217,7 +198,7 @@ def _string(section: Mapping[str, Any], key: str, where: str, prefix: str) -> st
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise _fail(where, f"{prefix}{key}", f"expected a string, got {_show(value)}")
+        raise _fail(where, f"{prefix}{key}", f"expected a string, got {short(value)}")
     return value
 
 
@@ -226,7 +207,7 @@ def _strings(section: Mapping[str, Any], key: str, where: str, prefix: str) -> l
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(where, f"{prefix}{key}", f"expected a list of strings, got {_show(value)}")
+        raise _fail(where, f"{prefix}{key}", f"expected a list of strings, got {short(value)}")
     return value
 
 
@@ -234,10 +215,10 @@ def _mapping(value: Any, where: str, key: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _fail(where, key, f"expected a mapping, got {_show(value)}")
+        raise _fail(where, key, f"expected a mapping, got {short(value)}")
     for k in value:
         if not isinstance(k, str):
-            raise _fail(where, key, f"keys must be strings, got {_show(k)}")
+            raise _fail(where, key, f"keys must be strings, got {short(k)}")
     return value
 
 
@@ -247,7 +228,7 @@ def _unknown(section: Mapping[str, Any], known: tuple[str, ...], where: str,
         if k not in known:
             close = difflib.get_close_matches(k, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "docs/security.md lists the keys"
-            raise _fail(where, f"{prefix}{_show(k)[1:-1]}", f"unknown key ({hint})")
+            raise _fail(where, f"{prefix}{short(k)[1:-1]}", f"unknown key ({hint})")
 
 
 def _ssl_context(tls: Mapping[str, Any], base: Path, where: str
@@ -280,7 +261,7 @@ def _ssl_context(tls: Mapping[str, Any], base: Path, where: str
         name = _string(tls, k, where, p) or default
         if name not in TLS_VERSIONS:
             raise _fail(where, p + k, f"must be one of {', '.join(TLS_VERSIONS)}; "
-                                      f"got {_show(name)}")
+                                      f"got {short(name)}")
         versions[k] = TLS_VERSIONS[name]
     if versions["min_version"] > versions["max_version"]:
         raise _fail(where, p + "min_version", "must not be above max_version")
@@ -306,7 +287,7 @@ def _ssl_context(tls: Mapping[str, Any], base: Path, where: str
                     "RequireAndVerifyClientCert (or VerifyClientCertIfGiven)")
     if auth_type not in CLIENT_AUTH:
         raise _fail(where, p + "client_auth_type",
-                    f"must be one of {', '.join(CLIENT_AUTH)}; got {_show(auth_type)}")
+                    f"must be one of {', '.join(CLIENT_AUTH)}; got {short(auth_type)}")
     ctx.verify_mode = CLIENT_AUTH[auth_type]
     client_ca, client_ca_file = _string(tls, "client_ca", where, p), path_of("client_ca_file")
     if client_ca and client_ca_file:
@@ -333,12 +314,12 @@ def _ssl_context(tls: Mapping[str, Any], base: Path, where: str
         unknown = [s for s in suites if s not in CIPHER_SUITES]
         if unknown:
             raise _fail(where, p + "cipher_suites", f"unknown or insecure suite "
-                        f"{_show(unknown[0])} (docs/security.md lists the ECDHE suites taken)")
+                        f"{short(unknown[0])} (docs/security.md lists the ECDHE suites taken)")
         ctx.set_ciphers(":".join(CIPHER_SUITES[s] for s in suites))
     prefer = tls.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
         raise _fail(where, p + "prefer_server_cipher_suites",
-                    f"expected true or false, got {_show(prefer)}")
+                    f"expected true or false, got {short(prefer)}")
     if prefer:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     curves = _strings(tls, "curve_preferences", where, p)
@@ -346,7 +327,7 @@ def _ssl_context(tls: Mapping[str, Any], base: Path, where: str
         if len(curves) > 1 or curves[0] not in CURVES:
             raise _fail(where, p + "curve_preferences",
                         f"one curve of {', '.join(CURVES)} (Python's ssl module sets a single "
-                        f"ECDH curve); got {_show(curves)}")
+                        f"ECDH curve); got {short(curves)}")
         ctx.set_ecdh_curve(CURVES[curves[0]])
     return ctx, sans, files
 
@@ -385,17 +366,17 @@ def parse(data: Any, where: str, base: Path, path: str | None = None) -> WebConf
     users = _mapping(top.get("basic_auth_users"), where, "basic_auth_users")
     for user, hashed in users.items():
         if not isinstance(hashed, str) or not _BCRYPT.match(hashed):
-            raise _fail(where, f"basic_auth_users.{_show(user)[1:-1]}",
+            raise _fail(where, f"basic_auth_users.{short(user)[1:-1]}",
                         "expected a bcrypt hash such as $2y$10$... "
                         "(htpasswd -nBC 10 \"\" | tr -d ':\\n')")
         if ":" in user:
-            raise _fail(where, "basic_auth_users", f"user {_show(user)} contains ':'")
+            raise _fail(where, "basic_auth_users", f"user {short(user)} contains ':'")
 
     http = _mapping(top.get("http_server_config"), where, "http_server_config")
     _unknown(http, ("http2", "headers"), where, "http_server_config.")
     if not isinstance(http.get("http2", True), bool):
         raise _fail(where, "http_server_config.http2",
-                    f"expected true or false, got {_show(http.get('http2'))}")
+                    f"expected true or false, got {short(http.get('http2'))}")
     headers = []
     for name, value in _mapping(http.get("headers"), where,
                                 "http_server_config.headers").items():
@@ -406,7 +387,7 @@ def parse(data: Any, where: str, base: Path, path: str | None = None) -> WebConf
             continue
         if not isinstance(value, str) or not HEADERS[name](value) or \
                 any(c in value for c in "\r\n\0"):
-            raise _fail(where, key, f"invalid value {_show(value)}")
+            raise _fail(where, key, f"invalid value {short(value)}")
         headers.append((name, value))
 
     limit = None
@@ -422,7 +403,7 @@ def parse(data: Any, where: str, base: Path, path: str | None = None) -> WebConf
         burst = rate.get("burst", 0)
         if isinstance(burst, bool) or not isinstance(burst, int) or not 0 <= burst <= 10**6:
             raise _fail(where, "rate_limit.burst", f"expected an integer from 0 to 1000000, "
-                                                   f"got {_show(burst)}")
+                                                   f"got {short(burst)}")
         if not 0 <= interval <= 3600:
             raise _fail(where, "rate_limit.interval", "must be between 0 and 1h")
         if interval > 0:

@@ -85,24 +85,25 @@ def find_tool(name: str) -> str | None:
     return str(local) if local.exists() else None
 
 
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    path = find_tool("promtool")
+def prometheus_tool(name: str) -> str:
+    """A tool of Debian's prometheus package: skipped where it is missing, a failure where
+    CI requires it (GPUPROBE_REQUIRE_PROMETHEUS)."""
+    path = find_tool(name)
     if path is None:
         if os.environ.get("GPUPROBE_REQUIRE_PROMETHEUS"):
-            pytest.fail("promtool not found; scripts/test.sh installs Debian's prometheus")
-        pytest.skip("promtool not installed (scripts/test.sh installs it)")
+            pytest.fail(f"{name} not found; scripts/test.sh installs Debian's prometheus")
+        pytest.skip(f"{name} not installed (scripts/test.sh installs it)")
     return path
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return prometheus_tool("promtool")
 
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    path = find_tool("prometheus")
-    if path is None:
-        if os.environ.get("GPUPROBE_REQUIRE_PROMETHEUS"):
-            pytest.fail("prometheus not found; scripts/test.sh installs Debian's prometheus")
-        pytest.skip("prometheus not installed (scripts/test.sh installs it)")
-    return path
+    return prometheus_tool("prometheus")
 
 
 def write_yaml(path: Path, data: Any) -> Path:

@@ -288,3 +288,28 @@ def test_password_checks_that_hang_do_not_hold_up_a_scraper_already_checked(pki,
         gate.set()
         for t in attackers:
             t.join(30)
+
+
+def test_beyond_eight_waiting_password_checks_the_next_is_refused_busy(pki, tls_server,
+                                                                      monkeypatch):
+    import threading
+
+    gate = threading.Event()
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda pw, h: gate.wait(30) and real(pw, h))
+    statuses: list[int] = []
+
+    def attempt() -> None:
+        statuses.append(get(tls_server.port, pki.context(pki.client),
+                            auth("prometheus", "wrong"))[0])
+
+    attackers = [threading.Thread(target=attempt) for _ in range(9)]
+    try:
+        for t in attackers:
+            t.start()
+        wait_for(lambda: tls_server.stats.refused["busy"] >= 1, timeout=10)
+    finally:
+        gate.set()
+        for t in attackers:
+            t.join(30)
+    assert sorted(statuses) == [401] * 8 + [503]

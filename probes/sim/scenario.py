@@ -23,7 +23,7 @@ from gpuprobe.daemon import safeyaml
 from gpuprobe.daemon.config import ConfigError, parse_duration
 from gpuprobe.daemon.config import parse_rate as config_parse_rate
 from gpuprobe.daemon.config import parse_size as config_parse_size
-from gpuprobe.daemon.safeyaml import cut, display_path, short
+from gpuprobe.daemon.safeyaml import as_float, cut, display_path, short
 from gpuprobe.probes.sim.patterns import PATTERNS, MemoryPattern
 
 EVENT_KINDS = ("xid", "thermal_throttle", "power_cap", "fall_off_bus", "ecc", "row_remap")
@@ -205,10 +205,7 @@ class _Reader:
         v = self.data.get(name, default)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ScenarioError(f"{self.sub(name)}: expected a number, got {short(v)}")
-        try:
-            x = float(v)
-        except OverflowError:
-            x = math.inf
+        x = as_float(v)
         if not math.isfinite(x):
             raise ScenarioError(f"{self.sub(name)}: expected a finite number, got {short(v)}")
         return _bounded(x, self.sub(name), lo, hi, v)
@@ -254,10 +251,7 @@ class _Reader:
                 raise ScenarioError(what)
             hz = float(m.group(1)) * 1e6
         elif isinstance(v, int | float) and not isinstance(v, bool):
-            try:
-                hz = float(v)
-            except OverflowError:
-                hz = math.inf
+            hz = as_float(v)
             if not math.isfinite(hz):
                 raise ScenarioError(what)
         else:
