@@ -13,7 +13,7 @@ from gpuprobe.daemon import registry
 from gpuprobe.daemon.config import Config
 from gpuprobe.daemon.context import Context
 from gpuprobe.daemon.exporter import SnapshotCollector, version
-from gpuprobe.daemon.http import HttpServer, Limits, landing_page
+from gpuprobe.daemon.http import HttpServer, landing_page
 from gpuprobe.daemon.scheduler import TICK_SECONDS, Scheduler
 from gpuprobe.daemon.state import Store
 from gpuprobe.daemon.webconfig import WebConfigSource
@@ -58,11 +58,8 @@ class Daemon:
         gc.freeze()
         if serve:
             host, port = self.config.listen_address()
-            h = self.config.http
             self.http = HttpServer(host, port, self.registry, self.health, self.ready,
-                                   self.landing, self.web,
-                                   Limits(h.max_connections, h.read_header_timeout,
-                                          h.idle_timeout, h.write_timeout, h.render_threads))
+                                   self.landing, self.web, self.config.http)
             self.registry.register(self.http.stats)
             self.http.start()
         self.scheduler.start()

@@ -151,9 +151,7 @@ def supervise(daemon: Any, stop: threading.Event, notifier: Notifier,
     ping = notifier.watchdog_seconds / 2 if notifier.watchdog_seconds else None
     ready = False
     next_ping = 0.0
-    while True:
-        if stop.is_set():
-            break
+    while not stop.is_set():
         if reload is not None and reload.is_set():
             reload.clear()
             _reload(daemon, notifier)

@@ -46,6 +46,7 @@ from prometheus_client.exposition import gzip_accepted
 from prometheus_client.metrics_core import Metric
 
 from gpuprobe.daemon.catalog import BY_NAME, CATALOG
+from gpuprobe.daemon.config import HttpConfig
 from gpuprobe.daemon.exposition import Encoder, render
 from gpuprobe.daemon.webconfig import WebConfig, WebConfigSource, peer_allowed
 
@@ -73,15 +74,6 @@ REFUSALS = (
     "accept_error",  # accept() failed, e.g. out of file descriptors
 )
 _TLS_RECORD = 0x16  # the first byte of a TLS ClientHello
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_connections: int = 1024
-    read_header_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    write_timeout: float = 30.0
-    render_threads: int = 2
 
 
 def raise_fd_limit(ceiling: int = 65536) -> int:
@@ -225,11 +217,11 @@ class HttpServer:
                  health: Callable[[], tuple[bool, dict[str, Any]]],
                  ready: Callable[[], tuple[bool, dict[str, Any]]],
                  landing: Callable[[], str], web: WebConfigSource | None = None,
-                 limits: Limits = Limits()) -> None:
+                 limits: HttpConfig | None = None) -> None:
         """Binds the port now (raises OSError); serves from :meth:`start`."""
         self.registry, self.health, self.ready, self.landing = registry, health, ready, landing
         self.web = web or WebConfigSource(None)
-        self.limits = limits
+        self.limits = limits = limits or HttpConfig()
         self.stats = HttpStats(self.web)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # "[::]" takes IPv4 too, as the kernel's default (and the previous server) did

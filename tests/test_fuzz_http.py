@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuprobe.daemon.http import Limits
+from gpuprobe.daemon.config import HttpConfig
 
 from .test_http import serve
 
@@ -49,7 +49,7 @@ def requests(draw: st.DrawFn) -> bytes:
 
 @pytest.fixture(scope="module")
 def server():
-    s, _ = serve(Limits(read_header_timeout=0.5, idle_timeout=0.5, write_timeout=2.0))
+    s, _ = serve(HttpConfig(read_header_timeout=0.5, idle_timeout=0.5, write_timeout=2.0))
     yield s
     s.stop()
 

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from gpuprobe.daemon.http import HttpServer, Limits, raise_fd_limit
+from gpuprobe.daemon.config import HttpConfig
+from gpuprobe.daemon.http import HttpServer, raise_fd_limit
 
 
 class Counting:
@@ -35,14 +36,14 @@ class Counting:
         yield from ()
 
 
-def serve(limits: Limits | None = None, **kw) -> tuple[HttpServer, Counting]:
+def serve(limits: HttpConfig | None = None, **kw) -> tuple[HttpServer, Counting]:
     registry = CollectorRegistry(auto_describe=True)
     Gauge("gpuprobe_test_value", "A test value.", registry=registry).set(1)
     counting = Counting()
     registry.register(counting)
     server = HttpServer("127.0.0.1", 0, registry, lambda: (True, {"ok": 1}),
                         lambda: (True, {"ready": True}), lambda: "<html>hi</html>",
-                        limits=limits or Limits(), **kw)
+                        limits=limits or HttpConfig(), **kw)
     registry.register(server.stats)
     server.start()
     return server, counting
@@ -50,7 +51,7 @@ def serve(limits: Limits | None = None, **kw) -> tuple[HttpServer, Counting]:
 
 @pytest.fixture
 def server() -> Iterator[tuple[HttpServer, Counting]]:
-    s = serve(Limits(read_header_timeout=1.0, idle_timeout=2.0, write_timeout=2.0))
+    s = serve(HttpConfig(read_header_timeout=1.0, idle_timeout=2.0, write_timeout=2.0))
     yield s
     s[0].stop()
 
@@ -207,7 +208,7 @@ def test_concurrent_scrapes_share_one_render(server):
 
 
 def test_at_the_cap_a_new_connection_evicts_the_oldest_that_sent_no_request():
-    s, _ = serve(Limits(max_connections=8, read_header_timeout=30))
+    s, _ = serve(HttpConfig(max_connections=8, read_header_timeout=30))
     try:
         idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(8)]
         for c in idle:
@@ -226,7 +227,7 @@ def test_at_the_cap_a_new_connection_evicts_the_oldest_that_sent_no_request():
 
 
 def test_at_the_cap_with_every_connection_busy_the_next_is_refused_at_once():
-    s, counting = serve(Limits(max_connections=8, read_header_timeout=30))
+    s, counting = serve(HttpConfig(max_connections=8, read_header_timeout=30))
     counting.delay = 2.0
     try:
         busy = []
@@ -273,7 +274,7 @@ def test_stop_closes_open_connections():
 
 
 def test_a_render_queued_for_clients_that_all_left_is_not_done():
-    s, counting = serve(Limits(render_threads=1))
+    s, counting = serve(HttpConfig(render_threads=1))
     counting.delay = 1.0
     before = counting.renders  # registering it collected once
     try:

@@ -19,7 +19,7 @@ import pytest
 import trustme
 import yaml
 
-from gpuprobe.daemon.http import Limits
+from gpuprobe.daemon.config import HttpConfig
 from gpuprobe.daemon.webconfig import WebConfigError, WebConfigSource, load
 
 from .conftest import RunningDaemon, gpuprobe_cmd, wait_for, write_yaml
@@ -84,7 +84,8 @@ def get(port: int, ctx: ssl.SSLContext, headers: dict[str, str] | None = None,
 
 @pytest.fixture
 def tls_server(pki: Pki):
-    server, _ = serve(Limits(read_header_timeout=2.0), web=WebConfigSource(str(pki.web_config())))
+    server, _ = serve(HttpConfig(read_header_timeout=2.0),
+                      web=WebConfigSource(str(pki.web_config())))
     yield server
     server.stop()
 
