@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuprobe.daemon.config import Config, from_mapping
-from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.core.config import Config, from_mapping
+from gpuprobe.daemon.core.context import Context
 from gpuprobe.probes.amd import library
 from gpuprobe.probes.amd.preflight import Preflight, reap
 from gpuprobe.probes.amd.session import AmdSession

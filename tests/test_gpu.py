@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuprobe.daemon import config
-from gpuprobe.daemon.app import Daemon
+from gpuprobe.daemon.core import config
+from gpuprobe.daemon.service.app import Daemon
 
 pytestmark = pytest.mark.gpu
 
@@ -58,7 +58,7 @@ def test_real_gpu_reports():
 def test_real_pcie_probe():
     import pynvml
 
-    from gpuprobe.probes.orchestrator import probe_values, run_child
+    from gpuprobe.probes.active.orchestrator import probe_values, run_child
 
     pynvml.nvmlInit()
     uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
@@ -77,7 +77,7 @@ def test_real_pcie_probe():
 def test_real_launch_probe():
     import pynvml
 
-    from gpuprobe.probes.orchestrator import run_child
+    from gpuprobe.probes.active.orchestrator import run_child
 
     pynvml.nvmlInit()
     uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))

@@ -9,9 +9,10 @@ from importlib import resources
 import pytest
 import yaml
 
-from gpuprobe.daemon.config import LeaksConfig, from_mapping
-from gpuprobe.daemon.leaks import LeakDetector, robust_slope
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.analysis.leaks import LeakDetector, robust_slope
+from gpuprobe.daemon.analysis.memory_leaks import MemoryLeaks
+from gpuprobe.daemon.core.config import LeaksConfig, from_mapping
+from gpuprobe.daemon.core.model import (
     CollectorResult,
     DeviceIdentity,
     DeviceSample,
@@ -19,8 +20,7 @@ from gpuprobe.daemon.model import (
     Memory,
     ProcessSample,
 )
-from gpuprobe.daemon.state import CollectorHealth, Store
-from gpuprobe.probes.memory_leaks import MemoryLeaks
+from gpuprobe.daemon.core.state import CollectorHealth, Store
 from gpuprobe.probes.sim import ManualClock
 
 from .conftest import make_daemon

@@ -15,9 +15,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import CollectorResult
+from gpuprobe.daemon.core.registry import register
 from gpuprobe.probes.amd.session import AmdSession, amd_session
 from gpuprobe.probes.backend import LIBRARY_FATAL, EventWatcher
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult, ProcessSample
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
+from gpuprobe.daemon.core.registry import register
 from gpuprobe.probes.amd.library import clean, number
 from gpuprobe.probes.amd.session import AmdDevice, AmdSession, amd_session
 from gpuprobe.probes.backend import DeviceLost, LibraryDown, Query, run_on_devices

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuprobe.daemon.config import AmdConfig
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
-from gpuprobe.daemon.workers import Job, Worker
+from gpuprobe.daemon.core.config import AmdConfig
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import BackendStatus, DeviceIdentity
+from gpuprobe.daemon.core.workers import Job, Worker
 from gpuprobe.probes.amd.library import (
     STATUS_NO_PERM,
     Unavailable,

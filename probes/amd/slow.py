@@ -15,10 +15,10 @@ import time
 from collections import Counter
 from typing import Any
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult
-from gpuprobe.daemon.registry import register
-from gpuprobe.daemon.workers import Job, Worker
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import CollectorResult
+from gpuprobe.daemon.core.registry import register
+from gpuprobe.daemon.core.workers import Job, Worker
 from gpuprobe.probes.amd.session import AmdDevice, AmdSession, amd_session
 from gpuprobe.probes.backend import STUCK_SECONDS, DeviceLost, LibraryDown, Query
 

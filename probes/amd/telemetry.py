@@ -27,8 +27,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import (
     Clocks,
     CollectorResult,
     DeviceSample,
@@ -39,7 +39,7 @@ from gpuprobe.daemon.model import (
     Thermal,
     Throttle,
 )
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.registry import register
 from gpuprobe.probes.amd.library import (
     clean,
     energy_joules,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult, ProcessSample
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
+from gpuprobe.daemon.core.registry import register
 from gpuprobe.probes.host import ProcessResolver
 from gpuprobe.probes.nvidia.session import (
     DeviceLost,

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpuprobe.daemon.config import NvidiaConfig
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
-from gpuprobe.daemon.workers import Job, Worker
+from gpuprobe.daemon.core.config import NvidiaConfig
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import BackendStatus, DeviceIdentity
+from gpuprobe.daemon.core.workers import Job, Worker
 from gpuprobe.probes.backend import (
     DEVICE_FATAL,
     LIBRARY_FATAL,

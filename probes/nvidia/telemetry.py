@@ -13,8 +13,8 @@ import time
 from collections import Counter
 from typing import Any, cast
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import (
     Activity,
     Clocks,
     CollectorResult,
@@ -26,7 +26,7 @@ from gpuprobe.daemon.model import (
     Thermal,
     Throttle,
 )
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.registry import register
 from gpuprobe.probes.backend import down_sample, found_again
 from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
 from gpuprobe.probes.nvidia.session import (

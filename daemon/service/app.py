@@ -9,14 +9,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from gpuprobe.daemon import registry
-from gpuprobe.daemon.config import Config
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.exporter import SnapshotCollector, version
-from gpuprobe.daemon.http import HttpServer, landing_page
-from gpuprobe.daemon.scheduler import TICK_SECONDS, Scheduler
-from gpuprobe.daemon.state import Store
-from gpuprobe.daemon.webconfig import WebConfigSource
+from gpuprobe.daemon.core import registry
+from gpuprobe.daemon.core.config import Config
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.state import Store
+from gpuprobe.daemon.export.exporter import SnapshotCollector, version
+from gpuprobe.daemon.service.http import HttpServer, landing_page
+from gpuprobe.daemon.service.scheduler import TICK_SECONDS, Scheduler
+from gpuprobe.daemon.service.webconfig import WebConfigSource
 
 log = logging.getLogger("gpuprobe")
 

@@ -2,7 +2,7 @@
 
 A collector is one file under ``probes/`` whose class has a ``name`` and a
 ``collect(deadline) -> CollectorResult`` method, and registers itself here under its name in
-daemon/collectors.py, which holds its module and default schedule. The config enables,
+daemon/core/collectors.py, which holds its module and default schedule. The config enables,
 disables and re-times collectors by these names.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from gpuprobe.daemon.collectors import BUILTIN
+from gpuprobe.daemon.core.collectors import BUILTIN
 
 if TYPE_CHECKING:
-    from gpuprobe.daemon.context import Context
-    from gpuprobe.daemon.model import CollectorResult
+    from gpuprobe.daemon.core.context import Context
+    from gpuprobe.daemon.core.model import CollectorResult
 
 
 class Collector(Protocol):
@@ -45,11 +45,11 @@ COLLECTORS: dict[str, CollectorInfo] = {}
 
 def register(name: str) -> Callable[[Callable[[Context], Collector]],
                                     Callable[[Context], Collector]]:
-    """Class decorator: the collector ``name`` of daemon/collectors.py, whose table holds
+    """Class decorator: the collector ``name`` of daemon/core/collectors.py, whose table holds
     its module and default schedule."""
     builtin = BUILTIN.get(name)
     if builtin is None:
-        raise ValueError(f"collector {name!r} is not in daemon/collectors.py's table")
+        raise ValueError(f"collector {name!r} is not in daemon/core/collectors.py's table")
 
     def wrap(factory: Callable[[Context], Collector]) -> Callable[[Context], Collector]:
         if name in COLLECTORS and COLLECTORS[name].factory is not factory:

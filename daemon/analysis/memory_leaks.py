@@ -1,11 +1,11 @@
 """The ``memory_leaks`` collector: sustained memory growth per device and per process.
 
-It reads no vendor library. It feeds the leak detector (``daemon/leaks.py``) with the memory
-readings the other collectors published (each reading once, at the time it was taken), and
-publishes what the detector concludes. Devices are keyed by UUID, processes by (device UUID,
-pid, process start time), so a reused pid starts a new series. A process series is dropped
-when the process has been missing from three successive listings of its collector; a
-device's when the device is gone from every collector.
+It reads no vendor library. It feeds the leak detector (``daemon/analysis/leaks.py``) with
+the memory readings the other collectors published (each reading once, at the time it was
+taken), and publishes what the detector concludes. Devices are keyed by UUID, processes by
+(device UUID, pid, process start time), so a reused pid starts a new series. A process
+series is dropped when the process has been missing from three successive listings of its
+collector; a device's when the device is gone from every collector.
 
 A device's memory also rises when a new job starts on it, so a device series makes a
 fresh start whenever a process it has not seen before appears on it (or on a partition or MIG
@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import cast
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.leaks import Assessment, LeakDetector
-from gpuprobe.daemon.model import CollectorResult, DeviceSample, LeakSample, ProcessSample
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.analysis.leaks import Assessment, LeakDetector
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import CollectorResult, DeviceSample, LeakSample, ProcessSample
+from gpuprobe.daemon.core.registry import register
 
 NAME = "memory_leaks"
 MISSES_BEFORE_FORGET = 3

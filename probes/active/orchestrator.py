@@ -1,6 +1,6 @@
 """Active probes, daemon side: when they run, where, and in what.
 
-A probe runs in a short-lived child process (``probes/kernels/runner.py``) that sees one GPU
+A probe runs in a short-lived child process (``probes/active/kernels/runner.py``) that sees one GPU
 (``CUDA_VISIBLE_DEVICES``/``HIP_VISIBLE_DEVICES`` set to its UUID) and a private, empty MPS
 pipe directory, so the daemon never holds a GPU context and never appears as a GPU process
 between probes. The child is killed, with its process group, at the hard timeout; a crash
@@ -36,20 +36,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuprobe.daemon.config import ProbesConfig
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.childenv import child_environment
+from gpuprobe.daemon.core.config import ProbesConfig
+from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.model import (
     CollectorResult,
     DeviceSample,
     ProbeSample,
     ProcessSample,
     pcie_link_bytes_per_second,
 )
-from gpuprobe.daemon.systemd import child_environment
 
 log = logging.getLogger("gpuprobe.probes")
 
-RUNNER = "gpuprobe.probes.kernels.runner"
+RUNNER = "gpuprobe.probes.active.kernels.runner"
 SKIP_REASONS = ("device_down", "mig", "compute_mode", "mps", "thermal", "busy", "processes",
                 "no_runtime")
 UNSAFE_COMPUTE_MODES = ("exclusive_process", "exclusive_thread", "prohibited")

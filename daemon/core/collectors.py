@@ -41,11 +41,11 @@ BUILTIN: dict[str, Builtin] = {b.name: b for b in (
     Builtin("amd_events", "gpuprobe.probes.amd.events", 5.0, 2.0,
             "AMD GPU resets and thermal-throttle events from KFD, counted, on their own "
             "thread"),
-    Builtin("pcie_probe", "gpuprobe.probes.pcie_probe", 15.0, 45.0,
+    Builtin("pcie_probe", "gpuprobe.probes.active.pcie_probe", 15.0, 45.0,
             "Measured PCIe bandwidth per direction, in a child process per run"),
-    Builtin("launch_probe", "gpuprobe.probes.launch_probe", 15.0, 45.0,
+    Builtin("launch_probe", "gpuprobe.probes.active.launch_probe", 15.0, 45.0,
             "Kernel launch latency and SM reach, in a child process per run"),
-    Builtin("memory_leaks", "gpuprobe.probes.memory_leaks", 5.0, 5.0,
+    Builtin("memory_leaks", "gpuprobe.daemon.analysis.memory_leaks", 5.0, 5.0,
             "Memory-leak detector over the device and process memory that the other "
             "collectors read (no vendor calls)"),
 )}

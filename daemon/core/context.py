@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from gpuprobe.daemon.config import Config
+from gpuprobe.daemon.core.config import Config
 
 T = TypeVar("T")
 
