@@ -138,7 +138,7 @@ def measure_real(cycles: int) -> dict:
         for _ in range(3):
             ours.scheduler.run_once()
             time.sleep(0.11)
-        session = ours.context._shared["nvml"]
+        session = ours.sources.nvml_session()
         devs = [d for d in session.known() if d.parent is None]
         handles = [d.handle for d in devs]
         field_ids = devs[0].state["field_ids"][1]  # the fields this GPU supports

@@ -136,10 +136,7 @@ def dev(used: int, up: bool = True) -> DeviceSample:
 class Harness:
     def __init__(self, cfg: dict | None = None) -> None:
         self.store = Store()
-        ctx = type("Ctx", (), {})()
-        ctx.store = self.store
-        ctx.config = from_mapping({"leaks": cfg or {}})
-        self.collector = MemoryLeaks(ctx)
+        self.collector = MemoryLeaks(from_mapping({"leaks": cfg or {}}).leaks, self.store.view)
 
     def publish(self, t: float, used: int, procs: list[ProcessSample], up: bool = True) -> None:
         h = CollectorHealth("x", 10.0, up=True)

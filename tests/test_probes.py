@@ -58,7 +58,10 @@ def setup(scenario: dict | None = None, config: dict | None = None,
     d = make_daemon(scenario or {"seed": 7, "devices": [IDLE, IDLE]}, config=config)
     d.scheduler.run_once()
     clock = Clock()
-    orch = Orchestrator(d.context, runtime or FakeRuntime(), clock, random.Random(1))
+    s = d.sources
+    orch = Orchestrator(s.config.probes, s.snapshot, s.probe_children, s.listers,
+                        sim_environment=s.simulation.probe_environment,
+                        runtime=runtime or FakeRuntime(), clock=clock, rng=random.Random(1))
     return d, orch, clock
 
 
@@ -386,13 +389,13 @@ def _gone(pid: int) -> bool:
 def test_stopping_the_daemon_mid_probe_ends_the_child_and_removes_its_directory(
         monkeypatch):
     """Issue 11, defect 9: a probe child running when the daemon stopped was orphaned, and
-    its private directory left behind. Stopping the daemon (Daemon.stop closes the context,
-    and with it the orchestrator) ends the child and removes the directory."""
+    its private directory left behind. Stopping the daemon (Daemon.stop closes the sources,
+    and with them the orchestrator) ends the child and removes the directory."""
     from gpuprobe.probes.active import orchestrator as o
 
     d = make_daemon({"seed": 12, "devices": [IDLE]},
                     config={"probes": {"timeout": "10m"}})
-    orch = o.orchestrator(d.context)
+    orch = d.sources.orchestrator()
     real_request = o.Orchestrator._request
 
     def hanging(self, dev, probe):  # the simulated child sleeps for an hour

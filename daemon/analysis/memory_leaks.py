@@ -14,13 +14,13 @@ instance of it): the device's memory is judged from the job's start on.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import cast
 
 from gpuprobe.daemon.analysis.leaks import Assessment, LeakDetector
-from gpuprobe.daemon.core.context import Context
+from gpuprobe.daemon.core.config import LeaksConfig
 from gpuprobe.daemon.core.model import CollectorResult, DeviceSample, LeakSample, ProcessSample
-from gpuprobe.daemon.core.registry import register
+from gpuprobe.daemon.core.state import View
 
 NAME = "memory_leaks"
 MISSES_BEFORE_FORGET = 3
@@ -35,13 +35,12 @@ def _exhaustion(a: Assessment, free: int | None) -> float | None:
     return max(0.0, free / a.slope)
 
 
-@register(NAME)
 class MemoryLeaks:
     name = NAME
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        cfg = ctx.config.leaks
+    def __init__(self, cfg: LeaksConfig, snapshot: Callable[[], View]) -> None:
+        """``snapshot``: the latest published view of every collector's results."""
+        self.snapshot = snapshot
         # Devices and processes are sampled on different schedules: one detector each, so
         # each learns its own sampling interval.
         self.devices = LeakDetector(cfg)
@@ -81,9 +80,7 @@ class MemoryLeaks:
         return fed
 
     def collect(self, deadline: float) -> CollectorResult:
-        view = self.ctx.store.view() if self.ctx.store is not None else None
-        if view is None:
-            return CollectorResult(ok=True)
+        view = self.snapshot()
         self._parents = {d.identity.uuid: d.identity.parent_uuid for d in view.devices()
                          if d.identity.parent_uuid}
         fresh_devices: set[str] = set()

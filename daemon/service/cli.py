@@ -307,7 +307,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
     setup_logging("warning" if cfg.log_level == "info" else cfg.log_level)
     sim = _simulation(cfg)
     from gpuprobe.daemon.service.app import Daemon
-    from gpuprobe.probes.active.orchestrator import orchestrator
 
     daemon = Daemon(cfg, sim)
     try:
@@ -325,7 +324,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             print("no GPUs found" + (f" ({'; '.join(reasons)})" if reasons else ""),
                   file=sys.stderr)
             return EXIT_RUNTIME
-        orch = orchestrator(daemon.context)
+        orch = daemon.sources.orchestrator()
         rows = []
         for d in devices:
             print(f"GPU {d.identity.index} ({d.identity.model}): {args.probe} probe",

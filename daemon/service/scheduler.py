@@ -15,9 +15,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from gpuprobe.daemon.core.collectors import Collector
 from gpuprobe.daemon.core.config import CollectorConfig
 from gpuprobe.daemon.core.model import CollectorResult
-from gpuprobe.daemon.core.registry import Collector
 from gpuprobe.daemon.core.state import CollectorHealth, Store
 from gpuprobe.daemon.core.workers import Job, Worker
 

@@ -9,18 +9,15 @@ runs at most one due probe; ``probes.launch.every`` sets how often a GPU is meas
 
 from __future__ import annotations
 
-from gpuprobe.daemon.core.context import Context
 from gpuprobe.daemon.core.model import CollectorResult
-from gpuprobe.daemon.core.registry import register
-from gpuprobe.probes.active.orchestrator import orchestrator
+from gpuprobe.probes.active.orchestrator import Orchestrator
 
 
-@register("launch_probe")
 class LaunchProbe:
     name = "launch_probe"
 
-    def __init__(self, ctx: Context) -> None:
-        self.orchestrator = orchestrator(ctx)
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
 
     def collect(self, deadline: float) -> CollectorResult:
         return self.orchestrator.tick("launch")

@@ -8,18 +8,15 @@ measured. See ``probes/active/orchestrator.py`` for the safety rules.
 
 from __future__ import annotations
 
-from gpuprobe.daemon.core.context import Context
 from gpuprobe.daemon.core.model import CollectorResult
-from gpuprobe.daemon.core.registry import register
-from gpuprobe.probes.active.orchestrator import orchestrator
+from gpuprobe.probes.active.orchestrator import Orchestrator
 
 
-@register("pcie_probe")
 class PcieProbe:
     name = "pcie_probe"
 
-    def __init__(self, ctx: Context) -> None:
-        self.orchestrator = orchestrator(ctx)
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
 
     def collect(self, deadline: float) -> CollectorResult:
         return self.orchestrator.tick("pcie")
