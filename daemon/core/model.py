@@ -253,6 +253,9 @@ class CollectorResult:
     # device uuid -> {event ("reset", "thermal_throttle"): count since the daemon started}
     event_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     backends: tuple[BackendStatus, ...] = ()
+    # Readings of devices that another collector reports (the slow AMD calls): the view
+    # fills what that collector's sample of the device lacks with them.
+    supplements: tuple[DeviceSample, ...] = ()
     probes: tuple[ProbeSample, ...] = ()
     leaks: tuple[LeakSample, ...] = ()
     errors: Mapping[str, int] = field(default_factory=dict)

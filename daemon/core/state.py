@@ -6,10 +6,12 @@ consistent :class:`View`. Nothing here calls a vendor library.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from gpuprobe.daemon.core.model import (
     BackendStatus,
@@ -38,9 +40,12 @@ class View:
     results: Mapping[str, CollectorResult] = field(default_factory=dict)
     health: Mapping[str, CollectorHealth] = field(default_factory=dict)
 
-    def devices(self) -> list[DeviceSample]:
-        """Every device of every collector, with devices of a stalled collector marked down."""
+    def devices(self, supplemented: bool = True) -> list[DeviceSample]:
+        """Every device of every collector, with devices of a stalled collector marked down,
+        and (unless not ``supplemented``) what a device's sample lacks filled from other
+        collectors' supplements of it (those of a stalled collector left out)."""
         out = []
+        extra: dict[str, list[DeviceSample]] = {}
         for name, result in self.results.items():
             health = self.health.get(name, None)
             stalled = health is not None and health.stalled
@@ -48,6 +53,14 @@ class View:
                 if stalled and d.up:
                     d = DeviceSample(identity=d.identity, up=False, down_reason="stalled")
                 out.append(d)
+            if supplemented and not stalled:
+                for s in result.supplements:
+                    extra.setdefault(s.identity.uuid, []).append(s)
+        if extra:
+            for i, d in enumerate(out):
+                for s in extra.get(d.identity.uuid, ()) if d.up else ():
+                    d = fill(d, s)
+                out[i] = d
         return out
 
     # What every collector's result holds, gathered in the order the collectors published.
@@ -71,6 +84,28 @@ class View:
 
     def leaks(self) -> list[LeakSample]:
         return [leak for r in self.results.values() for leak in r.leaks]
+
+
+R = TypeVar("R")
+_KEPT = frozenset({"identity", "up", "down_reason"})
+
+
+def fill(record: R, supplement: R) -> R:
+    """``record`` with each of its absent readings (None, or an empty mapping or set) taken
+    from ``supplement``, record by record (a device's pcie, throttle, ...); who the device is
+    and whether it is up stay the record's."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(record):  # type: ignore[arg-type]
+        if f.name in _KEPT:
+            continue
+        mine, theirs = getattr(record, f.name), getattr(supplement, f.name)
+        if dataclasses.is_dataclass(mine):
+            merged = fill(mine, theirs)
+            if merged is not mine:
+                changes[f.name] = merged
+        elif (mine is None or (isinstance(mine, Mapping | frozenset) and not mine)) and theirs:
+            changes[f.name] = theirs
+    return dataclasses.replace(record, **changes) if changes else record  # type: ignore
 
 
 class Store:

@@ -147,10 +147,7 @@ def _nvidia_events(s: Sources) -> Collector:
 def _amd(s: Sources) -> Collector:
     from gpuprobe.probes.amd.telemetry import AmdTelemetry
 
-    slow = s.config.collectors.get("amd_slow")
-    return AmdTelemetry(s.amd_session(), s.now, ras_interval=s.config.amd.ras_interval,
-                        slow_interval=slow.interval if slow is not None and slow.enabled
-                        else None)
+    return AmdTelemetry(s.amd_session(), s.now, ras_interval=s.config.amd.ras_interval)
 
 
 def _amd_processes(s: Sources) -> Collector:
@@ -162,7 +159,7 @@ def _amd_processes(s: Sources) -> Collector:
 def _amd_slow(s: Sources) -> Collector:
     from gpuprobe.probes.amd.slow import AmdSlow
 
-    return AmdSlow(s.amd_session())
+    return AmdSlow(s.amd_session(), s.snapshot, s.config.collectors["amd_slow"].interval)
 
 
 def _amd_events(s: Sources) -> Collector:

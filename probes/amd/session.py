@@ -95,8 +95,6 @@ class AmdSession(Lifetime):
         self.driver_version: str | None = None
         self.generation = 0
         self.devices: dict[str, AmdDevice] = {}
-        # The slow collector's latest figures per physical device uuid, read by telemetry.
-        self.slow: dict[str, dict[str, Any]] = {}
         self._preflight: Preflight | None = None
         self._backoff = self.config.retry_initial
         self._logged_reason: str | None = None

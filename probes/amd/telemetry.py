@@ -16,7 +16,8 @@ amdsmi's units are turned into base units here and in :mod:`.library`, nowhere e
 * ECC, per-block RAS counts and bad pages, at most every ``amd.ras_interval``.
 
 The slow calls (violation status, PCIe throughput) are made by the ``amd_slow`` collector on
-their own threads; their latest figures are merged here from memory.
+their own threads; it publishes their figures as supplements that the snapshot merges into
+these samples (daemon/core/state.py).
 """
 
 from __future__ import annotations
@@ -80,12 +81,8 @@ BITMASK_REASONS = frozenset(r for _, r in THROTTLE_BITS)
 RESIDENCIES = (("ppt_residency_acc", "power_cap"), ("socket_thm_residency_acc", "sw_thermal"),
                ("hbm_thm_residency_acc", "memory_thermal"),
                ("prochot_residency_acc", "hw_slowdown"))
-# amdsmi_get_violation_status active_* flags (the slow path) -> reason
-VIOLATIONS = (("active_ppt_pwr", "power_cap"), ("active_socket_thrm", "sw_thermal"),
-              ("active_hbm_thrm", "memory_thermal"), ("active_prochot_thrm", "hw_slowdown"))
 ECC_BLOCKS = ("UMC", "SDMA", "GFX", "MMHUB", "ATHUB", "PCIE_BIF", "HDP", "XGMI_WAFL", "DF",
               "SMN", "SEM", "MP0", "MP1", "FUSE", "MCA", "VCN", "JPEG", "IH", "MPIO")
-SLOW_MAX_AGE = 3.0  # slow figures older than this many slow intervals are dropped
 
 
 def runtime_suspended(bdf: str, sysfs: str = "/sys") -> bool:
@@ -136,13 +133,11 @@ def xcc_busy(metrics: Mapping[str, Any] | None, partition: int) -> dict[str, flo
 class Reader:
     """Reads one physical GPU (and its partitions) for one poll."""
 
-    def __init__(self, session: AmdSession, q: Query, ras_interval: float,
-                 slow_interval: float | None) -> None:
+    def __init__(self, session: AmdSession, q: Query, ras_interval: float) -> None:
         self.session = session
         self.lib = session.lib
         self.q = q
         self.ras_interval = ras_interval
-        self.slow_interval = slow_interval
 
     def gpu(self, dev: AmdDevice) -> list[DeviceSample]:
         if runtime_suspended(dev.bdf):  # asleep: read nothing that would wake it
@@ -264,18 +259,11 @@ class Reader:
             errors=self._errors(dev),
         )
 
-    def _slow(self, dev: AmdDevice) -> dict[str, Any]:
-        got = self.session.slow.get(dev.uuid)
-        if not got or self.slow_interval is None:
-            return {}
-        if time.monotonic() - got.get("at", 0.0) > SLOW_MAX_AGE * self.slow_interval:
-            return {}
-        return got
-
     def _throttle(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> Throttle:
         """Active reasons from the raw bitmask where the binding's struct is known to fit
-        the library, else from which residency accumulators grew since the last poll, else
-        from the slow path's violation flags; throttle time from the accumulators."""
+        the library, else from which residency accumulators grew since the last poll;
+        throttle time from the accumulators. With neither, none: the ``amd_slow``
+        collector's violation flags fill the gap in the snapshot (probes/amd/slow.py)."""
         seconds = self._residency(dev, metrics)
         mask = None
         if self.session.version_mismatch is False:
@@ -286,11 +274,7 @@ class Reader:
             supported = frozenset(seconds)
             active = frozenset(dev.state.get("residency_active", ()))
         else:
-            violation = self._slow(dev).get("violation") or {}
-            flags = {reason: clean(violation.get(key)) for key, reason in VIOLATIONS}
-            flags = {r: f for r, f in flags.items() if isinstance(f, bool)}
-            supported = frozenset(flags)
-            active = frozenset(r for r, f in flags.items() if f)
+            supported = active = frozenset()
         return Throttle(supported=supported, active=active, seconds_total=seconds)
 
     def _residency(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> dict[str, float]:
@@ -339,9 +323,6 @@ class Reader:
             v = clean(metric.get(key), 64)
             return int(v) if isinstance(v, int) else None
 
-        throughput = self._slow(dev).get("throughput") or {}
-        sampled = {d: float(v) for d, key in (("tx", "sent"), ("rx", "received"))
-                   if (v := number(throughput.get(key), 64)) is not None}
         return Pcie(
             generation=gen, width=width or None,
             max_generation=generation_from_mts(static.get("max_pcie_speed")),
@@ -349,8 +330,7 @@ class Reader:
             replays_total=count("pcie_replay_count"),
             recoveries_total=count("pcie_l0_to_recovery_count"),
             naks_received_total=count("pcie_nak_received_count"),
-            naks_sent_total=count("pcie_nak_sent_count"),
-            sampled_bytes_per_second=sampled)
+            naks_sent_total=count("pcie_nak_sent_count"))
 
     def _errors(self, dev: AmdDevice) -> Errors:
         cached = dev.state.get("errors")
@@ -399,14 +379,12 @@ class Reader:
 class AmdTelemetry:
     name = "amd"
 
-    def __init__(self, session: AmdSession, clock: Callable[[], float], ras_interval: float,
-                 slow_interval: float | None) -> None:
-        """``slow_interval``: the ``amd_slow`` collector's, None where it is disabled."""
+    def __init__(self, session: AmdSession, clock: Callable[[], float],
+                 ras_interval: float) -> None:
         self.session = session
         self.session.driven = True
         self.now = clock
         self.ras_interval = ras_interval
-        self.slow_interval = slow_interval
         self._stuck: set[str] = set()
 
     def _read(self, dev: AmdDevice, reader: Reader) -> list[DeviceSample] | None:
@@ -432,7 +410,7 @@ class AmdTelemetry:
                 ok=session.absent or session.initialising,
                 devices=tuple(down_sample(d, "backend down") for d in session.known()),
                 backends=(session.status(),), errors=errors)
-        reader = Reader(session, session.query(errors), self.ras_interval, self.slow_interval)
+        reader = Reader(session, session.query(errors), self.ras_interval)
         gpus = session.physical()
         results, stuck = run_on_devices(gpus, lambda d: self._read(d, reader), deadline)
         samples: list[DeviceSample] = []
