@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
-from gpuprobe.probes.active.orchestrator import probe_values, run_child
+from gpuprobe.probes.active.child import run_child
+from gpuprobe.probes.active.specs import probe_values
 
 MIB = 2**20
 TORCH_REFERENCE = r"""

@@ -58,7 +58,8 @@ def test_real_gpu_reports():
 def test_real_pcie_probe():
     import pynvml
 
-    from gpuprobe.probes.active.orchestrator import probe_values, run_child
+    from gpuprobe.probes.active.child import run_child
+    from gpuprobe.probes.active.specs import probe_values
 
     pynvml.nvmlInit()
     uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
@@ -77,7 +78,7 @@ def test_real_pcie_probe():
 def test_real_launch_probe():
     import pynvml
 
-    from gpuprobe.probes.active.orchestrator import run_child
+    from gpuprobe.probes.active.child import run_child
 
     pynvml.nvmlInit()
     uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))

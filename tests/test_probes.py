@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from gpuprobe.probes.active.child import Outcome, run_child
 from gpuprobe.probes.active.kernels import cuda, hip
 from gpuprobe.probes.active.kernels.common import analyse_launch
-from gpuprobe.probes.active.orchestrator import Orchestrator, Outcome, probe_values, run_child
+from gpuprobe.probes.active.orchestrator import Orchestrator
+from gpuprobe.probes.active.specs import probe_values
 
 from .conftest import ROOT, make_daemon, wait_for
 
@@ -87,7 +89,7 @@ def test_one_probe_per_tick_then_the_duty_cycle_spaces_runs():
         assert len(runtime.requests) == 2  # neither is due again yet
         # 0.5 s of GPU time at the 0.1% duty cycle: nothing for at least 500 s, whatever
         # the configured period.
-        state = orch._states[(req["uuid"], "pcie")]
+        state = orch.schedule.states[(req["uuid"], "pcie")]
         assert state.next_due >= clock.t + 0.5 / 0.001 * 0.999
         sample = next(s for s in result.probes if s.device_uuid == req["uuid"])
         assert sample.runs["ok"] == 1 and sample.gpu_seconds_total == 0.5
@@ -153,7 +155,7 @@ def test_skips_back_off_exponentially_up_to_the_cap():
         waits = []
         for _ in range(6):
             orch.tick("pcie")
-            (state,) = orch._states.values()
+            (state,) = orch.schedule.states.values()
             waits.append(state.next_due - clock.t)
             clock.t = state.next_due
         assert waits[:3] == [1800.0, 3600.0, 7200.0]  # 15 min doubled, from the first skip
@@ -248,7 +250,7 @@ def test_child_environment_isolates_the_gpu(tmp_path):
     script = ("import os, json; print('RESULT ' + json.dumps({'ok': True, 'gpu_seconds': 0, "
               "'env': {k: os.environ.get(k) for k in ('CUDA_VISIBLE_DEVICES', "
               "'CUDA_MPS_PIPE_DIRECTORY', 'CUDA_MODULE_LOADING')}}))")
-    import gpuprobe.probes.active.orchestrator as o
+    import gpuprobe.probes.active.child as o
 
     saved = o.RUNNER
     (tmp_path / "envdump.py").write_text(script)
@@ -432,7 +434,7 @@ def test_stopping_the_daemon_mid_probe_ends_the_child_and_removes_its_directory(
 def test_every_way_out_of_a_run_removes_its_directory(monkeypatch, tmp_path):
     """A child that cannot start (out of file descriptors for its pipes) is a failed run, not
     an exception, and leaves no directory; so do the other ways out."""
-    from gpuprobe.probes.active import orchestrator as o
+    from gpuprobe.probes.active import child as o
 
     monkeypatch.setattr(o.tempfile, "tempdir", str(tmp_path))
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from gpuprobe.daemon.core import safeyaml
 from gpuprobe.daemon.core.collectors import BUILTIN
+from gpuprobe.daemon.core.probekinds import PROBE_KINDS
 from gpuprobe.daemon.core.safeyaml import short
 
 DEFAULT_PORT = 14787
@@ -409,7 +410,7 @@ def from_mapping(data: Any) -> Config:
         raise ConfigError("nvidia.retry_max: must not be shorter than nvidia.retry_initial")
     if config.amd.retry_max < config.amd.retry_initial:
         raise ConfigError("amd.retry_max: must not be shorter than amd.retry_initial")
-    for name in ("pcie_probe", "launch_probe"):
+    for name in (kind.collector for kind in PROBE_KINDS):
         cc = config.collectors.get(name)
         if cc is not None and cc.enabled and cc.deadline() <= config.probes.timeout:
             raise ConfigError(f"collectors.{name}.timeout: must be longer than probes.timeout "

@@ -24,6 +24,7 @@ from gpuprobe.daemon.core.model import (
     LeakSample,
     ProbeSample,
 )
+from gpuprobe.daemon.core.probekinds import PROBE_KINDS, ProbeKind, ProbeMetric
 from gpuprobe.daemon.core.state import View
 
 Series = Iterable[tuple[tuple[str, ...], float]]
@@ -233,22 +234,20 @@ def _probe(get: Callable[[Labels, ProbeSample], Samples]) -> Callable[[Scrape], 
     return samples
 
 
-def _pcie_directions(suffix: str) -> Callable[[Labels, ProbeSample], Samples]:
+def _probe_values(kind: ProbeKind, metric: ProbeMetric
+                  ) -> Callable[[Labels, ProbeSample], Samples]:
     def get(base: Labels, ps: ProbeSample) -> Samples:
-        if ps.probe != "pcie":
-            return
-        for direction in ("host_to_device", "device_to_host"):
-            if direction in ps.values and direction + suffix in ps.values:
-                yield {**base, "direction": direction}, ps.values[direction + suffix]
+        if ps.probe == kind.name:
+            for extra, value in metric.series(ps.values):
+                yield {**base, **extra}, value
     return get
 
 
-def _probe_value(probe: str | None, key: str) -> Callable[[Labels, ProbeSample], Samples]:
-    """``values[key]`` of the probe ``probe`` (None: any other than pcie)."""
-    def get(base: Labels, ps: ProbeSample) -> Samples:
-        if (ps.probe == probe if probe else ps.probe != "pcie") and key in ps.values:
-            yield base, ps.values[key]
-    return get
+def _probe_metric(kind: ProbeKind, metric: ProbeMetric) -> MetricSpec:
+    """The catalogue entry of one metric of a probe kind's values."""
+    return MetricSpec(metric.name, "gauge", metric.help, metric.unit, "probe", metric.nvidia,
+                      metric.amd, labels=metric.labels,
+                      samples=_probe(_probe_values(kind, metric)))
 
 
 def _probe_field(get: Callable[[ProbeSample], Iterable[tuple[Labels, float | None]]]
@@ -721,37 +720,8 @@ CATALOG: tuple[MetricSpec, ...] = (
       labels=("pid", "process_name", "container_id", "pod_uid"),
       samples=_leak("process", lambda x: x.exhaustion_seconds)),
     # -- active probes ---------------------------------------------------------------------
-    M("gpuprobe_probe_pcie_bandwidth_bytes_per_second", "gauge",
-      "Bandwidth the last successful PCIe probe measured, per direction (a cached "
-      "measurement, refreshed every probes.pcie.every; not a poll).", "bytes", "probe",
-      "probe child: pinned host memory, cuMemcpyHtoDAsync_v2 / cuMemcpyDtoHAsync_v2 timed "
-      "with events, median of repetitions",
-      "probe child: hipHostMalloc, hipMemcpyHtoDAsync / hipMemcpyDtoHAsync timed with events",
-      labels=("direction",),
-      samples=_probe(_pcie_directions(""))),
-    M("gpuprobe_probe_pcie_link_bytes_per_second", "gauge",
-      "Theoretical per-direction rate of the link as trained during the last PCIe probe "
-      "(generation and width, after line encoding; Gen5 x16 is 63 GB/s). Cached.", "bytes",
-      "probe", "nvmlDeviceGetCurrPcieLinkGeneration/Width read by the probe child while "
-      "its copies run", "the device's last reported link (amdsmi)",
-      samples=_probe(_probe_value("pcie", "link_bytes_per_second"))),
-    M("gpuprobe_probe_pcie_bandwidth_ratio", "gauge",
-      "Measured bandwidth over the trained link's theoretical rate, per direction; about "
-      "0.85-0.9 is normal (packet overhead). Cached.", "ratio", "probe",
-      "the two metrics above", "the two metrics above", labels=("direction",),
-      samples=_probe(_pcie_directions("_ratio"))),
-    M("gpuprobe_probe_launch_latency_seconds", "gauge",
-      "Time from a kernel launch to its first block starting, from the last launch probe "
-      "(cached). Microseconds on an idle GPU; a time-sliced GPU makes work wait longer.",
-      "seconds", "probe", "probe child: PTX kernel reading %globaltimer, related to the host "
-      "clock by minimum-round-trip calibration", "probe child: hipRTC kernel reading "
-      "wall_clock64(), rate calibrated against the host clock",
-      samples=_probe(_probe_value(None, "launch_latency_seconds"))),
-    M("gpuprobe_probe_sm_reach_ratio", "gauge",
-      "Share of the SMs (compute units) that the launch probe's blocks reached within "
-      "probes.launch.reach_bound of the first block (cached).", "ratio", "probe",
-      "%smid of each block of 2 x SM-count one-warp blocks", "__smid() of each block",
-      samples=_probe(_probe_value(None, "sm_reach_ratio"))),
+    # the metrics of each probe kind's values, from its table (daemon/core/probekinds.py)
+    *(_probe_metric(kind, m) for kind in PROBE_KINDS for m in kind.metrics),
     M("gpuprobe_probe_duration_seconds", "gauge",
       "Wall time of the last probe run, child process start to exit.", "seconds", "probe",
       "orchestrator", "orchestrator", labels=("probe",),

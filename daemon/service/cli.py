@@ -15,11 +15,15 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuprobe.daemon.core import config as config_mod
+from gpuprobe.daemon.core.probekinds import PROBE_KINDS
 from gpuprobe.daemon.export.exporter import version
 from gpuprobe.daemon.service.systemd import Notifier
+
+if TYPE_CHECKING:
+    from gpuprobe.probes.active.spec import ProbeSpec
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -276,26 +280,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe_row(probe: str, d: Any, out: Any) -> list[str]:
-    v = out.values
+def _probe_row(spec: ProbeSpec[Any], d: Any, out: Any) -> list[str]:
     head = [d.identity.index, (d.identity.model or "?")[:30]]
     if out.outcome != "ok":
         return [*head, f"{out.outcome}: {out.detail}"]
-    if probe == "pcie":
-        link = v.get("link") or {}
-        from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
-
-        rate = pcie_link_bytes_per_second(link.get("generation"), link.get("width"))
-        h2d, d2h = v["host_to_device_bytes_per_second"], v["device_to_host_bytes_per_second"]
-        ratio = (lambda x: f"{x / rate:.0%}") if rate else (lambda x: "-")
-        return [*head, "ok", f"{h2d / 1e9:.1f}", f"{d2h / 1e9:.1f}",
-                f"Gen{link.get('generation')} x{link.get('width')}" if link else "-",
-                f"{rate / 1e9:.1f}" if rate else "-", ratio(h2d), ratio(d2h),
-                f"{out.gpu_seconds:.2f}s"]
-    return [*head, "ok", f"{v['launch_latency_seconds'] * 1e6:.1f}",
-            f"{v.get('launch_latency_uncertainty_seconds', 0) * 1e6:.1f}",
-            f"{v['sm_reach_ratio']:.0%}" if v.get("sm_reach_ratio") is not None else "-",
-            f"{v.get('block_start_spread_seconds', 0) * 1e6:.1f}", f"{out.gpu_seconds:.2f}s"]
+    return [*head, "ok", *spec.row(out.values, out.gpu_seconds)]
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -334,15 +323,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
             rows.append((d, out))
     finally:
         daemon.stop()
-    if args.probe == "pcie":
-        header = ["GPU", "MODEL", "OUTCOME", "H2D GB/s", "D2H GB/s", "LINK", "LINK GB/s",
-                  "H2D/LINK", "D2H/LINK", "GPU TIME"]
-    else:
-        header = ["GPU", "MODEL", "OUTCOME", "LATENCY us", "+/- us", "SM REACH",
-                  "SPREAD us", "GPU TIME"]
+    from gpuprobe.probes.active.specs import SPECS
+
+    spec = SPECS[args.probe]
+    header = ["GPU", "MODEL", "OUTCOME", *spec.header]
     table = [header]
     for d, out in rows:
-        row = _probe_row(args.probe, d, out)
+        row = _probe_row(spec, d, out)
         table.append(row + [""] * (len(header) - len(row)))
     sys.stdout.write(_table(table) + "\n")
     return 0 if all(out.outcome == "ok" for _, out in rows) else EXIT_RUNTIME
@@ -375,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     snap.set_defaults(func=cmd_snapshot)
 
     probe = sub.add_parser("probe", help="run an active probe now and print what it measured")
-    probe.add_argument("probe", choices=("pcie", "launch"),
-                       help="pcie: host-device bandwidth; launch: kernel launch latency")
+    probe.add_argument("probe", choices=tuple(k.name for k in PROBE_KINDS),
+                       help="; ".join(f"{k.name}: {k.summary}" for k in PROBE_KINDS))
     common(probe)
     probe.add_argument("--gpu", metavar="N", help="only this GPU (its index, as in snapshot)")
     probe.add_argument("--force", action="store_true",

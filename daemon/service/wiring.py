@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuprobe.daemon.core.collectors import BUILTIN, Collector, ProcessLister
 from gpuprobe.daemon.core.config import Config
+from gpuprobe.daemon.core.probekinds import PROBE_KINDS
 from gpuprobe.daemon.core.state import View
 
 if TYPE_CHECKING:
@@ -168,16 +169,14 @@ def _amd_events(s: Sources) -> Collector:
     return AmdEvents(s.amd_session())
 
 
-def _pcie_probe(s: Sources) -> Collector:
-    from gpuprobe.probes.active.pcie_probe import PcieProbe
+def _probe(name: str) -> Callable[[Sources], Collector]:
+    """The builder of the collector of probe kind ``name`` (one class for every kind)."""
+    def build(s: Sources) -> Collector:
+        from gpuprobe.probes.active.collector import ProbeCollector
+        from gpuprobe.probes.active.specs import SPECS
 
-    return PcieProbe(s.orchestrator())
-
-
-def _launch_probe(s: Sources) -> Collector:
-    from gpuprobe.probes.active.launch_probe import LaunchProbe
-
-    return LaunchProbe(s.orchestrator())
+        return ProbeCollector(SPECS[name], s.orchestrator())
+    return build
 
 
 def _memory_leaks(s: Sources) -> Collector:
@@ -194,8 +193,7 @@ BUILDERS: dict[str, Callable[[Sources], Collector]] = {
     "amd_processes": _amd_processes,
     "amd_slow": _amd_slow,
     "amd_events": _amd_events,
-    "pcie_probe": _pcie_probe,
-    "launch_probe": _launch_probe,
+    **{kind.collector: _probe(kind.name) for kind in PROBE_KINDS},
     "memory_leaks": _memory_leaks,
 }
 if BUILDERS.keys() != BUILTIN.keys():  # a collector added to one table and not the other

@@ -12,13 +12,12 @@ daemon never holds a CUDA context.
 from __future__ import annotations
 
 import ctypes as C
-import statistics
 import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from gpuprobe.probes.active.kernels.common import analyse_launch
+from gpuprobe.probes.active.kernels.common import analyse_launch, measure_pcie
 
 CUresult = C.c_int
 CUdevice = C.c_int
@@ -201,20 +200,13 @@ def pcie(d: CudaProbeDevice, size: int, copies: int, repetitions: int,
             cu("cuEventElapsedTime_v2", C.byref(ms), start, stop)
             return size * copies / (ms.value / 1000.0)
 
-        progress("warm-up")
-        h2d()
-        d2h()
-        cu("cuStreamSynchronize", stream)
-        links = [link()]
-        rates: dict[str, list[float]] = {"host_to_device": [], "device_to_host": []}
-        for rep in range(repetitions):
-            for direction, copy in (("host_to_device", h2d), ("device_to_host", d2h)):
-                rates[direction].append(timed(copy))
-            progress(f"repetition {rep + 1}/{repetitions}: host to device "
-                     f"{rates['host_to_device'][-1] / 1e9:.1f} GB/s, device to host "
-                     f"{rates['device_to_host'][-1] / 1e9:.1f} GB/s")
-            if rep == 0:
-                links.append(link())
+        def warm_up() -> None:
+            h2d()
+            d2h()
+            cu("cuStreamSynchronize", stream)
+
+        return measure_pcie(warm_up, lambda: timed(h2d), lambda: timed(d2h), repetitions,
+                            progress, link)
     finally:
         for name, handle in (("cuEventDestroy_v2", start), ("cuEventDestroy_v2", stop),
                              ("cuStreamDestroy_v2", stream)):
@@ -223,14 +215,6 @@ def pcie(d: CudaProbeDevice, size: int, copies: int, repetitions: int,
         if dptr.value:
             cu("cuMemFree_v2", dptr)
         cu("cuMemFreeHost", host)
-    seen = [x for x in links if x and x.get("generation") and x.get("width")]
-    best = max(seen, key=lambda x: (x["generation"], x["width"]), default=None)
-    return {
-        "host_to_device_bytes_per_second": statistics.median(rates["host_to_device"]),
-        "device_to_host_bytes_per_second": statistics.median(rates["device_to_host"]),
-        "samples": rates,
-        "link": best,
-    }
 
 
 def load_ptx(d: CudaProbeDevice) -> CUmodule:

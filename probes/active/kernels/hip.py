@@ -12,12 +12,11 @@ No AMD GPU was available to this project: this module is checked for its signatu
 from __future__ import annotations
 
 import ctypes as C
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from gpuprobe.probes.active.kernels.common import analyse_launch
+from gpuprobe.probes.active.kernels.common import analyse_launch, measure_pcie
 
 P = C.POINTER
 hipError_t = C.c_int
@@ -168,33 +167,20 @@ def pcie(d: HipProbeDevice, size: int, copies: int, repetitions: int,
             h("hipEventElapsedTime", C.byref(ms), start, stop)
             return size * copies / (ms.value / 1000.0)
 
-        progress("warm-up")
-        h("hipMemcpyHtoDAsync", dev, host, size, stream)
-        h("hipMemcpyDtoHAsync", host, dev, size, stream)
-        h("hipStreamSynchronize", stream)
-        links = [link()]
-        rates: dict[str, list[float]] = {"host_to_device": [], "device_to_host": []}
-        for rep in range(repetitions):
-            rates["host_to_device"].append(timed("hipMemcpyHtoDAsync", dev, host))
-            rates["device_to_host"].append(timed("hipMemcpyDtoHAsync", host, dev))
-            progress(f"repetition {rep + 1}/{repetitions}: host to device "
-                     f"{rates['host_to_device'][-1] / 1e9:.1f} GB/s, device to host "
-                     f"{rates['device_to_host'][-1] / 1e9:.1f} GB/s")
-            if rep == 0:
-                links.append(link())
+        def warm_up() -> None:
+            h("hipMemcpyHtoDAsync", dev, host, size, stream)
+            h("hipMemcpyDtoHAsync", host, dev, size, stream)
+            h("hipStreamSynchronize", stream)
+
+        return measure_pcie(warm_up, lambda: timed("hipMemcpyHtoDAsync", dev, host),
+                            lambda: timed("hipMemcpyDtoHAsync", host, dev), repetitions,
+                            progress, link)
     finally:
         for name, handle in (("hipEventDestroy", start), ("hipEventDestroy", stop),
                              ("hipStreamDestroy", stream), ("hipFree", dev)):
             if handle.value:
                 h(name, handle)
         h("hipHostFree", host)
-    seen = [x for x in links if x and x.get("generation") and x.get("width")]
-    return {
-        "host_to_device_bytes_per_second": statistics.median(rates["host_to_device"]),
-        "device_to_host_bytes_per_second": statistics.median(rates["device_to_host"]),
-        "samples": rates,
-        "link": max(seen, key=lambda x: (x["generation"], x["width"]), default=None),
-    }
 
 
 def compile_kernels(d: HipProbeDevice, arch: str | None) -> bytes:

@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 
 def _progress(message: str) -> None:
@@ -38,6 +39,35 @@ def _nvml_link(uuid: str) -> tuple[Callable[[], dict | None], Callable[[], None]
     return read, pynvml.nvmlShutdown
 
 
+Kernel = Callable[[ModuleType, Any, dict, Callable[[str], None], Callable[[], dict | None]],
+                  dict]
+
+
+def _pcie(rt: ModuleType, dev: Any, req: dict, progress: Callable[[str], None],
+          link: Callable[[], dict | None]) -> dict:
+    return rt.pcie(dev, req["size"], req["copies"], req["repetitions"], progress, link)
+
+
+def _cuda_launch(rt: ModuleType, dev: Any, req: dict, progress: Callable[[str], None],
+                 link: Callable[[], dict | None]) -> dict:
+    return rt.launch(dev, req["spin_ns"], req["reach_bound_ns"], req["calibrations"],
+                     progress)
+
+
+def _hip_launch(rt: ModuleType, dev: Any, req: dict, progress: Callable[[str], None],
+                link: Callable[[], dict | None]) -> dict:
+    return rt.launch(dev, req["spin_ns"], req["reach_bound_ns"], req["calibrations"],
+                     req.get("compute_units"), req.get("arch"), progress)
+
+
+# (backend, probe kind) -> its kernel's call with the request's fields: a new probe kind
+# adds its kernels here.
+KERNELS: dict[tuple[str, str], Kernel] = {
+    ("cuda", "pcie"): _pcie, ("hip", "pcie"): _pcie,
+    ("cuda", "launch"): _cuda_launch, ("hip", "launch"): _hip_launch,
+}
+
+
 def measure(req: dict, progress: Callable[[str], None] = _progress) -> dict:
     backend, probe = req["backend"], req["probe"]
     rt: ModuleType  # the cuda or the hip module: their functions differ in signature
@@ -60,14 +90,7 @@ def measure(req: dict, progress: Callable[[str], None] = _progress) -> dict:
     try:
         if backend == "cuda" and dev.uuid() != req["uuid"]:
             raise RuntimeError(f"visible GPU is {dev.uuid()}, expected {req['uuid']}")
-        if probe == "pcie":
-            out = rt.pcie(dev, req["size"], req["copies"], req["repetitions"], progress, link)
-        elif backend == "cuda":
-            out = rt.launch(dev, req["spin_ns"], req["reach_bound_ns"], req["calibrations"],
-                            progress)
-        else:
-            out = rt.launch(dev, req["spin_ns"], req["reach_bound_ns"], req["calibrations"],
-                            req.get("compute_units"), req.get("arch"), progress)
+        out = KERNELS[backend, probe](rt, dev, req, progress, link)
     finally:
         dev.close()
         close_link()

@@ -32,22 +32,35 @@ def run(req: dict, progress: Callable[[str], None]) -> dict:
     rng = random.Random(req.get("seed"))
     util = float(env.get("utilization") or 0.0)
     t0 = time.monotonic()
-    if req["probe"] == "pcie":
-        link = pcie_link_bytes_per_second(env["generation"], env["width"]) or 0.0
-        moved = req["size"] * req["copies"] * req["repetitions"] * 2
-        out: dict = {"link": {"generation": env["generation"], "width": env["width"]}}
-        for direction, eff in EFFICIENCY.items():
-            rate = link * eff * (1 - 0.3 * util) * rng.uniform(0.99, 1.01)
-            out[f"{direction}_bytes_per_second"] = rate
-            progress(f"{direction.replace('_', ' ')}: {rate / 1e9:.1f} GB/s")
-        time.sleep(min(0.3, moved / max(link, 1.0)))
-    else:
-        sms = int(env.get("sm_count") or 132)
-        latency = 6e-6 + util * 2e-3 * rng.uniform(0.5, 1.5)  # a busy GPU is time-sliced
-        progress(f"launching {2 * sms} blocks on {sms} SMs")
-        time.sleep(0.05)
-        out = {"launch_latency_seconds": latency, "launch_latency_uncertainty_seconds": 2e-6,
-               "sm_reach_ratio": 1.0, "sm_count": sms, "blocks": 2 * sms,
-               "block_start_spread_seconds": 3e-6 + util * 1e-4}
+    out = RUNS[req["probe"]](req, env, rng, util, progress)
     out["gpu_seconds"] = time.monotonic() - t0
     return out
+
+
+def _pcie(req: dict, env: dict, rng: random.Random, util: float,
+          progress: Callable[[str], None]) -> dict:
+    link = pcie_link_bytes_per_second(env["generation"], env["width"]) or 0.0
+    moved = req["size"] * req["copies"] * req["repetitions"] * 2
+    out: dict = {"link": {"generation": env["generation"], "width": env["width"]}}
+    for direction, eff in EFFICIENCY.items():
+        rate = link * eff * (1 - 0.3 * util) * rng.uniform(0.99, 1.01)
+        out[f"{direction}_bytes_per_second"] = rate
+        progress(f"{direction.replace('_', ' ')}: {rate / 1e9:.1f} GB/s")
+    time.sleep(min(0.3, moved / max(link, 1.0)))
+    return out
+
+
+def _launch(req: dict, env: dict, rng: random.Random, util: float,
+            progress: Callable[[str], None]) -> dict:
+    sms = int(env.get("sm_count") or 132)
+    latency = 6e-6 + util * 2e-3 * rng.uniform(0.5, 1.5)  # a busy GPU is time-sliced
+    progress(f"launching {2 * sms} blocks on {sms} SMs")
+    time.sleep(0.05)
+    return {"launch_latency_seconds": latency, "launch_latency_uncertainty_seconds": 2e-6,
+            "sm_reach_ratio": 1.0, "sm_count": sms, "blocks": 2 * sms,
+            "block_start_spread_seconds": 3e-6 + util * 1e-4}
+
+
+# probe kind -> its simulated measurement: a new probe kind adds its own.
+RUNS: dict[str, Callable[[dict, dict, random.Random, float, Callable[[str], None]], dict]] = {
+    "pcie": _pcie, "launch": _launch}
