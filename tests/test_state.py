@@ -18,9 +18,10 @@ def publish(store: Store, name: str, result: CollectorResult, stalled: bool = Fa
     store.publish(name, result, CollectorHealth(name, 5.0, up=True, stalled=stalled))
 
 
-def slow(throttle: Throttle = Throttle()) -> CollectorResult:
+def slow(throttle: Throttle | None = None) -> CollectorResult:
     return CollectorResult(supplements=(DeviceSample(
-        GPU, up=True, pcie=Pcie(sampled_bytes_per_second={"rx": 5.0}), throttle=throttle),))
+        GPU, up=True, pcie=Pcie(sampled_bytes_per_second={"rx": 5.0}),
+        throttle=throttle or Throttle()),))
 
 
 def test_a_supplement_fills_only_the_absent_readings():
