@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gpuprobe.daemon.core.childenv import child_environment
-from gpuprobe.daemon.service.cli import supervise
+from gpuprobe.daemon.service.supervise import supervise
 from gpuprobe.daemon.service.systemd import Notifier
 
 from .conftest import ROOT, free_port, gpuprobe_cmd

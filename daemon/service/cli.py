@@ -1,4 +1,5 @@
-"""Command line: ``gpuprobe run | snapshot | check-config | --version``.
+"""Command line: ``gpuprobe run | snapshot | probe | check-config | --version``: the
+arguments and the commands (the run loop is supervise.py's, the printed tables tables.py's).
 
 This is the only place that exits. A configuration or scenario problem prints one line,
 ``gpuprobe: error: ...``, and exits with status 2; no traceback.
@@ -15,15 +16,14 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpuprobe.daemon.core import config as config_mod
 from gpuprobe.daemon.core.probekinds import PROBE_KINDS
 from gpuprobe.daemon.export.exporter import version
+from gpuprobe.daemon.service.supervise import supervise
 from gpuprobe.daemon.service.systemd import Notifier
-
-if TYPE_CHECKING:
-    from gpuprobe.probes.active.spec import ProbeSpec
+from gpuprobe.daemon.service.tables import probe_row, render_snapshot, snapshot_json, table
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -134,130 +134,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reload(daemon: Any, notifier: Notifier) -> None:
-    """SIGHUP: re-read the web config file now; the main config needs a restart."""
-    notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-    if daemon.http is not None and daemon.config.web_config_file:
-        ok = daemon.http.reload_web_config()
-        log.info("SIGHUP: web config %s %s; other configuration changes take a restart",
-                 daemon.config.web_config_file, "re-read" if ok else "kept (see above)")
-    else:
-        log.info("SIGHUP: nothing to reload (no web config file); configuration changes take "
-                 "a restart")
-    notifier.notify("READY=1")
-
-
-def supervise(daemon: Any, stop: threading.Event, notifier: Notifier,
-              reload: threading.Event | None = None) -> None:
-    """Tell systemd when the daemon is ready (config loaded, port bound, every collector
-    tried once: device discovery has been attempted), ping its watchdog while the scheduler
-    ticks (whether or not the GPUs answer), reload on SIGHUP, and say when it stops."""
-    ping = notifier.watchdog_seconds / 2 if notifier.watchdog_seconds else None
-    ready = False
-    next_ping = 0.0
-    while not stop.is_set():
-        if reload is not None and reload.is_set():
-            reload.clear()
-            _reload(daemon, notifier)
-        now = time.monotonic()
-        if not ready and daemon.scheduler.attempted_all():
-            ready = True
-            devices = len(daemon.store.view().devices())
-            notifier.ready(f"serving {daemon.config.listen}; {devices} devices")
-            log.info("ready: every collector has run once (%d devices)", devices)
-        if ping is not None and now >= next_ping:
-            if daemon.alive():
-                notifier.watchdog()
-            else:  # a wedged scheduler: let systemd's watchdog restart us
-                log.error("scheduler has not ticked for %.0f s; not pinging the watchdog",
-                          now - daemon.scheduler.heartbeat)
-            next_ping = now + ping
-        stop.wait(min(0.25 if not ready else 1.0, ping or 1.0))
-    notifier.stopping()
-
-
-def _human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:.0f}%"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
-
-
-def render_snapshot(view: Any) -> str:
-    devices = sorted(view.devices(), key=lambda d: (d.identity.vendor, d.identity.index))
-    rows = [["GPU", "VENDOR", "MODEL", "UP", "TEMP", "POWER/LIMIT", "MEMORY USED/TOTAL", "UTIL",
-             "SM ACTIVE", "PCIE NOW (MAX)", "THROTTLE"]]
-    for d in devices:
-        i, temps = d.identity, d.thermal.temperatures
-        t = temps.get("gpu", temps.get("edge", temps.get("hotspot")))  # NVIDIA's, else AMD's
-        p = d.power
-        power = "-" if p.draw_watts is None else f"{p.draw_watts:.0f}" + (
-            f"/{p.limit_watts:.0f} W" if p.limit_watts else " W")
-        m = d.memory
-        mem = "-" if m.used_bytes is None else f"{_human_bytes(m.used_bytes)} / " \
-                                              f"{_human_bytes(m.total_bytes)}"
-        pc = d.pcie
-        link = "-" if pc.generation is None else \
-            f"Gen{pc.generation} x{pc.width} (Gen{pc.max_generation} x{pc.max_width})"
-        active = sorted(d.throttle.active - {"gpu_idle"})
-        rows.append([i.index, i.vendor, (i.model or "?")[:34], "yes" if d.up else
-                     f"NO ({d.down_reason})", "-" if t is None else f"{t:.0f}C", power, mem,
-                     _pct(d.utilization.get("gpu")), _pct(d.activity.sm_active), link,
-                     ",".join(active) or "-"])
-    out = [_table(rows)]
-    index = {d.identity.uuid: (d.identity.vendor, d.identity.index) for d in devices}
-    procs = view.processes()
-    if procs:
-        prow = [["GPU", "VENDOR", "PID", "NAME", "MEMORY", "CONTAINER", "POD"]]
-        for p in sorted(procs, key=lambda p: (index.get(p.device_uuid, ("?", "?")), p.pid)):
-            vendor, gpu = index.get(p.device_uuid, ("?", "?"))
-            prow.append([gpu, vendor, str(p.pid), p.name or "?",
-                         _human_bytes(p.used_memory_bytes), (p.container_id or "-")[:12],
-                         p.pod_uid or "-"])
-        out.append(_table(prow))
-    backends = view.backends()
-    for b in backends.values():
-        out.append(f"{b.name}: " + (f"up (driver {b.driver_version})" if b.up
-                                    else f"unavailable: {b.reason}"))
-    return "\n\n".join(out) + "\n"
-
-
-def snapshot_json(view: Any) -> dict[str, Any]:
-    def plain(obj: Any) -> Any:
-        if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if isinstance(obj, dict):
-            return {("/".join(k) if isinstance(k, tuple) else str(k)): plain(v)
-                    for k, v in obj.items()}
-        if isinstance(obj, frozenset | set):
-            return sorted(obj)
-        if isinstance(obj, tuple) and hasattr(obj, "_asdict"):
-            return {k: plain(v) for k, v in obj._asdict().items()}
-        if isinstance(obj, tuple | list):
-            return [plain(v) for v in obj]
-        return obj
-
-    return {
-        "devices": [plain(d) for d in view.devices()],
-        "processes": [plain(p) for p in view.processes()],
-        "xid_counts": {u: {str(k): v for k, v in c.items()} for u, c in view.xid_counts()},
-        "backends": [plain(b) for b in view.backends().values()],
-        "collectors": {n: plain(h) for n, h in view.health.items()},
-    }
-
-
 def cmd_snapshot(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     setup_logging("warning" if cfg.log_level == "info" else cfg.log_level)
@@ -278,13 +154,6 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     finally:
         daemon.stop()
     return 0
-
-
-def _probe_row(spec: ProbeSpec[Any], d: Any, out: Any) -> list[str]:
-    head = [d.identity.index, (d.identity.model or "?")[:30]]
-    if out.outcome != "ok":
-        return [*head, f"{out.outcome}: {out.detail}"]
-    return [*head, "ok", *spec.row(out.values, out.gpu_seconds)]
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -327,11 +196,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     spec = SPECS[args.probe]
     header = ["GPU", "MODEL", "OUTCOME", *spec.header]
-    table = [header]
+    lines = [header]
     for d, out in rows:
-        row = _probe_row(spec, d, out)
-        table.append(row + [""] * (len(header) - len(row)))
-    sys.stdout.write(_table(table) + "\n")
+        row = probe_row(spec, d, out)
+        lines.append(row + [""] * (len(header) - len(row)))
+    sys.stdout.write(table(lines) + "\n")
     return 0 if all(out.outcome == "ok" for _, out in rows) else EXIT_RUNTIME
 
 
