@@ -19,7 +19,6 @@ import time
 
 from _harness import child_env, free_port, scrape, series, stop, wait_http
 
-
 PROBE = "gpuprobe_probe_"
 
 

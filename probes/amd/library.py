@@ -27,8 +27,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from gpuprobe.probes.backend import DEVICE_FATAL, LIBRARY_FATAL, TRANSIENT, UNSUPPORTED
-
 # amdsmi_status_t codes
 STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED = 2, 3
 STATUS_FAIL_LOAD_MODULE, STATUS_FAIL_LOAD_SYMBOL = 4, 5
@@ -38,12 +36,6 @@ STATUS_INIT_ERROR = 18
 STATUS_NOT_FOUND, STATUS_NOT_INIT = 31, 32
 STATUS_DRIVER_NOT_LOADED = 34
 STATUS_FILE_NOT_FOUND = 52
-
-_UNSUPPORTED = {STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED, STATUS_NO_PERM,
-                STATUS_ADDRESS_FAULT, STATUS_FILE_ERROR, STATUS_FILE_NOT_FOUND}
-_DEVICE_FATAL = {STATUS_NOT_FOUND}
-_LIBRARY_FATAL = {STATUS_FAIL_LOAD_MODULE, STATUS_FAIL_LOAD_SYMBOL, STATUS_INIT_ERROR,
-                  STATUS_NOT_INIT, STATUS_DRIVER_NOT_LOADED}
 
 ALL_ONES = (0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 
@@ -97,29 +89,6 @@ def _forget_failed_import() -> None:
     if "amdsmi" not in sys.modules:
         for name in [n for n in sys.modules if n.startswith("amdsmi.")]:
             del sys.modules[name]
-
-
-def classify(lib: Any, exc: BaseException) -> str | None:
-    """Error class of an exception raised by an amdsmi call; None if it is not amdsmi's."""
-    library_exception = getattr(lib, "AmdSmiLibraryException", None)
-    if library_exception is not None and isinstance(exc, library_exception):
-        code = error_code(exc)
-        if code in _UNSUPPORTED:
-            return UNSUPPORTED
-        if code in _DEVICE_FATAL:
-            return DEVICE_FATAL
-        if code in _LIBRARY_FATAL:
-            return LIBRARY_FATAL
-        return TRANSIENT  # RETRY, TIMEOUT, BUSY, IO, NO_DATA, ...
-    base = getattr(lib, "AmdSmiException", None)
-    if base is not None and isinstance(exc, base):
-        return UNSUPPORTED  # a parameter the binding refuses (an enum it lacks)
-    # The 7.0.2 binding's own bugs surface as Python errors: ValueError for values its enums
-    # lack, TypeError and AttributeError in a few functions, KeyError in dict building. They
-    # are permanent for that call on that device.
-    if isinstance(exc, ValueError | TypeError | AttributeError | KeyError):
-        return UNSUPPORTED
-    return None
 
 
 def error_code(exc: BaseException) -> int | None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
 from gpuprobe.probes.amd.library import clean, number
 from gpuprobe.probes.amd.session import AmdDevice, AmdSession
-from gpuprobe.probes.backend import DeviceLost, LibraryDown, Query, run_on_devices
+from gpuprobe.probes.backend import Processes, Query, holders
 from gpuprobe.probes.host import ProcessResolver
 
 # pid -> (VRAM bytes, cumulative gfx engine ns)
@@ -49,56 +50,32 @@ def _targets(session: AmdSession, dev: AmdDevice) -> list[AmdDevice]:
 
 def current_pids(session: AmdSession, uuid: str, deadline: float) -> set[int] | None:
     """The pids holding a GPU (or its partitions) now; None if it cannot be told."""
-    dev = session.devices.get(uuid)
-    if dev is None or not session.up or not dev.up:
-        return None
-    q = session.query(Counter())
-    results, stuck = run_on_devices(_targets(session, dev),
-                                    lambda d: list_processes(session, d, q), deadline)
-    if stuck or any(isinstance(r, BaseException) for r in results.values()):
-        return None
-    own = os.getpid()
-    return {pid for r in results.values() for pid in r if pid != own}
+    pids = holders(session, uuid, deadline, lambda d: _targets(session, d),
+                   lambda d, q: list_processes(session, d, q))
+    return None if pids is None else pids - {os.getpid()}
 
 
-class AmdProcesses:
+class AmdProcesses(Processes[AmdSession, AmdDevice]):
     name = "amd_processes"
 
     def __init__(self, session: AmdSession, resolver: ProcessResolver,
                  probe_children: set[int], clock: Callable[[], float]) -> None:
         """``probe_children``: pids of gpuprobe's own probe runs, marked as such."""
-        self.session = session
-        self.resolver = resolver
-        self.probe_children = probe_children
-        self.now = clock
+        super().__init__(session, resolver, probe_children, clock)
         self.own_pid = os.getpid()
         # (device uuid, pid, start ticks) -> (gfx ns, time) of the last listing
         self._engine: dict[tuple[str, int, int | None], tuple[float, float]] = {}
 
-    def _list(self, dev: AmdDevice, q: Query) -> Listing | None:
-        try:
-            return list_processes(self.session, dev, q)
-        except DeviceLost as e:
-            self.session.lose(dev.physical, str(e))  # type: ignore[arg-type]
-            return None
+    def targets(self) -> list[AmdDevice]:
+        return [t for d in self.session.physical() if d.up for t in _targets(self.session, d)]
 
-    def collect(self, deadline: float) -> CollectorResult:
-        errors: Counter = Counter()
-        session = self.session
-        if not session.ensure(errors, deadline, drive=False):
-            return CollectorResult(ok=session.absent or session.initialising, errors=errors)
-        q = session.query(errors)
-        targets = [t for d in session.physical() if d.up for t in _targets(session, d)]
-        results, _stuck = run_on_devices(targets, lambda d: self._list(d, q), deadline)
-        for r in results.values():
-            if isinstance(r, LibraryDown):
-                session.mark_down(r.__cause__ or r)
-                return CollectorResult(ok=False, errors=errors)
-            if isinstance(r, BaseException):
-                raise r
+    def list(self, dev: AmdDevice, q: Query) -> Listing:
+        return list_processes(self.session, dev, q)
+
+    def samples(self, listings: dict[str, Any], errors: Counter) -> CollectorResult:
         skip = {self.own_pid, *self.probe_children}
         listed = [(uuid, {p: v for p, v in r.items() if p not in skip})
-                  for uuid, r in results.items() if r]
+                  for uuid, r in listings.items() if r]
         host, unchecked = self.resolver.resolve_all_checked(
             [pid for _, r in listed for pid in r])
         now = self.now()
@@ -124,6 +101,3 @@ class AmdProcesses:
         self._engine = seen
         return CollectorResult(ok=True, processes=tuple(samples), errors=errors,
                                timestamp=now)
-
-    def close(self) -> None:
-        pass

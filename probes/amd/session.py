@@ -1,7 +1,7 @@
 """The one place that talks to amdsmi's lifetime: preflight, init, discovery, partitions.
 
 Errors of every call go through :class:`~gpuprobe.probes.backend.Query` with amdsmi's
-mapping (:func:`.library.classify`). Devices are keyed by PCI address, not UUID: many Radeon
+mapping (:func:`classify`). Devices are keyed by PCI address, not UUID: many Radeon
 and integrated parts have no unique id, and their amdsmi UUIDs repeat; such a device gets a
 UUID made from its address.
 
@@ -25,11 +25,21 @@ from gpuprobe.daemon.core.config import AmdConfig
 from gpuprobe.daemon.core.model import BackendStatus, DeviceIdentity
 from gpuprobe.daemon.core.workers import Job, Worker
 from gpuprobe.probes.amd.library import (
+    STATUS_ADDRESS_FAULT,
+    STATUS_DRIVER_NOT_LOADED,
+    STATUS_FAIL_LOAD_MODULE,
+    STATUS_FAIL_LOAD_SYMBOL,
+    STATUS_FILE_ERROR,
+    STATUS_FILE_NOT_FOUND,
+    STATUS_INIT_ERROR,
     STATUS_NO_PERM,
+    STATUS_NOT_FOUND,
+    STATUS_NOT_INIT,
+    STATUS_NOT_SUPPORTED,
+    STATUS_NOT_YET_IMPLEMENTED,
     Unavailable,
     Versions,
     binding_bug,
-    classify,
     error_code,
     import_amdsmi,
     package_installed,
@@ -39,14 +49,15 @@ from gpuprobe.probes.amd.preflight import Preflight, describe, reap
 from gpuprobe.probes.backend import (
     LIBRARY_FATAL,
     STUCK_SECONDS,
-    TRANSIENT,
+    UNSUPPORTED,
     Device,
     DeviceLost,
-    LibraryDown,
+    ErrorCodes,
     Lifetime,
+    Names,
+    NotFound,
     Query,
     found_again,
-    lose,
 )
 
 log = logging.getLogger("gpuprobe.amd")
@@ -62,6 +73,30 @@ SENSORS = (("edge", "EDGE"), ("hotspot", "HOTSPOT"), ("memory", "VRAM"))
 # which the SMU throttles hard; EMERGENCY the temp*_emergency at which the ASIC shuts down.
 THRESHOLDS = (("slowdown", "CRITICAL"), ("shutdown", "EMERGENCY"))
 
+_CODES = ErrorCodes(
+    unsupported={STATUS_NOT_SUPPORTED, STATUS_NOT_YET_IMPLEMENTED, STATUS_NO_PERM,
+                 STATUS_ADDRESS_FAULT, STATUS_FILE_ERROR, STATUS_FILE_NOT_FOUND},
+    device_fatal={STATUS_NOT_FOUND},
+    library_fatal={STATUS_FAIL_LOAD_MODULE, STATUS_FAIL_LOAD_SYMBOL, STATUS_INIT_ERROR,
+                   STATUS_NOT_INIT, STATUS_DRIVER_NOT_LOADED},
+)
+
+
+def classify(lib: Any, exc: BaseException) -> str | None:
+    """Error class of an exception raised by an amdsmi call; None if it is not amdsmi's."""
+    library_exception = getattr(lib, "AmdSmiLibraryException", None)
+    if library_exception is not None and isinstance(exc, library_exception):
+        return _CODES.class_of(error_code(exc))  # else transient: RETRY, TIMEOUT, BUSY, ...
+    base = getattr(lib, "AmdSmiException", None)
+    if base is not None and isinstance(exc, base):
+        return UNSUPPORTED  # a parameter the binding refuses (an enum it lacks)
+    # The 7.0.2 binding's own bugs surface as Python errors: ValueError for values its enums
+    # lack, TypeError and AttributeError in a few functions, KeyError in dict building. They
+    # are permanent for that call on that device.
+    if isinstance(exc, ValueError | TypeError | AttributeError | KeyError):
+        return UNSUPPORTED
+    return None
+
 
 @dataclass(eq=False)
 class AmdDevice(Device):
@@ -72,47 +107,44 @@ class AmdDevice(Device):
     partition_index: int | None = None
     children: list[AmdDevice] = field(default_factory=list)
 
+    @property
+    def physical(self) -> AmdDevice:
+        return self.parent or self
+
 
 def physical_bdf(bdf: str) -> str:
     """The address of partition 0 (function 0) of a partition's BDF."""
     return bdf[:-1] + "0" if re.fullmatch(r"[0-9a-fA-F:]+\.\d", bdf) else bdf
 
 
-class AmdSession(Lifetime):
+class AmdSession(Lifetime[AmdDevice]):
     """amdsmi's lifetime in the daemon, shared by the AMD collectors."""
+
+    names = Names("amd", "AMD", "AMD GPU", "amdsmi", "amdsmi")
+    keeps_partitions_of_gone = True
 
     def __init__(self, face: Any, config: AmdConfig) -> None:
         """``face``: the simulated amdsmi, or None for the real package (imported only
         after an isolated child has shown that it loads and initialises)."""
-        super().__init__()
+        super().__init__(config)
         self.face = face
         self.lib: Any = None
-        self.config = config
-        self.absent = False
-        self.reason: str | None = "not initialised yet"
+        self.config: AmdConfig = config
         self.versions: Versions | None = None
         self.version_mismatch: bool | None = None
         self.driver_version: str | None = None
-        self.generation = 0
-        self.devices: dict[str, AmdDevice] = {}
         self._preflight: Preflight | None = None
-        self._backoff = self.config.retry_initial
-        self._logged_reason: str | None = None
         self._init_worker = Worker("amdsmi-init")
         self._discovery_worker = Worker("amdsmi-discovery")
-        self._workers: dict[str, Worker] = {}
         self._indices: dict[str, int] = {}  # physical BDF -> the gpu label's number
 
-    # -- error mapping (the Classifier protocol of probes/backend.py) ------------------------
+    # -- error mapping (the Classifier protocol of probes/backend) ---------------------------
 
     def classify(self, exc: BaseException) -> str | None:
         return classify(self.lib, exc)
 
     def quietly_unsupported(self, exc: BaseException) -> bool:
         return error_code(exc) == STATUS_NO_PERM or binding_bug(exc)
-
-    def query(self, errors: Counter) -> Query:
-        return Query(self, errors, log)
 
     @property
     def initialising(self) -> bool:
@@ -179,10 +211,7 @@ class AmdSession(Lifetime):
             errors[LIBRARY_FATAL] += 1
             self._down(f"amdsmi_init failed: {describe(e)}")
             return
-        self.up, self.absent, self.reason = True, False, None
-        self.generation += 1
-        self._backoff = self.config.retry_initial
-        self._next_discovery = 0.0
+        self._now_up()
         self._logged_reason = None
         v = self.versions
         log.info("amdsmi initialised: ROCm %s, library %s, Python binding %s%s",
@@ -194,37 +223,15 @@ class AmdSession(Lifetime):
         self._down(describe(exc))
 
     def _down(self, reason: str, absent: bool = False) -> None:
-        self.absent = absent
-        self.reason = reason
-        was_up, self.up = self.up, False
-        self._failure_seen()
-        if was_up:
-            try:
-                self.lib.amdsmi_shut_down()
-            except Exception:
-                pass
-        for dev in self.devices.values():
-            dev.state.clear()
-        if absent:
+        if absent:  # no AMD software on this host: look again only every retry_max
             self._backoff = self.config.retry_max
-        self._retry_at = time.monotonic() + self._backoff
-        if reason != self._logged_reason:
-            self._logged_reason = reason
-            log.log(logging.INFO if absent else logging.WARNING,
-                    "AMD backend unavailable: %s; retrying every %.0fs at most", reason,
-                    self.config.retry_max)
-        self._backoff = min(self._backoff * 2, self.config.retry_max)
+        super()._down(reason, absent)
 
-    def close(self) -> None:
-        with self._lock:
-            if self.up:
-                try:
-                    self.lib.amdsmi_shut_down()
-                except Exception:
-                    pass
-                self.up = False
-            for w in (*self._workers.values(), self._init_worker, self._discovery_worker):
-                w.stop()
+    def _library_shutdown(self) -> None:
+        self.lib.amdsmi_shut_down()
+
+    def _all_workers(self) -> list[Worker]:
+        return [*self._workers.values(), self._init_worker, self._discovery_worker]
 
     def status(self) -> BackendStatus:
         v = self.versions
@@ -234,21 +241,24 @@ class AmdSession(Lifetime):
 
     # -- devices ----------------------------------------------------------------------------
 
-    def known(self) -> list[AmdDevice]:
-        return list(self.devices.values())
-
-    def physical(self) -> list[AmdDevice]:
-        return [d for d in self.devices.values() if d.parent is None]
+    def family(self, dev: AmdDevice) -> list[AmdDevice]:
+        return [dev, *dev.children]
 
     def lose(self, dev: AmdDevice, reason: str) -> None:
-        lose(dev, reason, self.config.retry_initial, self.config.retry_max)
+        """A partition is not lost alone: its GPU is, and what was read of its partitions
+        is dropped with it."""
+        dev = dev.physical
+        super().lose(dev, reason)
         for child in dev.children:
             child.state.clear()
 
-    def _worker(self, bdf: str) -> Worker:
-        if bdf not in self._workers:
-            self._workers[bdf] = Worker(f"amdsmi-{bdf}")
-        return self._workers[bdf]
+    def refind(self, dev: AmdDevice, q: Query) -> bool:
+        """A lost GPU is looked for by enumerating again (its handles may have changed),
+        once its backoff has passed; it is read once that discovery has found it."""
+        if time.monotonic() >= dev.retry_at:
+            self.rediscover_soon()
+            dev.retry_at = time.monotonic() + dev.backoff
+        return False
 
     def _discover(self, q: Query, deadline: float) -> None:
         """Enumerate handles, group partitions under their GPU, read static facts; each GPU
@@ -258,20 +268,14 @@ class AmdSession(Lifetime):
             self._next_discovery = time.monotonic() + self.config.retry_initial
             return
         job = self._discovery_worker.submit(lib.amdsmi_get_processor_handles)
-        try:
-            handles = job.result(timeout=max(0.0, (deadline - time.monotonic()) / 2))
+        try:  # the enumeration's outcome, through the choke point
+            handles = q.find(job.result, timeout=max(0.0, (deadline - time.monotonic()) / 2))
         except TimeoutError:
             job.cancel()
             log.warning("amdsmi enumeration did not answer in time; keeping the devices known")
             self._next_discovery = time.monotonic() + self.config.retry_initial
             return
-        except Exception as e:
-            cls = classify(lib, e)
-            if cls is None:
-                raise
-            if cls == LIBRARY_FATAL:
-                raise LibraryDown(e) from e
-            q.errors[cls] += 1
+        except NotFound:
             self._next_discovery = time.monotonic() + self.config.retry_initial
             return
         addressed, unaddressed = self._addresses(
@@ -282,54 +286,24 @@ class AmdSession(Lifetime):
             groups.setdefault(physical_bdf(bdf), []).append((fn, bdf, handle))
         for pbdf in sorted(groups):  # a GPU keeps its index while the daemon runs
             self._indices.setdefault(pbdf, len(self._indices))
-        found: dict[str, AmdDevice] = {}
-        retry_soon = unaddressed
-        failure: BaseException | None = None
         by_bdf = {d.bdf: d for d in self.physical()}
-        jobs = []
+        jobs: list[tuple[AmdDevice | None, tuple[Job, Counter] | None]] = []
         for pbdf in sorted(groups):
             index = self._indices[pbdf]
             handles = sorted(groups[pbdf], key=lambda h: h[0])
             worker = self._worker(pbdf)
-            if worker.running_for() > STUCK_SECONDS:
-                # its worker is inside a hung call: the GPU stays known (it reads down), as
-                # one whose read times out below does; dropping it hid it from /metrics
-                retry_soon = True
-                known = by_bdf.get(pbdf)
-                if known is not None:
-                    found.update((d.uuid, d) for d in (known, *known.children))
-                continue
-            errors: Counter = Counter()
-            jobs.append((pbdf, worker.submit(self._read_gpu, index, pbdf, handles,
-                                              worker, self.query(errors)), errors))
-        for pbdf, fut, errors in jobs:
-            try:
-                result = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                fut.cancel()
-                result = None
-            except LibraryDown as e:
-                failure, result = e, None
-            q.errors.update(errors)
-            retry_soon |= TRANSIENT in errors
-            if result is None:
-                retry_soon = True
-                known = by_bdf.get(pbdf)
-                if known is not None:
-                    found.update((d.uuid, d) for d in (known, *known.children))
-                continue
-            found.update((d.uuid, d) for d in (result, *result.children))
-        if failure is not None:
-            raise failure
-        for uuid, dev in self.devices.items():  # a GPU that went away stays known, down
-            if dev.parent is None and uuid not in found and dev.bdf not in groups:
-                if not dev.lost and not unaddressed:  # gone, not merely unanswered
-                    self.lose(dev, "no longer enumerated by amdsmi")
-                found[uuid] = dev
-                found.update((c.uuid, c) for c in dev.children)
-        self.devices = found
-        delay = self.config.retry_initial if retry_soon else self.config.discovery_interval
-        self._discovery_done(delay)
+            read: tuple[Job, Counter] | None = None
+            # a worker inside a hung call: the GPU stays known (it reads down), as one whose
+            # read times out does; dropping it hid it from /metrics
+            if worker.running_for() <= STUCK_SECONDS:
+                errors: Counter = Counter()
+                read = (worker.submit(self._read_gpu, index, pbdf, handles, worker,
+                                      self.query(errors)), errors)
+            jobs.append((by_bdf.get(pbdf), read))
+        found, retry_soon = self._gather(jobs, q, deadline)
+        # a GPU that went away stays known, down; lost only if every handle was addressed
+        self._end_discovery(found, retry_soon or unaddressed, whole=not unaddressed,
+                            replaced=lambda dev: dev.bdf in groups)
 
     def _addresses(self, handles: list[Any], q: Query, deadline: float
                    ) -> tuple[list[tuple[str, Any]], bool]:
@@ -347,19 +321,14 @@ class AmdSession(Lifetime):
         out = []
         for h, job in jobs:
             try:
-                out.append((str(job.result(timeout=max(0.0, deadline - time.monotonic())))
-                            .lower(), h))
+                bdf = q.find(job.result, timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 job.cancel()
                 missed = True
-            except Exception as e:
-                cls = classify(lib, e)
-                if cls is None:
-                    raise
-                if cls == LIBRARY_FATAL:
-                    raise LibraryDown(e) from e
-                q.errors[cls] += 1
+            except NotFound:
                 missed = True
+            else:
+                out.append((str(bdf).lower(), h))
         return out, missed
 
     def _uuid(self, handle: Any, bdf: str, q: Query, probe: AmdDevice, taken: set[str]
@@ -373,8 +342,9 @@ class AmdSession(Lifetime):
         return raw
 
     def _read_gpu(self, index: int, pbdf: str, handles: list[tuple[int, str, Any]],
-                  worker: Worker, q: Query) -> AmdDevice | None:
-        """On the GPU's worker: identity, partitions and static facts of one physical GPU."""
+                  worker: Worker, q: Query) -> list[AmdDevice] | None:
+        """On the GPU's worker: identity, partitions and static facts of one physical GPU;
+        its family, or None when it could not be reached."""
         h0 = handles[0][2]
         known = next((d for d in self.physical() if d.bdf == pbdf), None)
         probe = known or AmdDevice("", h0, DeviceIdentity("", "amd", str(index)), worker)
@@ -397,10 +367,10 @@ class AmdSession(Lifetime):
         except DeviceLost as e:
             if known is not None:
                 self.lose(known, str(e))
-                return known
+                return self.family(known)
             return None
         dev.children = children
-        return dev
+        return self.family(dev)
 
     def _partitions(self, dev: AmdDevice, handles: list[tuple[int, str, Any]], q: Query
                     ) -> list[AmdDevice]:

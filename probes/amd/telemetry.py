@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import ctypes
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpuprobe.daemon.core.model import (
     Clocks,
-    CollectorResult,
     DeviceSample,
     Errors,
     Memory,
@@ -49,15 +47,8 @@ from gpuprobe.probes.amd.library import (
     number,
     percent_ratio,
 )
-from gpuprobe.probes.amd.session import SENSORS, AmdDevice, AmdSession, log
-from gpuprobe.probes.backend import (
-    TRANSIENT,
-    DeviceLost,
-    LibraryDown,
-    Query,
-    down_sample,
-    run_on_devices,
-)
+from gpuprobe.probes.amd.session import SENSORS, AmdDevice, AmdSession
+from gpuprobe.probes.backend import TRANSIENT, Query, Telemetry
 
 # (clock label, AmdSmiClkType member)
 CLOCKS = (("graphics", "GFX"), ("memory", "MEM"), ("soc", "SOC"), ("video", "VCLK0"))
@@ -376,71 +367,21 @@ class Reader:
         return errors
 
 
-class AmdTelemetry:
+class AmdTelemetry(Telemetry[AmdSession, AmdDevice]):
+    """Each physical GPU is read, with its partitions, on its own worker."""
+
     name = "amd"
 
     def __init__(self, session: AmdSession, clock: Callable[[], float],
                  ras_interval: float) -> None:
-        self.session = session
-        self.session.driven = True
-        self.now = clock
+        super().__init__(session, clock)
         self.ras_interval = ras_interval
-        self._stuck: set[str] = set()
 
-    def _read(self, dev: AmdDevice, reader: Reader) -> list[DeviceSample] | None:
-        if dev.lost:
-            if time.monotonic() >= dev.retry_at:
-                self.session.rediscover_soon()
-                dev.retry_at = time.monotonic() + dev.backoff
-            return None
-        try:
-            samples = reader.gpu(dev)
-        except DeviceLost as e:
-            self.session.lose(dev, str(e))
-            return None
-        family = {d.uuid: d for d in (dev, *dev.children)}
-        return [reader.q.verdict(family[s.identity.uuid], s) if s.identity.uuid in family
-                else s for s in samples]
+    def units(self) -> list[AmdDevice]:
+        return self.session.physical()
 
-    def collect(self, deadline: float) -> CollectorResult:
-        errors: Counter = Counter()
-        session = self.session
-        if not session.ensure(errors, deadline):
-            return CollectorResult(
-                ok=session.absent or session.initialising,
-                devices=tuple(down_sample(d, "backend down") for d in session.known()),
-                backends=(session.status(),), errors=errors)
-        reader = Reader(session, session.query(errors), self.ras_interval)
-        gpus = session.physical()
-        results, stuck = run_on_devices(gpus, lambda d: self._read(d, reader), deadline)
-        samples: list[DeviceSample] = []
-        failure: BaseException | None = None
-        for dev in gpus:
-            r: Any = results.get(dev.uuid)
-            family = (dev, *dev.children)
-            if dev.uuid in stuck:
-                samples.extend(down_sample(d, "timeout") for d in family)
-            elif isinstance(r, LibraryDown):
-                failure = r.__cause__ or r
-            elif isinstance(r, BaseException):
-                raise r
-            elif r is None:
-                samples.extend(down_sample(d, dev.lost_reason or "lost") for d in family)
-            else:
-                samples.extend(r)
-        if stuck != self._stuck:
-            if stuck - self._stuck:
-                log.warning("AMD GPU(s) %s did not answer within the deadline; not called "
-                            "again until the hung call returns", ", ".join(sorted(
-                                d.identity.index for d in gpus if d.uuid in stuck)))
-            self._stuck = stuck
-        if failure is not None:
-            session.mark_down(failure)
-            return CollectorResult(
-                ok=False, devices=tuple(down_sample(d, "backend down") for d in session.known()),
-                backends=(session.status(),), errors=errors)
-        return CollectorResult(ok=True, devices=tuple(samples), backends=(session.status(),),
-                               errors=errors, timestamp=self.now())
+    def members(self, dev: AmdDevice) -> list[AmdDevice]:
+        return self.session.family(dev)
 
-    def close(self) -> None:
-        pass  # the shared session is closed with the context
+    def read(self, dev: AmdDevice, q: Query) -> list[DeviceSample]:
+        return Reader(self.session, q, self.ras_interval).gpu(dev)

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from gpuprobe.daemon.core.model import CollectorResult
-from gpuprobe.probes.backend import EventWatcher
-from gpuprobe.probes.nvidia.session import LIBRARY_FATAL, NvmlSession
+from gpuprobe.probes.backend import LIBRARY_FATAL, EventWatcher, text
+from gpuprobe.probes.nvidia.session import NvmlSession
 
 log = logging.getLogger("gpuprobe.nvidia.events")
 
@@ -126,8 +126,7 @@ class XidWatcher(EventWatcher):
             uuid = self._handles.get(handle_key(data.device))
             if uuid is None:  # not a handle we registered: ask NVML which device it is
                 try:
-                    uuid = lib.nvmlDeviceGetUUID(data.device)
-                    uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+                    uuid = str(text(lib.nvmlDeviceGetUUID(data.device)))
                 except Exception as e:
                     self._failed(e)
                     continue

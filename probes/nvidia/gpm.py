@@ -11,7 +11,8 @@ import math
 import time
 from typing import Any
 
-from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession, Query
+from gpuprobe.probes.backend import Query
+from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession
 
 # (NVML_GPM_METRIC_* id, name in the result)
 GPM_METRICS = (

@@ -10,18 +10,12 @@ the telemetry collector.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
-from gpuprobe.probes.host import ProcessResolver
-from gpuprobe.probes.nvidia.session import (
-    DeviceLost,
-    LibraryDown,
-    NvDevice,
-    NvmlSession,
-    Query,
-    run_on_devices,
-)
+from gpuprobe.probes.backend import Processes, Query, holders
+from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession
 
 LIST_CALLS = (
     ("processes.compute", "nvmlDeviceGetComputeRunningProcesses"),
@@ -50,51 +44,28 @@ def list_processes(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, i
     return out
 
 
+def _targets(session: NvmlSession, dev: NvDevice) -> list[NvDevice]:
+    """A GPU in MIG mode lists nothing itself: its instances list their own processes."""
+    return [d for d in session.known() if d.parent is dev] if dev.mig_enabled else [dev]
+
+
 def current_pids(session: NvmlSession, uuid: str, deadline: float) -> set[int] | None:
     """The pids holding a GPU (or its MIG instances) now; None if it cannot be told."""
-    dev = session.devices.get(uuid)
-    if dev is None or not session.up or not dev.up:
-        return None
-    targets = [d for d in session.known() if d.parent is dev] if dev.mig_enabled else [dev]
-    q = Query(session, Counter())
-    results, stuck = run_on_devices(targets, lambda d: list_processes(session, d, q), deadline)
-    if stuck or any(isinstance(r, BaseException) or r is None for r in results.values()):
-        return None
-    return {pid for r in results.values() for pid in r}
+    return holders(session, uuid, deadline, lambda d: _targets(session, d),
+                   lambda d, q: list_processes(session, d, q))
 
 
-class NvidiaProcesses:
+class NvidiaProcesses(Processes[NvmlSession, NvDevice]):
     name = "nvidia_processes"
 
-    def __init__(self, session: NvmlSession, resolver: ProcessResolver,
-                 probe_children: set[int], clock: Callable[[], float]) -> None:
-        """``probe_children``: pids of gpuprobe's own probe runs, marked as such."""
-        self.session = session
-        self.resolver = resolver
-        self.probe_children = probe_children
-        self.now = clock
+    def targets(self) -> list[NvDevice]:
+        return [d for d in self.session.known() if d.up and not d.mig_enabled]
 
-    def _list(self, dev: NvDevice, q: Query) -> dict[int, int | None] | None:
-        try:
-            return list_processes(self.session, dev, q)
-        except DeviceLost as e:
-            self.session._lose(dev, str(e))
-            return None
+    def list(self, dev: NvDevice, q: Query) -> Mapping[int, Any]:
+        return list_processes(self.session, dev, q)
 
-    def collect(self, deadline: float) -> CollectorResult:
-        errors: Counter = Counter()
-        session = self.session
-        if not session.ensure(errors, deadline, drive=False):
-            return CollectorResult(ok=session.absent, errors=errors)
-        q = Query(session, errors)
-        targets = [d for d in session.known() if d.up and not d.mig_enabled]
-        results, _stuck = run_on_devices(targets, lambda d: self._list(d, q), deadline)
-        for r in results.values():
-            if isinstance(r, LibraryDown):
-                session.mark_down(r.__cause__ or r)
-                return CollectorResult(ok=False, errors=errors)
-            if isinstance(r, BaseException):
-                raise r
+    def samples(self, listings: dict[str, Any], errors: Counter) -> CollectorResult:
+        results = listings
         if self.probe_children:  # gpuprobe's own probe, not a user's process
             results = {u: {p: m for p, m in r.items() if p not in self.probe_children}
                        if isinstance(r, dict) else r for u, r in results.items()}
@@ -111,6 +82,3 @@ class NvidiaProcesses:
                                                  h.container_id, h.pod_uid))
         return CollectorResult(ok=True, processes=tuple(samples), errors=errors,
                                timestamp=self.now())
-
-    def close(self) -> None:
-        pass  # the shared session is closed with the context

@@ -10,14 +10,12 @@ GPM on Hopper and newer. NVML units are converted to base units here and nowhere
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from gpuprobe.daemon.core.model import (
     Activity,
     Clocks,
-    CollectorResult,
     DeviceSample,
     Errors,
     Memory,
@@ -26,22 +24,9 @@ from gpuprobe.daemon.core.model import (
     Thermal,
     Throttle,
 )
-from gpuprobe.probes.backend import down_sample, found_again
+from gpuprobe.probes.backend import Query, Telemetry
 from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
-from gpuprobe.probes.nvidia.session import (
-    CLOCK_DOMAINS,
-    DEVICE_FATAL,
-    LIBRARY_FATAL,
-    UNSUPPORTED,
-    DeviceLost,
-    LibraryDown,
-    NvDevice,
-    NvmlSession,
-    Query,
-    classify,
-    log,
-    run_on_devices,
-)
+from gpuprobe.probes.nvidia.session import CLOCK_DOMAINS, NvDevice, NvmlSession
 
 # nvmlDeviceGetFieldValues ids (NVML_FI_DEV_*), read in one batch per GPU.
 F_ECC_CURRENT = 1
@@ -120,16 +105,8 @@ def read_fields(session: NvmlSession, dev: NvDevice, q: Query
         return out, wide
     for v in values:
         fid = int(v.fieldId)
-        if v.nvmlReturn != 0:
-            err = lib.NVMLError(int(v.nvmlReturn))
-            cls = classify(lib, err)
-            q.errors[cls] += 1
-            if cls == UNSUPPORTED:
-                dev.unsupported.add(f"field.{fid}")
-            elif cls == DEVICE_FATAL:
-                raise DeviceLost(f"field {fid}: {err}")
-            elif cls == LIBRARY_FATAL:
-                raise LibraryDown(err)
+        if v.nvmlReturn != 0:  # this field's own error: unsupported ones are not asked again
+            q.failed(dev, f"field.{fid}", lib.NVMLError(int(v.nvmlReturn)))
             continue
         vtype = int(v.valueType)
         member = _VALUE_MEMBER.get(vtype)
@@ -336,91 +313,19 @@ def _read_mig(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
     )
 
 
-def refind(session: NvmlSession, dev: NvDevice, q: Query) -> bool:
-    """Look a lost device up again by UUID; True when it answers."""
-    lib = session.lib
-    try:
-        handle = lib.nvmlDeviceGetHandleByUUID(dev.uuid)
-        lib.nvmlDeviceGetMemoryInfo(handle)
-    except Exception as e:
-        cls = classify(lib, e)
-        if cls is None:
-            raise
-        q.errors[cls] += 1
-        if cls == LIBRARY_FATAL:
-            raise LibraryDown(e) from e
-        session._lose(dev, dev.lost_reason or str(e))
-        return False
-    dev.handle = handle
-    found_again(dev, "answers again")  # its backoff is kept until it has stayed up a while
-    session.rediscover_soon()
-    return True
+class NvidiaTelemetry(Telemetry[NvmlSession, NvDevice]):
+    """Each GPU and each MIG instance is read on its GPU's worker."""
 
-
-class NvidiaTelemetry:
     name = "nvidia"
 
     def __init__(self, session: NvmlSession, clock: Callable[[], float], gpm: bool) -> None:
         """``clock`` gives the samples' wall-clock time; ``gpm`` reads GPM activity."""
-        self.session = session
-        self.session.driven = True
-        self.now = clock
+        super().__init__(session, clock)
         self.gpm_enabled = gpm
-        self._stuck: set[str] = set()
         self.session.on_shutdown(lambda: free_samples(self.session))
 
-    def _read(self, dev: NvDevice, q: Query) -> DeviceSample | None:
-        if dev.lost:
-            if time.monotonic() < dev.retry_at or dev.parent is not None:
-                return None
-            if not refind(self.session, dev, q):
-                return None
-        try:
-            return q.verdict(dev, read_device(self.session, dev, q, self.gpm_enabled))
-        except DeviceLost as e:
-            self.session._lose(dev, str(e))
-            return None
+    def units(self) -> list[NvDevice]:
+        return self.session.known()
 
-    def collect(self, deadline: float) -> CollectorResult:
-        errors: Counter = Counter()
-        session = self.session
-        if not session.ensure(errors, deadline):
-            return CollectorResult(
-                ok=session.absent,
-                devices=tuple(down_sample(d, "backend down") for d in session.known()),
-                backends=(session.status(),), errors=errors)
-        q = Query(session, errors)
-        devices = session.known()
-        results, stuck = run_on_devices(devices, lambda d: self._read(d, q), deadline)
-        samples = []
-        failure: BaseException | None = None
-        for dev in devices:
-            r: Any = results.get(dev.uuid)
-            if dev.uuid in stuck:
-                samples.append(down_sample(dev, "timeout"))
-            elif isinstance(r, LibraryDown):
-                failure = r.__cause__ or r
-            elif isinstance(r, BaseException):
-                raise r
-            elif r is None:
-                reason = dev.lost_reason or (dev.parent.lost_reason if dev.parent else None)
-                samples.append(down_sample(dev, reason or "lost"))
-            else:
-                samples.append(r)
-        if stuck != self._stuck:
-            if stuck - self._stuck:
-                log.warning("GPU(s) %s did not answer within the deadline; not called again "
-                            "until the hung call returns", ", ".join(sorted(
-                                d.identity.index for d in devices if d.uuid in stuck)))
-            self._stuck = stuck
-        if failure is not None:
-            session.mark_down(failure)
-            return CollectorResult(
-                ok=False,
-                devices=tuple(down_sample(d, "backend down") for d in devices),
-                backends=(session.status(),), errors=errors)
-        return CollectorResult(ok=True, devices=tuple(samples), backends=(session.status(),),
-                               errors=errors, timestamp=self.now())
-
-    def close(self) -> None:
-        pass  # the shared session is closed with the context
+    def read(self, dev: NvDevice, q: Query) -> list[DeviceSample]:
+        return [read_device(self.session, dev, q, self.gpm_enabled)]
