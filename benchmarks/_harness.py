@@ -1,6 +1,7 @@
 """What the reliability benchmarks (soak.py, faults.py) share: a daemon child on a loopback
 port, scrapes of /metrics, samples of a process's RSS, fds and threads from /proc, log
-counting, percentiles and the table they print."""
+counting, percentiles and the table they print; and what every benchmark with --write shares:
+its section of a markdown file (write_section, print_table)."""
 
 from __future__ import annotations
 

@@ -116,8 +116,8 @@ import collections, json, sys, traceback
 sys.path.insert(0, sys.argv[2])
 from hypothesis import HealthCheck, given, settings
 from tests import test_fuzz_inputs as f
-from gpuprobe.daemon import config
-from gpuprobe.daemon.config import ConfigError
+from gpuprobe.daemon.core import config
+from gpuprobe.daemon.core.config import ConfigError
 from gpuprobe.probes.sim import scenario as sm
 from gpuprobe.probes.sim.scenario import ScenarioError
 

@@ -108,9 +108,9 @@ def config(case: str) -> dict[str, Any]:
 # -- the child: a daemon that takes fault commands on stdin -----------------------------------
 
 def child(scenario_path: str, config_path: str, port: int) -> int:
-    from gpuprobe.daemon import config as config_mod
-    from gpuprobe.daemon.app import Daemon
-    from gpuprobe.daemon.cli import setup_logging
+    from gpuprobe.daemon.core import config as config_mod
+    from gpuprobe.daemon.service.app import Daemon
+    from gpuprobe.daemon.service.cli import setup_logging
     from gpuprobe.probes.sim import Simulation
 
     cfg = dataclasses.replace(config_mod.load(config_path), listen=f"127.0.0.1:{port}")

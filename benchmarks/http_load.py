@@ -10,7 +10,7 @@ soft RLIMIT_NOFILE set to 1024, systemd's default:
 - ``threading``: the server gpuprobe had before (the standard library's
   ThreadingHTTPServer, a thread per connection, HTTP/1.0, a 10 s timeout on each read, a
   listen backlog of 5), copied below as it was;
-- ``asyncio``: daemon/http.py (one event loop, h11, a deadline on the whole request head, a
+- ``asyncio``: daemon/service/http.py (one event loop, h11, a deadline on the whole request head, a
   connection cap that evicts clients without a whole request, shared renders).
 
 For each: start-up (spawn to first /metrics), resident memory and threads at rest; then
@@ -51,13 +51,13 @@ ARMS = ("threading", "asyncio")
 # -- the child: one arm serving the simulation ------------------------------------------------
 
 def _old_server(host: str, port: int, registry: Any) -> Any:
-    """gpuprobe's HTTP server before the hardening (daemon/http.py at 9df681c), less the
+    """gpuprobe's HTTP server before the hardening (daemon/service/http.py at 9df681c), less the
     health and landing handlers this benchmark does not call."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qs, urlparse
 
-    from gpuprobe.daemon.exposition import Encoder, render
+    from gpuprobe.daemon.export.exposition import Encoder, render
 
     encoder = Encoder()
 
@@ -95,8 +95,8 @@ def _old_server(host: str, port: int, registry: Any) -> Any:
 def serve(arm: str, port: int) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
-    from gpuprobe.daemon import config as config_mod
-    from gpuprobe.daemon.app import Daemon
+    from gpuprobe.daemon.core import config as config_mod
+    from gpuprobe.daemon.service.app import Daemon
     from gpuprobe.probes.sim import Simulation
 
     cfg = config_mod.from_mapping({"collectors": {"pcie_probe": {"enabled": False},
@@ -117,7 +117,7 @@ def serve(arm: str, port: int) -> None:
     if arm == "threading":
         _old_server("127.0.0.1", port, daemon.registry)
     else:
-        from gpuprobe.daemon.http import HttpServer
+        from gpuprobe.daemon.service.http import HttpServer
 
         server = HttpServer("127.0.0.1", port, daemon.registry, daemon.health, daemon.ready,
                             daemon.landing)

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuprobe.daemon.config import LeaksConfig
-from gpuprobe.daemon.leaks import LeakDetector
+from gpuprobe.daemon.analysis.leaks import LeakDetector
+from gpuprobe.daemon.core.config import LeaksConfig
 from gpuprobe.probes.sim.patterns import MemoryPattern, smooth_noise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

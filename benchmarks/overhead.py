@@ -38,11 +38,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import write_section
 
-from gpuprobe.daemon import config as config_mod
-from gpuprobe.daemon import exposition
-from gpuprobe.daemon.app import Daemon
-from gpuprobe.daemon.state import CollectorHealth
-from gpuprobe.probes.memory_leaks import MemoryLeaks
+from gpuprobe.daemon.analysis.memory_leaks import MemoryLeaks
+from gpuprobe.daemon.core import config as config_mod
+from gpuprobe.daemon.core.state import CollectorHealth
+from gpuprobe.daemon.export import exposition
+from gpuprobe.daemon.service.app import Daemon
 from gpuprobe.probes.sim import ManualClock, Simulation
 from gpuprobe.probes.sim.scenario import parse
 
@@ -138,7 +138,7 @@ def measure_real(cycles: int) -> dict:
         for _ in range(3):
             ours.scheduler.run_once()
             time.sleep(0.11)
-        session = ours.context._shared["nvml"]
+        session = ours.sources.nvml_session()
         devs = [d for d in session.known() if d.parent is None]
         handles = [d.handle for d in devs]
         field_ids = devs[0].state["field_ids"][1]  # the fields this GPU supports

@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from gpuprobe.daemon.model import pcie_link_bytes_per_second
-from gpuprobe.probes.orchestrator import probe_values, run_child
+from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
+from gpuprobe.probes.active.orchestrator import probe_values, run_child
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import write_section

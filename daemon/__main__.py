@@ -1,3 +1,3 @@
-from gpuprobe.daemon.cli import main
+from gpuprobe.daemon.service.cli import main
 
 raise SystemExit(main())

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gpuprobe.daemon.model import DeviceIdentity, DeviceSample
-from gpuprobe.daemon.workers import Worker
+from gpuprobe.daemon.core.model import DeviceIdentity, DeviceSample
+from gpuprobe.daemon.core.workers import Worker
 
 UNSUPPORTED = "unsupported"
 TRANSIENT = "transient"

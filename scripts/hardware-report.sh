@@ -32,7 +32,7 @@ $py - > "$out/rss.txt" 2>&1 <<'PY'
 import psutil
 p = psutil.Process()
 print("python", p.memory_info().rss / 1e6, "MB")
-import gpuprobe.daemon.app  # noqa: F401
+import gpuprobe.daemon.service.app  # noqa: F401
 print("gpuprobe imported", p.memory_info().rss / 1e6, "MB")
 import pynvml
 pynvml.nvmlInit()

@@ -32,11 +32,13 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check .
-# mypy checks the package under its installed names: a tree of links maps daemon/ and probes/
+# mypy and import-linter check the package under its installed names: a tree of links maps daemon/ and probes/
 # to gpuprobe.daemon and gpuprobe.probes, as pyproject's package-dir does for pip.
 mkdir -p .cache/typecheck/gpuprobe
 : > .cache/typecheck/gpuprobe/__init__.py
 ln -sfn ../../../daemon .cache/typecheck/gpuprobe/daemon
 ln -sfn ../../../probes .cache/typecheck/gpuprobe/probes
 (cd .cache/typecheck && ../../.venv/bin/mypy --config-file ../../pyproject.toml -p gpuprobe)
+# import-linter keeps the layers (pyproject's [tool.importlinter]) over the same tree.
+(cd .cache/typecheck && ../../.venv/bin/lint-imports --no-cache ../../pyproject.toml)
 GPUPROBE_REQUIRE_PROMETHEUS=1 .venv/bin/pytest -q "$@"

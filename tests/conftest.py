@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuprobe.daemon import config as config_mod
-from gpuprobe.daemon.app import Daemon
+from gpuprobe.daemon.core import config as config_mod
+from gpuprobe.daemon.service.app import Daemon
 from gpuprobe.probes.sim import ManualClock, Simulation
 from gpuprobe.probes.sim.scenario import parse
 

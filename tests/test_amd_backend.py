@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuprobe.daemon.catalog import CATALOG
+from gpuprobe.daemon.export.catalog import CATALOG
 from gpuprobe.probes.amd import library as L
 from gpuprobe.probes.amd.telemetry import decode_throttle
 from gpuprobe.probes.sim import ManualClock

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuprobe.daemon.config import Config, from_mapping
-from gpuprobe.daemon.context import Context
+from gpuprobe.daemon.core.config import Config, from_mapping
 from gpuprobe.probes.amd import library
 from gpuprobe.probes.amd.preflight import Preflight, reap
 from gpuprobe.probes.amd.session import AmdSession
@@ -143,7 +142,7 @@ def _session(**amd: object) -> AmdSession:
     if amd:
         from dataclasses import replace
         config = replace(config, amd=replace(config.amd, **amd))
-    return AmdSession(Context(config))
+    return AmdSession(None, config.amd)
 
 
 def _bring_up(session: AmdSession, seconds: float = 25.0) -> Counter:

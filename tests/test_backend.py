@@ -8,8 +8,8 @@ import time
 import pynvml
 import pytest
 
-from gpuprobe.daemon.model import DeviceIdentity
-from gpuprobe.daemon.workers import Worker
+from gpuprobe.daemon.core.model import DeviceIdentity
+from gpuprobe.daemon.core.workers import Worker
 from gpuprobe.probes.backend import DEVICE_RETRY_MAX, Device, found_again, lose
 
 from .conftest import make_daemon

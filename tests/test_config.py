@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import yaml
 
-from gpuprobe.daemon import config
-from gpuprobe.daemon.config import ConfigError
+from gpuprobe.daemon.core import config
+from gpuprobe.daemon.core.config import ConfigError
 
 from .conftest import ROOT, write_yaml
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gpuprobe.daemon import config
-from gpuprobe.daemon.config import CollectorConfig, Config, ConfigError
+from gpuprobe.daemon.core import config
+from gpuprobe.daemon.core.config import CollectorConfig, Config, ConfigError
 
 MAX_LINE = 200  # not counting the file's path (itself cut to 100 characters)
 

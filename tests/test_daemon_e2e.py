@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuprobe.daemon import catalog
+from gpuprobe.daemon.export import catalog
 
 from .conftest import RunningDaemon, real_time_collectors, wait_for, write_yaml
 

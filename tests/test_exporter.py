@@ -7,10 +7,8 @@ import re
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuprobe.daemon import catalog
-from gpuprobe.daemon.config import ExporterConfig
-from gpuprobe.daemon.exporter import SnapshotCollector
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.config import ExporterConfig
+from gpuprobe.daemon.core.model import (
     CollectorResult,
     DeviceIdentity,
     DeviceSample,
@@ -20,7 +18,9 @@ from gpuprobe.daemon.model import (
     Thermal,
     Throttle,
 )
-from gpuprobe.daemon.state import CollectorHealth, Store
+from gpuprobe.daemon.core.state import CollectorHealth, Store
+from gpuprobe.daemon.export import catalog
+from gpuprobe.daemon.export.exporter import SnapshotCollector
 
 from .conftest import ROOT
 
@@ -147,6 +147,7 @@ def test_docs_metrics_md_is_up_to_date():
     path = ROOT / "docs" / "metrics.md"
     text = path.read_text(encoding="utf-8")
     assert catalog.render_doc(text) == text, (
-        "docs/metrics.md is stale: run python -m gpuprobe.daemon.catalog --write docs/metrics.md")
+        "docs/metrics.md is stale: run "
+        "python -m gpuprobe.daemon.export.catalog --write docs/metrics.md")
     for m in catalog.CATALOG:
         assert f"`{m.name}`" in text

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from gpuprobe.daemon.exposition import Encoder, encode, render
+from gpuprobe.daemon.export.exposition import Encoder, encode, render
 
 from .conftest import make_daemon
 

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 
-from gpuprobe.daemon.workers import ThreadUnavailable, Worker
+from gpuprobe.daemon.core.workers import ThreadUnavailable, Worker
 from gpuprobe.probes import host
 
 from .conftest import make_daemon, wait_for
@@ -145,7 +145,7 @@ def test_a_gpu_whose_worker_cannot_start_costs_only_that_gpu(monkeypatch) -> Non
 LOW_LIMIT = textwrap.dedent("""
     import json, logging, os, resource, sys, tempfile
     from gpuprobe.probes.host import ProcessResolver
-    from gpuprobe.probes.orchestrator import run_child
+    from gpuprobe.probes.active.orchestrator import run_child
 
     root = sys.argv[1]
     os.makedirs(os.path.join(root, "100"))

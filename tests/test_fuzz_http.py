@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuprobe.daemon.config import HttpConfig
+from gpuprobe.daemon.core.config import HttpConfig
 
 from .test_http import serve
 

@@ -17,8 +17,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuprobe.daemon import config
-from gpuprobe.daemon.config import ConfigError
+from gpuprobe.daemon.core import config
+from gpuprobe.daemon.core.config import ConfigError
 from gpuprobe.probes.sim import scenario as scenario_mod
 from gpuprobe.probes.sim.scenario import ScenarioError
 

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuprobe.daemon import config
-from gpuprobe.daemon.app import Daemon
+from gpuprobe.daemon.core import config
+from gpuprobe.daemon.service.app import Daemon
 
 pytestmark = pytest.mark.gpu
 
@@ -35,7 +35,7 @@ def _probe_gpu0(probe: str, **request):
     succeed."""
     import pynvml
 
-    from gpuprobe.probes.orchestrator import run_child
+    from gpuprobe.probes.active.orchestrator import run_child
 
     pynvml.nvmlInit()
     uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
@@ -73,7 +73,7 @@ def test_real_gpu_reports():
 
 @requires_gpu
 def test_real_pcie_probe():
-    from gpuprobe.probes.orchestrator import probe_values
+    from gpuprobe.probes.active.orchestrator import probe_values
 
     out = _probe_gpu0("pcie", size=64 * 2**20, copies=4, repetitions=3)
     v = probe_values("pcie", out.values)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from gpuprobe.daemon import catalog
+from gpuprobe.daemon.export import catalog
 
 from .conftest import ROOT
 

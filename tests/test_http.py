@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
-from gpuprobe.daemon.config import HttpConfig
-from gpuprobe.daemon.http import HttpServer, raise_fd_limit
+from gpuprobe.daemon.core.config import HttpConfig
+from gpuprobe.daemon.service.http import HttpServer, raise_fd_limit
 
 
 class Counting:

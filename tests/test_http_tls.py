@@ -19,8 +19,8 @@ import pytest
 import trustme
 import yaml
 
-from gpuprobe.daemon.config import HttpConfig
-from gpuprobe.daemon.webconfig import WebConfigError, WebConfigSource, load
+from gpuprobe.daemon.core.config import HttpConfig
+from gpuprobe.daemon.service.webconfig import WebConfigError, WebConfigSource, load
 
 from .conftest import RunningDaemon, gpuprobe_cmd, wait_for, write_yaml
 from .test_http import serve

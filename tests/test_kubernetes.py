@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gpuprobe.daemon import config as config_mod
+from gpuprobe.daemon.core import config as config_mod
 
 from .conftest import ROOT
 

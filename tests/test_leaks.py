@@ -9,9 +9,10 @@ from importlib import resources
 import pytest
 import yaml
 
-from gpuprobe.daemon.config import LeaksConfig, from_mapping
-from gpuprobe.daemon.leaks import LeakDetector, robust_slope
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.analysis.leaks import LeakDetector, robust_slope
+from gpuprobe.daemon.analysis.memory_leaks import MemoryLeaks
+from gpuprobe.daemon.core.config import LeaksConfig, from_mapping
+from gpuprobe.daemon.core.model import (
     CollectorResult,
     DeviceIdentity,
     DeviceSample,
@@ -19,8 +20,7 @@ from gpuprobe.daemon.model import (
     Memory,
     ProcessSample,
 )
-from gpuprobe.daemon.state import CollectorHealth, Store
-from gpuprobe.probes.memory_leaks import MemoryLeaks
+from gpuprobe.daemon.core.state import CollectorHealth, Store
 from gpuprobe.probes.sim import ManualClock
 
 from .conftest import make_daemon
@@ -136,10 +136,7 @@ def dev(used: int, up: bool = True) -> DeviceSample:
 class Harness:
     def __init__(self, cfg: dict | None = None) -> None:
         self.store = Store()
-        ctx = type("Ctx", (), {})()
-        ctx.store = self.store
-        ctx.config = from_mapping({"leaks": cfg or {}})
-        self.collector = MemoryLeaks(ctx)
+        self.collector = MemoryLeaks(from_mapping({"leaks": cfg or {}}).leaks, self.store.view)
 
     def publish(self, t: float, used: int, procs: list[ProcessSample], up: bool = True) -> None:
         h = CollectorHealth("x", 10.0, up=True)

@@ -33,10 +33,10 @@ def test_parsing_a_config_imports_no_backend_and_a_disabled_one_is_never_importe
                       "amd_events: false, pcie_probe: false, launch_probe: false}\n")
     code = (
         "import sys\n"
-        "from gpuprobe.daemon import config\n"
+        "from gpuprobe.daemon.core import config\n"
         f"cfg = config.load({str(config)!r})\n"
         "print(sorted(m for m in sys.modules if m.startswith('gpuprobe.probes')))\n"
-        "from gpuprobe.daemon.app import Daemon\n"
+        "from gpuprobe.daemon.service.app import Daemon\n"
         "from gpuprobe.probes.sim import Simulation\n"
         "d = Daemon(cfg, Simulation.from_file(None))\n"
         "print(sorted(m for m in sys.modules if m.startswith('gpuprobe.probes.amd')))\n"

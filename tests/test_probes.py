@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from gpuprobe.probes.kernels import cuda, hip
-from gpuprobe.probes.kernels.common import analyse_launch
-from gpuprobe.probes.orchestrator import Orchestrator, Outcome, probe_values, run_child
+from gpuprobe.probes.active.kernels import cuda, hip
+from gpuprobe.probes.active.kernels.common import analyse_launch
+from gpuprobe.probes.active.orchestrator import Orchestrator, Outcome, probe_values, run_child
 
 from .conftest import ROOT, make_daemon, wait_for
 
-PTX = ROOT / "probes" / "kernels" / "probe.ptx"
+PTX = ROOT / "probes" / "active" / "kernels" / "probe.ptx"
 IDLE = {"vendor": "nvidia", "model": "NVIDIA H100 80GB HBM3", "architecture": "hopper"}
 
 
@@ -58,7 +58,10 @@ def setup(scenario: dict | None = None, config: dict | None = None,
     d = make_daemon(scenario or {"seed": 7, "devices": [IDLE, IDLE]}, config=config)
     d.scheduler.run_once()
     clock = Clock()
-    orch = Orchestrator(d.context, runtime or FakeRuntime(), clock, random.Random(1))
+    s = d.sources
+    orch = Orchestrator(s.config.probes, s.snapshot, s.probe_children, s.listers,
+                        sim_environment=s.simulation.probe_environment,
+                        runtime=runtime or FakeRuntime(), clock=clock, rng=random.Random(1))
     return d, orch, clock
 
 
@@ -245,7 +248,7 @@ def test_child_environment_isolates_the_gpu(tmp_path):
     script = ("import os, json; print('RESULT ' + json.dumps({'ok': True, 'gpu_seconds': 0, "
               "'env': {k: os.environ.get(k) for k in ('CUDA_VISIBLE_DEVICES', "
               "'CUDA_MPS_PIPE_DIRECTORY', 'CUDA_MODULE_LOADING')}}))")
-    import gpuprobe.probes.orchestrator as o
+    import gpuprobe.probes.active.orchestrator as o
 
     saved = o.RUNNER
     (tmp_path / "envdump.py").write_text(script)
@@ -386,13 +389,13 @@ def _gone(pid: int) -> bool:
 def test_stopping_the_daemon_mid_probe_ends_the_child_and_removes_its_directory(
         monkeypatch):
     """Issue 11, defect 9: a probe child running when the daemon stopped was orphaned, and
-    its private directory left behind. Stopping the daemon (Daemon.stop closes the context,
-    and with it the orchestrator) ends the child and removes the directory."""
-    from gpuprobe.probes import orchestrator as o
+    its private directory left behind. Stopping the daemon (Daemon.stop closes the sources,
+    and with them the orchestrator) ends the child and removes the directory."""
+    from gpuprobe.probes.active import orchestrator as o
 
     d = make_daemon({"seed": 12, "devices": [IDLE]},
                     config={"probes": {"timeout": "10m"}})
-    orch = o.orchestrator(d.context)
+    orch = d.sources.orchestrator()
     real_request = o.Orchestrator._request
 
     def hanging(self, dev, probe):  # the simulated child sleeps for an hour
@@ -429,7 +432,7 @@ def test_stopping_the_daemon_mid_probe_ends_the_child_and_removes_its_directory(
 def test_every_way_out_of_a_run_removes_its_directory(monkeypatch, tmp_path):
     """A child that cannot start (out of file descriptors for its pipes) is a failed run, not
     an exception, and leaves no directory; so do the other ways out."""
-    from gpuprobe.probes import orchestrator as o
+    from gpuprobe.probes.active import orchestrator as o
 
     monkeypatch.setattr(o.tempfile, "tempdir", str(tmp_path))
 

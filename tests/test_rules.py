@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from gpuprobe.daemon import catalog
-from gpuprobe.daemon.config import LeaksConfig
-from gpuprobe.daemon.leaks import LeakDetector
+from gpuprobe.daemon.analysis.leaks import LeakDetector
+from gpuprobe.daemon.core.config import LeaksConfig
+from gpuprobe.daemon.export import catalog
 
 from .conftest import ROOT
 

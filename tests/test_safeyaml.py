@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpuprobe.daemon import config, safeyaml
-from gpuprobe.daemon.config import ConfigError
-from gpuprobe.daemon.safeyaml import YamlFileError, load_file, loads
+from gpuprobe.daemon.core import config, safeyaml
+from gpuprobe.daemon.core.config import ConfigError
+from gpuprobe.daemon.core.safeyaml import YamlFileError, load_file, loads
 
 # "Billion laughs" (342 bytes here): 9^9 "lol" strings once its aliases are expanded.
 BILLION_LAUGHS = (

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
-from gpuprobe.daemon.config import CollectorConfig
-from gpuprobe.daemon.model import CollectorResult, DeviceIdentity, DeviceSample
-from gpuprobe.daemon.scheduler import Scheduler
-from gpuprobe.daemon.state import Store
+from gpuprobe.daemon.core.config import CollectorConfig
+from gpuprobe.daemon.core.model import CollectorResult, DeviceIdentity, DeviceSample
+from gpuprobe.daemon.core.state import Store
+from gpuprobe.daemon.service.scheduler import Scheduler
 
 from .conftest import wait_for
 

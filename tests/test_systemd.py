@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuprobe.daemon.cli import supervise
-from gpuprobe.daemon.systemd import Notifier, child_environment
+from gpuprobe.daemon.core.childenv import child_environment
+from gpuprobe.daemon.service.cli import supervise
+from gpuprobe.daemon.service.systemd import Notifier
 
 from .conftest import ROOT, free_port, gpuprobe_cmd
 

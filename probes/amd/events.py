@@ -15,10 +15,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult
-from gpuprobe.daemon.registry import register
-from gpuprobe.probes.amd.session import AmdSession, amd_session
+from gpuprobe.daemon.core.model import CollectorResult
+from gpuprobe.probes.amd.session import AmdSession
 from gpuprobe.probes.backend import LIBRARY_FATAL, EventWatcher
 
 log = logging.getLogger("gpuprobe.amd.events")
@@ -113,12 +111,11 @@ class AmdEventWatcher(EventWatcher):
             self.session.rediscover_soon()
 
 
-@register("amd_events")
 class AmdEvents:
     name = "amd_events"
 
-    def __init__(self, ctx: Context) -> None:
-        self.session = amd_session(ctx)
+    def __init__(self, session: AmdSession) -> None:
+        self.session = session
         self.watcher = AmdEventWatcher(self.session)
 
     def collect(self, deadline: float) -> CollectorResult:

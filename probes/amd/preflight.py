@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from gpuprobe.daemon.systemd import child_environment
+from gpuprobe.daemon.core.childenv import child_environment
 from gpuprobe.probes.amd.library import Unavailable, import_amdsmi, versions
 
 

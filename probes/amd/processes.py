@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult, ProcessSample
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
 from gpuprobe.probes.amd.library import clean, number
-from gpuprobe.probes.amd.session import AmdDevice, AmdSession, amd_session
+from gpuprobe.probes.amd.session import AmdDevice, AmdSession
 from gpuprobe.probes.backend import DeviceLost, LibraryDown, Query, run_on_devices
 from gpuprobe.probes.host import ProcessResolver
 
@@ -62,16 +61,16 @@ def current_pids(session: AmdSession, uuid: str, deadline: float) -> set[int] | 
     return {pid for r in results.values() for pid in r if pid != own}
 
 
-@register("amd_processes")
 class AmdProcesses:
     name = "amd_processes"
 
-    def __init__(self, ctx: Context) -> None:
-        self.session = amd_session(ctx)
-        self.resolver: ProcessResolver = ctx.shared(
-            "host.processes", lambda: ProcessResolver(ctx.proc_root))
-        self.probe_children: set[int] = ctx.shared("probe.children", set)
-        self.now = ctx.now
+    def __init__(self, session: AmdSession, resolver: ProcessResolver,
+                 probe_children: set[int], clock: Callable[[], float]) -> None:
+        """``probe_children``: pids of gpuprobe's own probe runs, marked as such."""
+        self.session = session
+        self.resolver = resolver
+        self.probe_children = probe_children
+        self.now = clock
         self.own_pid = os.getpid()
         # (device uuid, pid, start ticks) -> (gfx ns, time) of the last listing
         self._engine: dict[tuple[str, int, int | None], tuple[float, float]] = {}

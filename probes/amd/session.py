@@ -18,14 +18,12 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuprobe.daemon.config import AmdConfig
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
-from gpuprobe.daemon.workers import Job, Worker
+from gpuprobe.daemon.core.config import AmdConfig
+from gpuprobe.daemon.core.model import BackendStatus, DeviceIdentity
+from gpuprobe.daemon.core.workers import Job, Worker
 from gpuprobe.probes.amd.library import (
     STATUS_NO_PERM,
     Unavailable,
@@ -83,11 +81,13 @@ def physical_bdf(bdf: str) -> str:
 class AmdSession(Lifetime):
     """amdsmi's lifetime in the daemon, shared by the AMD collectors."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, face: Any, config: AmdConfig) -> None:
+        """``face``: the simulated amdsmi, or None for the real package (imported only
+        after an isolated child has shown that it loads and initialises)."""
         super().__init__()
-        self.face = ctx.amdsmi_face
+        self.face = face
         self.lib: Any = None
-        self.config: AmdConfig = ctx.config.amd
+        self.config = config
         self.absent = False
         self.reason: str | None = "not initialised yet"
         self.versions: Versions | None = None
@@ -461,18 +461,3 @@ class AmdSession(Lifetime):
         dev.static = {"thresholds": thresholds, "partitions": partitions,
                       "compute_units": cus if isinstance(cus, int) and cus > 0 else None}
 
-
-def amd_session(ctx: Context) -> AmdSession:
-    def make() -> AmdSession:
-        session = AmdSession(ctx)
-
-        def lister(uuid: str, deadline: float) -> set[int] | None:
-            from gpuprobe.probes.amd.processes import current_pids  # processes imports this module
-            return current_pids(session, uuid, deadline)
-
-        listers: dict[str, Callable[[str, float], set[int] | None]] = ctx.shared(
-            "probe.listers", dict)
-        listers["amd"] = lister
-        return session
-
-    return ctx.shared("amdsmi", make)

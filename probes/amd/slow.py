@@ -15,11 +15,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult
-from gpuprobe.daemon.registry import register
-from gpuprobe.daemon.workers import Job, Worker
-from gpuprobe.probes.amd.session import AmdDevice, AmdSession, amd_session
+from gpuprobe.daemon.core.model import CollectorResult
+from gpuprobe.daemon.core.workers import Job, Worker
+from gpuprobe.probes.amd.session import AmdDevice, AmdSession
 from gpuprobe.probes.backend import STUCK_SECONDS, DeviceLost, LibraryDown, Query
 
 
@@ -37,12 +35,11 @@ def read_slow(session: AmdSession, dev: AmdDevice, q: Query) -> dict[str, Any]:
     return out
 
 
-@register("amd_slow")
 class AmdSlow:
     name = "amd_slow"
 
-    def __init__(self, ctx: Context) -> None:
-        self.session = amd_session(ctx)
+    def __init__(self, session: AmdSession) -> None:
+        self.session = session
         self._workers: dict[str, Worker] = {}
 
     def _worker(self, dev: AmdDevice) -> Worker:

@@ -24,11 +24,10 @@ from __future__ import annotations
 import ctypes
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.model import (
     Clocks,
     CollectorResult,
     DeviceSample,
@@ -39,7 +38,6 @@ from gpuprobe.daemon.model import (
     Thermal,
     Throttle,
 )
-from gpuprobe.daemon.registry import register
 from gpuprobe.probes.amd.library import (
     clean,
     energy_joules,
@@ -50,7 +48,7 @@ from gpuprobe.probes.amd.library import (
     number,
     percent_ratio,
 )
-from gpuprobe.probes.amd.session import SENSORS, AmdDevice, AmdSession, amd_session, log
+from gpuprobe.probes.amd.session import SENSORS, AmdDevice, AmdSession, log
 from gpuprobe.probes.backend import (
     TRANSIENT,
     DeviceLost,
@@ -398,17 +396,17 @@ class Reader:
         return errors
 
 
-@register("amd")
 class AmdTelemetry:
     name = "amd"
 
-    def __init__(self, ctx: Context) -> None:
-        self.session = amd_session(ctx)
+    def __init__(self, session: AmdSession, clock: Callable[[], float], ras_interval: float,
+                 slow_interval: float | None) -> None:
+        """``slow_interval``: the ``amd_slow`` collector's, None where it is disabled."""
+        self.session = session
         self.session.driven = True
-        self.now = ctx.now
-        self.ras_interval = ctx.config.amd.ras_interval
-        slow = ctx.config.collectors.get("amd_slow")
-        self.slow_interval = slow.interval if slow is not None and slow.enabled else None
+        self.now = clock
+        self.ras_interval = ras_interval
+        self.slow_interval = slow_interval
         self._stuck: set[str] = set()
 
     def _read(self, dev: AmdDevice, reader: Reader) -> list[DeviceSample] | None:

@@ -13,13 +13,12 @@ import ctypes
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.model import CollectorResult
 from gpuprobe.probes.backend import EventWatcher
-from gpuprobe.probes.nvidia.session import LIBRARY_FATAL, NvmlSession, nvml_session
+from gpuprobe.probes.nvidia.session import LIBRARY_FATAL, NvmlSession
 
 log = logging.getLogger("gpuprobe.nvidia.events")
 
@@ -141,14 +140,14 @@ class XidWatcher(EventWatcher):
             log.warning("XID %d on GPU %s (%s)", code, dev.identity.index if dev else "?", uuid)
 
 
-@register("nvidia_events")
 class NvidiaEvents:
     name = "nvidia_events"
 
-    def __init__(self, ctx: Context) -> None:
-        self.session = nvml_session(ctx)
-        self.codes = ctx.config.nvidia.xid_codes
-        self.watcher = ctx.shared("nvml.events", lambda: XidWatcher(self.session))
+    def __init__(self, session: NvmlSession, watcher: XidWatcher, codes: Iterable[int]) -> None:
+        """``codes``: the XIDs exported at 0 before they first happen."""
+        self.session = session
+        self.codes = codes
+        self.watcher = watcher
         # Start now: NVML only delivers events that happen after registration.
         self.watcher.ensure_running()
 

@@ -10,10 +10,9 @@ the telemetry collector.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult, ProcessSample
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
 from gpuprobe.probes.host import ProcessResolver
 from gpuprobe.probes.nvidia.session import (
     DeviceLost,
@@ -21,7 +20,6 @@ from gpuprobe.probes.nvidia.session import (
     NvDevice,
     NvmlSession,
     Query,
-    nvml_session,
     run_on_devices,
 )
 
@@ -65,19 +63,16 @@ def current_pids(session: NvmlSession, uuid: str, deadline: float) -> set[int] |
     return {pid for r in results.values() for pid in r}
 
 
-def resolver(ctx: Context) -> ProcessResolver:
-    return ctx.shared("host.processes", lambda: ProcessResolver(ctx.proc_root))
-
-
-@register("nvidia_processes")
 class NvidiaProcesses:
     name = "nvidia_processes"
 
-    def __init__(self, ctx: Context) -> None:
-        self.session = nvml_session(ctx)
-        self.resolver = resolver(ctx)
-        self.probe_children: set[int] = ctx.shared("probe.children", set)
-        self.now = ctx.now
+    def __init__(self, session: NvmlSession, resolver: ProcessResolver,
+                 probe_children: set[int], clock: Callable[[], float]) -> None:
+        """``probe_children``: pids of gpuprobe's own probe runs, marked as such."""
+        self.session = session
+        self.resolver = resolver
+        self.probe_children = probe_children
+        self.now = clock
 
     def _list(self, dev: NvDevice, q: Query) -> dict[int, int | None] | None:
         try:

@@ -25,10 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpuprobe.daemon.config import NvidiaConfig
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import BackendStatus, DeviceIdentity
-from gpuprobe.daemon.workers import Job, Worker
+from gpuprobe.daemon.core.config import NvidiaConfig
+from gpuprobe.daemon.core.model import BackendStatus, DeviceIdentity
+from gpuprobe.daemon.core.workers import Job, Worker
 from gpuprobe.probes.backend import (
     DEVICE_FATAL,
     LIBRARY_FATAL,
@@ -388,21 +387,3 @@ TEMPERATURE_THRESHOLDS = (
 ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
                  8: "ada", 9: "hopper", 10: "blackwell"}
 
-
-def nvml_session(ctx: Context) -> NvmlSession:
-    def make() -> NvmlSession:
-        session = NvmlSession(ctx.nvml(), ctx.config.nvidia)
-
-        def lister(uuid: str, deadline: float) -> set[int] | None:
-            from gpuprobe.probes.nvidia.processes import (
-                current_pids,  # processes imports this module
-            )
-            return current_pids(session, uuid, deadline)
-
-        # The probes ask which processes hold a GPU before and after each run.
-        listers: dict[str, Callable[[str, float], set[int] | None]] = ctx.shared(
-            "probe.listers", dict)
-        listers["nvidia"] = lister
-        return session
-
-    return ctx.shared("nvml", make)

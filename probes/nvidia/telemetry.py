@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.model import (
     Activity,
     Clocks,
     CollectorResult,
@@ -26,7 +26,6 @@ from gpuprobe.daemon.model import (
     Thermal,
     Throttle,
 )
-from gpuprobe.daemon.registry import register
 from gpuprobe.probes.backend import down_sample, found_again
 from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
 from gpuprobe.probes.nvidia.session import (
@@ -41,7 +40,6 @@ from gpuprobe.probes.nvidia.session import (
     Query,
     classify,
     log,
-    nvml_session,
     run_on_devices,
 )
 
@@ -359,15 +357,15 @@ def refind(session: NvmlSession, dev: NvDevice, q: Query) -> bool:
     return True
 
 
-@register("nvidia")
 class NvidiaTelemetry:
     name = "nvidia"
 
-    def __init__(self, ctx: Context) -> None:
-        self.session = nvml_session(ctx)
+    def __init__(self, session: NvmlSession, clock: Callable[[], float], gpm: bool) -> None:
+        """``clock`` gives the samples' wall-clock time; ``gpm`` reads GPM activity."""
+        self.session = session
         self.session.driven = True
-        self.now = ctx.now
-        self.gpm_enabled = ctx.config.nvidia.gpm
+        self.now = clock
+        self.gpm_enabled = gpm
         self._stuck: set[str] = set()
         self.session.on_shutdown(lambda: free_samples(self.session))
 

@@ -35,7 +35,7 @@ from enum import IntEnum
 from types import SimpleNamespace
 from typing import Any
 
-from gpuprobe.daemon.model import pcie_link_bytes_per_second
+from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
 from gpuprobe.probes.sim.faults import Face, Faults, api
 from gpuprobe.probes.sim.world import SimDevice, SimWorld
 

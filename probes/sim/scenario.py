@@ -19,11 +19,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gpuprobe.daemon import safeyaml
-from gpuprobe.daemon.config import ConfigError, parse_duration
-from gpuprobe.daemon.config import parse_rate as config_parse_rate
-from gpuprobe.daemon.config import parse_size as config_parse_size
-from gpuprobe.daemon.safeyaml import as_float, cut, display_path, short
+from gpuprobe.daemon.core import safeyaml
+from gpuprobe.daemon.core.config import ConfigError, parse_duration
+from gpuprobe.daemon.core.config import parse_rate as config_parse_rate
+from gpuprobe.daemon.core.config import parse_size as config_parse_size
+from gpuprobe.daemon.core.safeyaml import as_float, cut, display_path, short
 from gpuprobe.probes.sim.patterns import PATTERNS, MemoryPattern
 
 EVENT_KINDS = ("xid", "thermal_throttle", "power_cap", "fall_off_bus", "ecc", "row_remap")

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from gpuprobe.daemon.model import pcie_link_bytes_per_second
+from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
 from gpuprobe.probes.sim.scenario import DeviceSpec, EventSpec, ProcessSpec, Scenario
 
 PID_CYCLE_STRIDE = 100_000

@@ -16,9 +16,9 @@ from importlib import metadata
 
 from prometheus_client.metrics_core import Metric
 
-from gpuprobe.daemon.catalog import CATALOG, MetricSpec, Scrape
-from gpuprobe.daemon.config import ExporterConfig
-from gpuprobe.daemon.state import Store
+from gpuprobe.daemon.core.config import ExporterConfig
+from gpuprobe.daemon.core.state import Store
+from gpuprobe.daemon.export.catalog import CATALOG, MetricSpec, Scrape
 
 
 def version() -> str:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.model import (
     BackendStatus,
     CollectorResult,
     DeviceSample,

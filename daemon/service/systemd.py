@@ -61,9 +61,3 @@ class Notifier:
     def stopping(self) -> bool:
         return self.notify("STOPPING=1", "STATUS=shutting down")
 
-
-def child_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` without the notify variables, for child processes (probe runs): only the
-    main process speaks to systemd."""
-    return {k: v for k, v in env.items()
-            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}

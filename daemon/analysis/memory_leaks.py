@@ -1,11 +1,11 @@
 """The ``memory_leaks`` collector: sustained memory growth per device and per process.
 
-It reads no vendor library. It feeds the leak detector (``daemon/leaks.py``) with the memory
-readings the other collectors published (each reading once, at the time it was taken), and
-publishes what the detector concludes. Devices are keyed by UUID, processes by (device UUID,
-pid, process start time), so a reused pid starts a new series. A process series is dropped
-when the process has been missing from three successive listings of its collector; a
-device's when the device is gone from every collector.
+It reads no vendor library. It feeds the leak detector (``daemon/analysis/leaks.py``) with
+the memory readings the other collectors published (each reading once, at the time it was
+taken), and publishes what the detector concludes. Devices are keyed by UUID, processes by
+(device UUID, pid, process start time), so a reused pid starts a new series. A process
+series is dropped when the process has been missing from three successive listings of its
+collector; a device's when the device is gone from every collector.
 
 A device's memory also rises when a new job starts on it, so a device series makes a
 fresh start whenever a process it has not seen before appears on it (or on a partition or MIG
@@ -14,13 +14,13 @@ instance of it): the device's memory is judged from the job's start on.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import cast
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.leaks import Assessment, LeakDetector
-from gpuprobe.daemon.model import CollectorResult, DeviceSample, LeakSample, ProcessSample
-from gpuprobe.daemon.registry import register
+from gpuprobe.daemon.analysis.leaks import Assessment, LeakDetector
+from gpuprobe.daemon.core.config import LeaksConfig
+from gpuprobe.daemon.core.model import CollectorResult, DeviceSample, LeakSample, ProcessSample
+from gpuprobe.daemon.core.state import View
 
 NAME = "memory_leaks"
 MISSES_BEFORE_FORGET = 3
@@ -35,13 +35,12 @@ def _exhaustion(a: Assessment, free: int | None) -> float | None:
     return max(0.0, free / a.slope)
 
 
-@register(NAME)
 class MemoryLeaks:
     name = NAME
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        cfg = ctx.config.leaks
+    def __init__(self, cfg: LeaksConfig, snapshot: Callable[[], View]) -> None:
+        """``snapshot``: the latest published view of every collector's results."""
+        self.snapshot = snapshot
         # Devices and processes are sampled on different schedules: one detector each, so
         # each learns its own sampling interval.
         self.devices = LeakDetector(cfg)
@@ -81,9 +80,7 @@ class MemoryLeaks:
         return fed
 
     def collect(self, deadline: float) -> CollectorResult:
-        view = self.ctx.store.view() if self.ctx.store is not None else None
-        if view is None:
-            return CollectorResult(ok=True)
+        view = self.snapshot()
         self._parents = {d.identity.uuid: d.identity.parent_uuid for d in view.devices()
                          if d.identity.parent_uuid}
         fresh_devices: set[str] = set()

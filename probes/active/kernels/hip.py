@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from gpuprobe.probes.kernels.common import analyse_launch
+from gpuprobe.probes.active.kernels.common import analyse_launch
 
 P = C.POINTER
 hipError_t = C.c_int

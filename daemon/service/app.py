@@ -9,14 +9,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from gpuprobe.daemon import registry
-from gpuprobe.daemon.config import Config
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.exporter import SnapshotCollector, version
-from gpuprobe.daemon.http import HttpServer, landing_page
-from gpuprobe.daemon.scheduler import TICK_SECONDS, Scheduler
-from gpuprobe.daemon.state import Store
-from gpuprobe.daemon.webconfig import WebConfigSource
+from gpuprobe.daemon.core.config import Config
+from gpuprobe.daemon.core.state import Store
+from gpuprobe.daemon.export.exporter import SnapshotCollector, version
+from gpuprobe.daemon.service.http import HttpServer, landing_page
+from gpuprobe.daemon.service.scheduler import TICK_SECONDS, Scheduler
+from gpuprobe.daemon.service.webconfig import WebConfigSource
+from gpuprobe.daemon.service.wiring import Sources, build
 
 log = logging.getLogger("gpuprobe")
 
@@ -31,19 +30,17 @@ class Daemon:
         self.config = config
         self.web = web or WebConfigSource(None)
         self.simulation = simulation
-        self.context = Context(
-            config,
+        self.store = Store()
+        self.sources = Sources(
+            config, self.store.view,
             nvml=simulation.nvml if simulation else nvml,
             amdsmi=getattr(simulation, "amdsmi", None),
             proc_root=simulation.proc_root if simulation else None,
             simulation=simulation,
         )
-        self.store = Store()
-        self.context.store = self.store
         enabled = [n for n, c in config.collectors.items() if c.enabled]
-        collectors = [(info.factory(self.context), config.collectors[name])
-                      for name, info in registry.load_builtin(enabled).items()]
-        self.scheduler = Scheduler(collectors, self.store)
+        self.scheduler = Scheduler([(c, config.collectors[c.name])
+                                    for c in build(self.sources, enabled)], self.store)
         # auto_describe lets ?name[]= find the process_* metrics too (ours have describe()).
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SnapshotCollector(self.store, config.exporter))
@@ -73,7 +70,7 @@ class Daemon:
                 c.close()
             except Exception:
                 log.debug("closing collector %s", c.name, exc_info=True)
-        self.context.close()
+        self.sources.close()
         if self.simulation is not None:
             self.simulation.close()
 

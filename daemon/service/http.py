@@ -45,10 +45,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import gzip_accepted
 from prometheus_client.metrics_core import Metric
 
-from gpuprobe.daemon.catalog import BY_NAME, CATALOG
-from gpuprobe.daemon.config import HttpConfig
-from gpuprobe.daemon.exposition import Encoder, render
-from gpuprobe.daemon.webconfig import WebConfig, WebConfigSource, peer_allowed
+from gpuprobe.daemon.core.config import HttpConfig
+from gpuprobe.daemon.export.catalog import BY_NAME, CATALOG
+from gpuprobe.daemon.export.exposition import Encoder, render
+from gpuprobe.daemon.service.webconfig import WebConfig, WebConfigSource, peer_allowed
 
 log = logging.getLogger("gpuprobe.http")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpuprobe.daemon import safeyaml
-from gpuprobe.daemon.collectors import BUILTIN
-from gpuprobe.daemon.safeyaml import short
+from gpuprobe.daemon.core import safeyaml
+from gpuprobe.daemon.core.collectors import BUILTIN
+from gpuprobe.daemon.core.safeyaml import short
 
 DEFAULT_PORT = 14787
 # Loopback until the operator chooses to expose per-process details to the network
@@ -138,7 +138,7 @@ class ExporterConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    """The HTTP server's limits (daemon/http.py explains each)."""
+    """The HTTP server's limits (daemon/service/http.py explains each)."""
 
     max_connections: int = field(default=1024, metadata={"min": 8, "max": 65536})
     read_header_timeout: float = field(default=10.0, metadata=_duration(0.1, max=300.0))

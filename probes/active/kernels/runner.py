@@ -1,4 +1,4 @@
-"""The probe child process: ``python -m gpuprobe.probes.kernels.runner '<request JSON>'``.
+"""The probe child process: ``python -m gpuprobe.probes.active.kernels.runner '<request JSON>'``.
 
 It measures one probe on the one GPU its parent made visible, prints ``PROGRESS <text>``
 lines on stderr while it works, and one ``RESULT <JSON>`` line on stdout at the end. Its GPU
@@ -42,16 +42,16 @@ def measure(req: dict, progress: Callable[[str], None] = _progress) -> dict:
     backend, probe = req["backend"], req["probe"]
     rt: ModuleType  # the cuda or the hip module: their functions differ in signature
     if backend == "sim":
-        from gpuprobe.probes.kernels import simulated
+        from gpuprobe.probes.active.kernels import simulated
 
         return simulated.run(req, progress)
     if backend == "cuda":
-        from gpuprobe.probes.kernels import cuda as rt
+        from gpuprobe.probes.active.kernels import cuda as rt
 
         dev = rt.CudaProbeDevice().open()
         link, close_link = _nvml_link(req["uuid"])
     elif backend == "hip":
-        from gpuprobe.probes.kernels import hip as rt
+        from gpuprobe.probes.active.kernels import hip as rt
 
         dev = rt.HipProbeDevice().open()
         link, close_link = (lambda: None), (lambda: None)

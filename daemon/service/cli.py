@@ -17,9 +17,9 @@ import threading
 import time
 from typing import Any
 
-from gpuprobe.daemon import config as config_mod
-from gpuprobe.daemon.exporter import version
-from gpuprobe.daemon.systemd import Notifier
+from gpuprobe.daemon.core import config as config_mod
+from gpuprobe.daemon.export.exporter import version
+from gpuprobe.daemon.service.systemd import Notifier
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -76,7 +76,7 @@ def _simulation(cfg: config_mod.Config) -> Any:
 
 
 def _web_config(cfg: config_mod.Config) -> Any:
-    from gpuprobe.daemon.webconfig import WebConfigError, WebConfigSource
+    from gpuprobe.daemon.service.webconfig import WebConfigError, WebConfigSource
 
     try:
         return WebConfigSource(cfg.web_config_file or None)
@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_level)
     web = _web_config(cfg)
     sim = _simulation(cfg)
-    from gpuprobe.daemon.app import Daemon
+    from gpuprobe.daemon.service.app import Daemon
 
     daemon = Daemon(cfg, sim, web=web)
     stop = threading.Event()
@@ -258,7 +258,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     setup_logging("warning" if cfg.log_level == "info" else cfg.log_level)
     sim = _simulation(cfg)
-    from gpuprobe.daemon.app import Daemon
+    from gpuprobe.daemon.service.app import Daemon
 
     daemon = Daemon(cfg, sim)
     try:
@@ -283,7 +283,7 @@ def _probe_row(probe: str, d: Any, out: Any) -> list[str]:
         return [*head, f"{out.outcome}: {out.detail}"]
     if probe == "pcie":
         link = v.get("link") or {}
-        from gpuprobe.daemon.model import pcie_link_bytes_per_second
+        from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
 
         rate = pcie_link_bytes_per_second(link.get("generation"), link.get("width"))
         h2d, d2h = v["host_to_device_bytes_per_second"], v["device_to_host_bytes_per_second"]
@@ -306,8 +306,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, collectors=collectors)
     setup_logging("warning" if cfg.log_level == "info" else cfg.log_level)
     sim = _simulation(cfg)
-    from gpuprobe.daemon.app import Daemon
-    from gpuprobe.probes.orchestrator import orchestrator
+    from gpuprobe.daemon.service.app import Daemon
 
     daemon = Daemon(cfg, sim)
     try:
@@ -325,7 +324,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             print("no GPUs found" + (f" ({'; '.join(reasons)})" if reasons else ""),
                   file=sys.stderr)
             return EXIT_RUNTIME
-        orch = orchestrator(daemon.context)
+        orch = daemon.sources.orchestrator()
         rows = []
         for d in devices:
             print(f"GPU {d.identity.index} ({d.identity.model}): {args.probe} probe",

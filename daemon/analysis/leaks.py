@@ -40,7 +40,7 @@ from array import array
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from gpuprobe.daemon.config import LeaksConfig
+from gpuprobe.daemon.core.config import LeaksConfig
 
 MIB = 2**20
 NOISE_FLOOR = 1 * MIB  # allocators work in MiB-sized blocks: less is not noise we can see

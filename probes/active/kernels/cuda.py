@@ -18,7 +18,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from gpuprobe.probes.kernels.common import analyse_launch
+from gpuprobe.probes.active.kernels.common import analyse_launch
 
 CUresult = C.c_int
 CUdevice = C.c_int

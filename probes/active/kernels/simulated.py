@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 
-from gpuprobe.daemon.model import pcie_link_bytes_per_second
+from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
 
 # Copy-engine efficiency over a link's encoded rate, as measured on H100 Gen5 x16 (see
 # docs/hardware/): TLP headers and flow control take the rest.

@@ -2,25 +2,22 @@
 reaches.
 
 A tiny kernel, two one-warp blocks per SM, records each block's SM and start time on the
-GPU's global timer, related to the host clock by calibration (``probes/kernels/``). On a busy
+GPU's global timer, related to the host clock by calibration (``probes/active/kernels/``). On a busy
 or time-sliced GPU the wait shows how long work queues, which no counter gives. Each call
 runs at most one due probe; ``probes.launch.every`` sets how often a GPU is measured.
 """
 
 from __future__ import annotations
 
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import CollectorResult
-from gpuprobe.daemon.registry import register
-from gpuprobe.probes.orchestrator import orchestrator
+from gpuprobe.daemon.core.model import CollectorResult
+from gpuprobe.probes.active.orchestrator import Orchestrator
 
 
-@register("launch_probe")
 class LaunchProbe:
     name = "launch_probe"
 
-    def __init__(self, ctx: Context) -> None:
-        self.orchestrator = orchestrator(ctx)
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
 
     def collect(self, deadline: float) -> CollectorResult:
         return self.orchestrator.tick("launch")

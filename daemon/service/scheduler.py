@@ -15,11 +15,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from gpuprobe.daemon.config import CollectorConfig
-from gpuprobe.daemon.model import CollectorResult
-from gpuprobe.daemon.registry import Collector
-from gpuprobe.daemon.state import CollectorHealth, Store
-from gpuprobe.daemon.workers import Job, Worker
+from gpuprobe.daemon.core.collectors import Collector
+from gpuprobe.daemon.core.config import CollectorConfig
+from gpuprobe.daemon.core.model import CollectorResult
+from gpuprobe.daemon.core.state import CollectorHealth, Store
+from gpuprobe.daemon.core.workers import Job, Worker
 
 log = logging.getLogger("gpuprobe.scheduler")
 

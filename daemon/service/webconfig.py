@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuprobe.daemon.safeyaml import YamlFileError, display_path, load_file, short
+from gpuprobe.daemon.core.safeyaml import YamlFileError, display_path, load_file, short
 
 log = logging.getLogger("gpuprobe.http")
 
@@ -394,7 +394,7 @@ def parse(data: Any, where: str, base: Path, path: str | None = None) -> WebConf
     rate = _mapping(top.get("rate_limit"), where, "rate_limit")
     _unknown(rate, ("interval", "burst"), where, "rate_limit.")
     if rate:
-        from gpuprobe.daemon.config import ConfigError, parse_duration
+        from gpuprobe.daemon.core.config import ConfigError, parse_duration
 
         try:
             interval = parse_duration(rate.get("interval", 0), "rate_limit.interval")

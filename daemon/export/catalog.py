@@ -1,7 +1,7 @@
 """Every metric gpuprobe exports, in one table: name, type, help, labels, unit, sources.
 
 The exporter renders from this table and ``docs/metrics.md`` is generated from it
-(``python -m gpuprobe.daemon.catalog --write docs/metrics.md``; a test fails when the file is
+(``python -m gpuprobe.daemon.export.catalog --write docs/metrics.md``; a test fails when the file is
 out of date). Per-device metrics carry the labels ``gpu``, ``uuid``, ``vendor`` (and
 ``parent_uuid`` on a MIG instance); the ``labels`` column lists the labels a metric adds.
 Each device metric has an extractor from a :class:`DeviceSample` to ``(label values, value)``
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.model import (
     PROBE_OUTCOMES,
     DeviceIdentity,
     DeviceSample,
     LeakSample,
     ProbeSample,
 )
-from gpuprobe.daemon.state import View
+from gpuprobe.daemon.core.state import View
 
 Series = Iterable[tuple[tuple[str, ...], float]]
 Labels = dict[str, str]
@@ -653,7 +653,7 @@ CATALOG: tuple[MetricSpec, ...] = (
       amd=(
       'length of amdsmi_get_gpu_process_list after those drops'),
       samples=_device_processes),
-    # -- memory-leak detector (daemon/leaks.py; docs/leaks.md) -------------------------------
+    # -- memory-leak detector (daemon/analysis/leaks.py; docs/leaks.md) ---------------------
     M("gpuprobe_memory_growth_bytes_per_second", "gauge",
       "Robust (Theil-Sen) growth rate of the device's used memory over the leak detector's "
       "window, in bytes per second; negative when it shrinks.",
@@ -879,7 +879,7 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN = "<!-- BEGIN GENERATED: python -m gpuprobe.daemon.catalog --write docs/metrics.md -->"
+BEGIN = "<!-- BEGIN GENERATED: python -m gpuprobe.daemon.export.catalog --write docs/metrics.md -->"
 END = "<!-- END GENERATED -->"
 
 

@@ -1,6 +1,6 @@
 """Active probes, daemon side: when they run, where, and in what.
 
-A probe runs in a short-lived child process (``probes/kernels/runner.py``) that sees one GPU
+A probe runs in a short-lived child process (``probes/active/kernels/runner.py``) that sees one GPU
 (``CUDA_VISIBLE_DEVICES``/``HIP_VISIBLE_DEVICES`` set to its UUID) and a private, empty MPS
 pipe directory, so the daemon never holds a GPU context and never appears as a GPU process
 between probes. The child is killed, with its process group, at the hard timeout; a crash
@@ -36,20 +36,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuprobe.daemon.config import ProbesConfig
-from gpuprobe.daemon.context import Context
-from gpuprobe.daemon.model import (
+from gpuprobe.daemon.core.childenv import child_environment
+from gpuprobe.daemon.core.collectors import ProcessLister
+from gpuprobe.daemon.core.config import ProbesConfig
+from gpuprobe.daemon.core.model import (
     CollectorResult,
     DeviceSample,
     ProbeSample,
     ProcessSample,
     pcie_link_bytes_per_second,
 )
-from gpuprobe.daemon.systemd import child_environment
+from gpuprobe.daemon.core.state import View
 
 log = logging.getLogger("gpuprobe.probes")
 
-RUNNER = "gpuprobe.probes.kernels.runner"
+RUNNER = "gpuprobe.probes.active.kernels.runner"
 SKIP_REASONS = ("device_down", "mig", "compute_mode", "mps", "thermal", "busy", "processes",
                 "no_runtime")
 UNSAFE_COMPUTE_MODES = ("exclusive_process", "exclusive_thread", "prohibited")
@@ -303,13 +304,20 @@ def probe_values(probe: str, result: Mapping[str, Any]) -> dict[str, float]:
 
 
 class Orchestrator:
-    def __init__(self, ctx: Context, runtime: Runtime | None = None,
+    def __init__(self, cfg: ProbesConfig, snapshot: Callable[[], View], children: set[int],
+                 listers: Mapping[str, ProcessLister], *,
+                 sim_environment: Callable[[str, str | None], dict[str, Any] | None]
+                 | None = None, runtime: Runtime | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
-        """``runtime`` replaces the child process (tests); by default a real child, which
-        :meth:`close` ends."""
-        self.ctx = ctx
-        self.cfg: ProbesConfig = ctx.config.probes
+        """``snapshot`` gives the devices and processes the gates judge; ``children`` is
+        where the pids of running probe children are kept, for the process collectors;
+        ``listers`` ask a vendor backend who holds a GPU now; ``sim_environment`` is the
+        simulation's, which probes simulated GPUs. ``runtime`` replaces the child process
+        (tests); by default a real child, which :meth:`close` ends."""
+        self.cfg = cfg
+        self.snapshot = snapshot
+        self.sim_environment = sim_environment
         self.running = Children()
         # Found now, while descriptors are free: finding it opens a test file, and without a
         # descriptor mkdtemp would fail with a misleading "no usable temporary directory".
@@ -318,9 +326,8 @@ class Orchestrator:
                                                              children=self.running)
         self.clock = clock
         self.rng = rng or random.Random()
-        self.children: set[int] = ctx.shared("probe.children", set)
-        self.listers: dict[str, Callable[[str, float], set[int] | None]] = ctx.shared(
-            "probe.listers", dict)
+        self.children = children
+        self.listers = listers
         self._lock = threading.Lock()  # one probe at a time on this host
         self._state_lock = threading.Lock()
         self._states: dict[tuple[str, str], _State] = {}
@@ -382,9 +389,8 @@ class Orchestrator:
             c = self.cfg.launch
             req.update(spin_ns=int(c.spin * 1e9), reach_bound_ns=int(c.reach_bound * 1e9),
                        calibrations=c.calibrations)
-        sim = self.ctx.simulation
-        if sim is not None:
-            env = sim.probe_environment(uuid, d.identity.pci_bus_id)
+        if self.sim_environment is not None:
+            env = self.sim_environment(uuid, d.identity.pci_bus_id)
             if env is None:
                 return None
             req.update(backend="sim", sim=env, seed=self.rng.randrange(2**31))
@@ -461,7 +467,7 @@ class Orchestrator:
         state.next_due = now + max(wait, out.gpu_seconds / self.cfg.duty_cycle)
 
     def _view(self) -> tuple[list[DeviceSample], list[ProcessSample]]:
-        view = self.ctx.store.view()
+        view = self.snapshot()
         return view.devices(), view.processes()
 
     def tick(self, probe: str) -> CollectorResult:
@@ -517,6 +523,3 @@ class Orchestrator:
         directory; the run it belonged to ends as failed."""
         self.running.close()
 
-
-def orchestrator(ctx: Context) -> Orchestrator:
-    return ctx.shared("probe.orchestrator", lambda: Orchestrator(ctx))
