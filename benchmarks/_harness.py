@@ -1,6 +1,7 @@
 """What the reliability benchmarks (soak.py, faults.py) share: a daemon child on a loopback
 port, scrapes of /metrics, samples of a process's RSS, fds and threads from /proc, log
-counting, percentiles and the table they print."""
+counting, percentiles and the table they print; and what every benchmark with --write shares:
+its section of a markdown file (write_section, print_table)."""
 
 from __future__ import annotations
 
@@ -207,13 +208,23 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
                               encoding="utf-8")
 
 
-def write_section(path: Path, begin: str, end: str, text: str) -> None:
+def write_section(path: Path, begin: str, end: str, text: str, heading: str = "") -> None:
     """Put ``text`` (which starts with ``begin`` and ends with ``end``) in place of the part
-    of the markdown file ``path`` between those markers, or append it."""
+    of the markdown file ``path`` between those markers, or append it (under ``heading``, a
+    markdown heading line, where one is given)."""
     doc = path.read_text(encoding="utf-8") if path.exists() else ""
     if begin in doc:
         head, _, rest = doc.partition(begin)
         doc = head + text + rest.partition(end)[2]
     else:
-        doc += "\n" + text + "\n"
+        doc += "\n" + (heading + "\n\n" if heading else "") + text + "\n"
     path.write_text(doc, encoding="utf-8")
+
+
+def print_table(text: str, write: str | None, begin: str, end: str) -> int:
+    """Print a benchmark's table and, with ``--write FILE``, put it in that markdown file
+    between ``begin`` and ``end``; 0, the exit status."""
+    print(text)
+    if write:
+        write_section(Path(write), begin, end, text)
+    return 0

@@ -30,7 +30,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _harness import write_section  # noqa: E402
+from _harness import print_table  # noqa: E402
 
 LIMIT_S = 60
 LIMIT_AS = 4 * 2**30
@@ -222,11 +222,7 @@ def main() -> int:
             if args.fuzz:
                 arms[name]["fuzz"] = run_fuzz(python, args.fuzz)
             print(json.dumps({name: arms[name]}, indent=1), flush=True)
-    text = table(arms, sys.argv[1:])
-    print(text)
-    if args.write:
-        write_section(Path(args.write), BEGIN, END, text)
-    return 0
+    return print_table(table(arms, sys.argv[1:]), args.write, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _harness import free_port, write_section  # noqa: E402
+from _harness import free_port, print_table  # noqa: E402
 
 from tests.slowclients import Scrapes, SlowClients, burst, scrape_every  # noqa: E402
 
@@ -289,11 +289,7 @@ def main() -> int:
         r["startup_s"] = started[arm]
         print(json.dumps(r, indent=2), flush=True)
         results.append(r)
-    text = table(results, sys.argv[1:])
-    print(text)
-    if args.write:
-        write_section(Path(args.write), BEGIN, END, text)
-    return 0
+    return print_table(table(results, sys.argv[1:]), args.write, BEGIN, END)
 
 
 if __name__ == "__main__":

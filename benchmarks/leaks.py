@@ -30,6 +30,9 @@ from gpuprobe.daemon.analysis.leaks import LeakDetector
 from gpuprobe.daemon.core.config import LeaksConfig
 from gpuprobe.probes.sim.patterns import MemoryPattern, smooth_noise
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import write_section
+
 MIB, GIB = 2**20, 2**30
 CAPACITY = 80 * GIB
 DURATION = 6 * 3600
@@ -255,14 +258,8 @@ def main() -> int:
         text = text.replace("\n" + END, "\n\n" + robustness(cfg, args.seeds) + "\n" + END)
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text(encoding="utf-8")
-        if BEGIN in doc:
-            head, _, rest = doc.partition(BEGIN)
-            doc = head + text + rest.partition(END)[2]
-        else:
-            doc += "\n## Leak detection (`benchmarks/leaks.py`)\n\n" + text + "\n"
-        path.write_text(doc, encoding="utf-8")
+        write_section(Path(args.write), BEGIN, END, text,
+                      heading="## Leak detection (`benchmarks/leaks.py`)")
     return 0 if all(verdicts(rows).values()) else 1
 
 

@@ -29,6 +29,9 @@ from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
 from gpuprobe.probes.active.child import run_child
 from gpuprobe.probes.active.specs import probe_values
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import write_section
+
 MIB = 2**20
 TORCH_REFERENCE = r"""
 import json, statistics, sys, torch
@@ -198,14 +201,8 @@ def write_doc(path: Path, r: dict) -> None:
                   f"{la['sm_reach_ratio']:.0%} of {la['sm_count']} SMs reached within 100 us, "
                   f"{la['gpu_seconds']:.2f} s holding a context."]
     lines.append(END)
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    table = "\n".join(lines)
-    if BEGIN in text:
-        head, _, rest = text.partition(BEGIN)
-        text = head + table + rest.partition(END)[2]
-    else:
-        text += "\n## PCIe probe accuracy (`benchmarks/pcie.py`)\n\n" + table + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_section(path, BEGIN, END, "\n".join(lines),
+                  heading="## PCIe probe accuracy (`benchmarks/pcie.py`)")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,20 @@ def dashboard(uid: str, title: str, description: str, panels: list[P],
     }
 
 
+def sum_by(by: str, fn: str, metric: str, selector: str = S, window: str = RI) -> str:
+    """The sum by the labels ``by`` of ``fn`` (rate, increase) of a counter over ``window``."""
+    return f"sum by ({by}) ({fn}({metric}{{{selector}}}[{window}]))"
+
+
+def per_gpu(legends: dict[str, str], rate: bool = False) -> list[Q]:
+    """One query a metric (its name less gpuprobe_) of the device page, with the device
+    selector, the rate of a counter where ``rate``; the legend its label and the GPU."""
+    exprs = {m: f"gpuprobe_{m}{{{S}}}" for m in legends}
+    if rate:
+        exprs = {m: f"rate({e}[{RI}])" for m, e in exprs.items()}
+    return [Q(exprs[m], label + " {{gpu}}") for m, label in legends.items()]
+
+
 def fleet() -> dict:
     return dashboard("gpuprobe-fleet", "gpuprobe / Fleet overview",
                      "Every GPU of every host: up or down, heat, memory, throttling, errors.", [
@@ -158,18 +172,18 @@ def fleet() -> dict:
           [Q(f"gpuprobe_memory_used_bytes{{{S}}} / gpuprobe_memory_total_bytes{{{S}}}",
              "{{instance}} GPU {{gpu}}")]),
         P("Time throttled, by reason", "percentunit",
-          [Q(f'sum by (instance, gpu, reason) (rate(gpuprobe_throttle_seconds_total{{{S}, '
-             f'reason!="gpu_idle"}}[{RI}]))', "{{instance}} GPU {{gpu}} {{reason}}")]),
+          [Q(sum_by("instance, gpu, reason", "rate", "gpuprobe_throttle_seconds_total",
+                    f'{S}, reason!="gpu_idle"'), "{{instance}} GPU {{gpu}} {{reason}}")]),
         P("Power draw", "watt", [Q(f"gpuprobe_power_draw_watts{{{S}}}",
                                    "{{instance}} GPU {{gpu}}")]),
         P("Hardware errors in the last hour", "short",
-          [Q(f"sum by (instance, gpu, xid) (increase(gpuprobe_xid_errors_total{{{S}}}[1h]))",
+          [Q(sum_by("instance, gpu, xid", "increase", "gpuprobe_xid_errors_total", window="1h"),
              "{{instance}} GPU {{gpu}} XID {{xid}}"),
-           Q(f"sum by (instance, gpu) (increase(gpuprobe_ecc_uncorrected_errors_total{{{S}}}"
-             f"[1h]))", "{{instance}} GPU {{gpu}} uncorrectable ECC")]),
+           Q(sum_by("instance, gpu", "increase", "gpuprobe_ecc_uncorrected_errors_total",
+                    window="1h"), "{{instance}} GPU {{gpu}} uncorrectable ECC")]),
         P("Probe runs failed or timed out in the last hour", "short",
-          [Q(f'sum by (instance, gpu, probe, outcome) (increase(gpuprobe_probe_runs_total{{{S}, '
-             f'outcome=~"failed|timeout"}}[1h]))', "{{instance}} GPU {{gpu}} {{probe}} "
+          [Q(sum_by("instance, gpu, probe, outcome", "increase", "gpuprobe_probe_runs_total",
+                    f'{S}, outcome=~"failed|timeout"', "1h"), "{{instance}} GPU {{gpu}} {{probe}} "
              "{{outcome}}")],
           description="As GpuprobeProbeFailing counts them: a skipped run (a busy GPU) is "
                       "not a failure.", thresholds=[(None, "green"), (2, "orange")]),
@@ -190,31 +204,26 @@ def device() -> dict:
         P("ECC enabled", "none", [Q(f"gpuprobe_ecc_enabled{{{S}}}", one)], "stat", width=4,
           height=4),
         P("Row remap pending / failed", "none",
-          [Q(f"gpuprobe_row_remap_pending{{{S}}}", "pending {{gpu}}"),
-           Q(f"gpuprobe_row_remap_failed{{{S}}}", "failed {{gpu}}")], "stat", width=8, height=4),
+          per_gpu({"row_remap_pending": "pending", "row_remap_failed": "failed"}), "stat",
+          width=8, height=4),
         P("Memory", "bytes",
-          [Q(f"gpuprobe_memory_used_bytes{{{S}}}", "used {{gpu}}"),
-           Q(f"gpuprobe_memory_free_bytes{{{S}}}", "free {{gpu}}"),
-           Q(f"gpuprobe_memory_reserved_bytes{{{S}}}", "reserved {{gpu}}"),
-           Q(f"gpuprobe_memory_total_bytes{{{S}}}", "total {{gpu}}")]),
+          per_gpu({"memory_used_bytes": "used", "memory_free_bytes": "free",
+                   "memory_reserved_bytes": "reserved", "memory_total_bytes": "total"})),
         P("Memory per process", "bytes",
           [Q(f"gpuprobe_process_memory_used_bytes{{{S}}}", "{{process_name}} ({{pid}})")]),
         P("BAR1 aperture", "bytes",
-          [Q(f"gpuprobe_bar1_memory_used_bytes{{{S}}}", "used {{gpu}}"),
-           Q(f"gpuprobe_bar1_memory_total_bytes{{{S}}}", "total {{gpu}}")],
+          per_gpu({"bar1_memory_used_bytes": "used", "bar1_memory_total_bytes": "total"}),
           description="Device memory mapped for the host and peers (AMD: CPU-visible VRAM)."),
         P("GTT (host memory mapped for the GPU)", "bytes",
-          [Q(f"gpuprobe_gtt_memory_used_bytes{{{S}}}", "used {{gpu}}"),
-           Q(f"gpuprobe_gtt_memory_total_bytes{{{S}}}", "total {{gpu}}")],
+          per_gpu({"gtt_memory_used_bytes": "used", "gtt_memory_total_bytes": "total"}),
           description="AMD only; an APU keeps most of its memory here."),
         P("Temperatures and thresholds", "celsius",
           [Q(f"gpuprobe_temperature_celsius{{{S}}}", "{{sensor}} {{gpu}}"),
            Q(f"gpuprobe_temperature_threshold_celsius{{{S}}}",
              "{{sensor}} {{threshold}} {{gpu}}")]),
         P("Power", "watt",
-          [Q(f"gpuprobe_power_draw_watts{{{S}}}", "draw {{gpu}}"),
-           Q(f"gpuprobe_power_limit_watts{{{S}}}", "limit {{gpu}}"),
-           Q(f"rate(gpuprobe_energy_joules_total{{{S}}}[{RI}])", "from energy {{gpu}}")]),
+          per_gpu({"power_draw_watts": "draw", "power_limit_watts": "limit"})
+          + per_gpu({"energy_joules_total": "from energy"}, rate=True)),
         P("Clocks", "hertz",
           [Q(f"gpuprobe_clock_hertz{{{S}}}", "{{clock}} {{gpu}}"),
            Q(f"gpuprobe_clock_max_hertz{{{S}}}", "{{clock}} max {{gpu}}")]),
@@ -229,15 +238,11 @@ def device() -> dict:
           [Q(f"gpuprobe_xcc_utilization_ratio{{{S}}}", "XCC {{xcc}} {{gpu}}")],
           description="AMD MI300-class: each accelerator complex die, per partition."),
         P("SM activity, occupancy, tensor and DRAM", "percentunit",
-          [Q(f"gpuprobe_sm_active_ratio{{{S}}}", "SM active {{gpu}}"),
-           Q(f"gpuprobe_sm_occupancy_ratio{{{S}}}", "SM occupancy {{gpu}}"),
-           Q(f"gpuprobe_tensor_active_ratio{{{S}}}", "tensor {{gpu}}"),
-           Q(f"gpuprobe_dram_active_ratio{{{S}}}", "DRAM {{gpu}}")]),
+          per_gpu({"sm_active_ratio": "SM active", "sm_occupancy_ratio": "SM occupancy",
+                   "tensor_active_ratio": "tensor", "dram_active_ratio": "DRAM"})),
         P("PCIe link", "none",
-          [Q(f"gpuprobe_pcie_link_generation{{{S}}}", "gen {{gpu}}"),
-           Q(f"gpuprobe_pcie_link_max_generation{{{S}}}", "max gen {{gpu}}"),
-           Q(f"gpuprobe_pcie_link_width{{{S}}}", "width {{gpu}}"),
-           Q(f"gpuprobe_pcie_link_max_width{{{S}}}", "max width {{gpu}}")]),
+          per_gpu({"pcie_link_generation": "gen", "pcie_link_max_generation": "max gen",
+                   "pcie_link_width": "width", "pcie_link_max_width": "max width"})),
         P("PCIe traffic", "Bps",
           [Q(f"rate(gpuprobe_pcie_transmit_bytes_total{{{S}}}[{RI}])", "transmit {{gpu}}"),
            Q(f"rate(gpuprobe_pcie_receive_bytes_total{{{S}}}[{RI}])", "receive {{gpu}}"),
@@ -246,18 +251,15 @@ def device() -> dict:
           description="NVIDIA: rates of byte counters. AMD: a one-second sample taken every "
                       "minute by the amd_slow collector."),
         P("PCIe replays, recoveries and NAKs", "ops",
-          [Q(f"rate(gpuprobe_pcie_replays_total{{{S}}}[{RI}])", "replays {{gpu}}"),
-           Q(f"rate(gpuprobe_pcie_link_recoveries_total{{{S}}}[{RI}])", "recoveries {{gpu}}"),
-           Q(f"rate(gpuprobe_pcie_naks_received_total{{{S}}}[{RI}])", "NAKs received {{gpu}}"),
-           Q(f"rate(gpuprobe_pcie_naks_sent_total{{{S}}}[{RI}])", "NAKs sent {{gpu}}")]),
+          per_gpu({"pcie_replays_total": "replays", "pcie_link_recoveries_total": "recoveries",
+                   "pcie_naks_received_total": "NAKs received",
+                   "pcie_naks_sent_total": "NAKs sent"}, rate=True)),
         P("ECC errors", "short",
-          [Q(f"gpuprobe_ecc_corrected_errors_total{{{S}}}", "corrected {{gpu}}"),
-           Q(f"gpuprobe_ecc_uncorrected_errors_total{{{S}}}", "uncorrected {{gpu}}"),
-           Q(f"gpuprobe_ecc_lifetime_corrected_errors_total{{{S}}}",
-             "corrected, lifetime {{gpu}}"),
-           Q(f"gpuprobe_ecc_lifetime_uncorrected_errors_total{{{S}}}",
-             "uncorrected, lifetime {{gpu}}"),
-           Q(f"gpuprobe_ecc_deferred_errors_total{{{S}}}", "deferred {{gpu}}")]),
+          per_gpu({"ecc_corrected_errors_total": "corrected",
+                   "ecc_uncorrected_errors_total": "uncorrected",
+                   "ecc_lifetime_corrected_errors_total": "corrected, lifetime",
+                   "ecc_lifetime_uncorrected_errors_total": "uncorrected, lifetime",
+                   "ecc_deferred_errors_total": "deferred"})),
         P("ECC and RAS errors by block", "short",
           [Q(f"gpuprobe_ecc_block_errors_total{{{S}}}", "{{block}} {{severity}} {{gpu}}")],
           description="AMD: per hardware block (umc is device memory)."),
@@ -272,8 +274,8 @@ def device() -> dict:
         P("Memory leak detector", "Bps",
           [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "growth {{gpu}}")]),
         P("Leak suspected, confidence", "percentunit",
-          [Q(f"gpuprobe_memory_leak_suspected{{{S}}}", "suspected {{gpu}}"),
-           Q(f"gpuprobe_memory_leak_confidence_ratio{{{S}}}", "confidence {{gpu}}")]),
+          per_gpu({"memory_leak_suspected": "suspected",
+                   "memory_leak_confidence_ratio": "confidence"})),
         P("Growth lasted, time to exhaustion", "s",
           [Q(f"gpuprobe_memory_growth_duration_seconds{{{S}}}", "growth lasted {{gpu}}"),
            Q(f"min by (gpu) (gpuprobe_memory_exhaustion_seconds{{{S}}} or "
@@ -306,9 +308,9 @@ def device() -> dict:
         P("SMs reached within the bound", "percentunit",
           [Q(f"gpuprobe_probe_sm_reach_ratio{{{S}}}", "SMs reached")]),
         P("Probe runs and skips, last hour", "short",
-          [Q(f"sum by (probe, outcome) (increase(gpuprobe_probe_runs_total{{{S}}}[1h]))",
+          [Q(sum_by("probe, outcome", "increase", "gpuprobe_probe_runs_total", window="1h"),
              "{{probe}} {{outcome}}"),
-           Q(f"sum by (probe, reason) (increase(gpuprobe_probe_skips_total{{{S}}}[1h]))",
+           Q(sum_by("probe, reason", "increase", "gpuprobe_probe_skips_total", window="1h"),
              "{{probe}} skipped: {{reason}}")]),
         P("Probe duty cycle (GPU time held)", "percentunit",
           [Q(f"rate(gpuprobe_probe_gpu_seconds_total{{{S}}}[{RI}])", "{{probe}}")]),
@@ -382,10 +384,10 @@ def pcie() -> dict:
         P("SMs reached within the bound", "percentunit",
           [Q(f"gpuprobe_probe_sm_reach_ratio{{{S}}}", g)]),
         P("Probe runs by outcome, last hour", "short",
-          [Q(f"sum by (probe, outcome) (increase(gpuprobe_probe_runs_total{{{S}}}[1h]))",
+          [Q(sum_by("probe, outcome", "increase", "gpuprobe_probe_runs_total", window="1h"),
              "{{probe}} {{outcome}}")]),
         P("Probe skips by reason, last hour", "short",
-          [Q(f"sum by (probe, reason) (increase(gpuprobe_probe_skips_total{{{S}}}[1h]))",
+          [Q(sum_by("probe, reason", "increase", "gpuprobe_probe_skips_total", window="1h"),
              "{{probe}} {{reason}}")]),
         P("Probe duty cycle (GPU time held)", "percentunit",
           [Q(f"rate(gpuprobe_probe_gpu_seconds_total{{{S}}}[{RI}])", g + " {{probe}}")]),
@@ -418,8 +420,8 @@ def exporter() -> dict:
         P("Collector duration", "s",
           [Q(f"gpuprobe_collector_duration_seconds{{{I}}}", "{{instance}} {{collector}}")]),
         P("Collector errors by class", "ops",
-          [Q(f"sum by (instance, collector, class) (rate(gpuprobe_collector_errors_total"
-             f"{{{I}}}[{RI}]))", "{{instance}} {{collector}} {{class}}")]),
+          [Q(sum_by("instance, collector, class", "rate", "gpuprobe_collector_errors_total", I),
+             "{{instance}} {{collector}} {{class}}")]),
         P("Since each collector's last success", "s",
           [Q(f"time() - gpuprobe_collector_last_success_timestamp_seconds{{{I}}}",
              "{{instance}} {{collector}}")]),
@@ -433,10 +435,10 @@ def exporter() -> dict:
         P("Series exported", "short",
           [Q(f'scrape_samples_scraped{{job="gpuprobe", {I}}}', "{{instance}}")]),
         P("HTTP requests by handler and code", "reqps",
-          [Q(f"sum by (instance, handler, code) (rate(gpuprobe_http_requests_total{{{I}}}"
-             f"[{RI}]))", "{{instance}} {{handler}} {{code}}")]),
+          [Q(sum_by("instance, handler, code", "rate", "gpuprobe_http_requests_total", I),
+             "{{instance}} {{handler}} {{code}}")]),
         P("Refused connections and requests", "ops",
-          [Q(f"sum by (instance, reason) (rate(gpuprobe_http_refused_total{{{I}}}[{RI}]))",
+          [Q(sum_by("instance, reason", "rate", "gpuprobe_http_refused_total", I),
              "{{instance}} {{reason}}")],
           description="Slow or idle clients cut off, connections over the cap, failed TLS "
                       "handshakes and client certificates, wrong passwords "

@@ -56,6 +56,19 @@ FAST = {
 }
 
 
+def real_time_collectors(processes: str = "500ms") -> dict[str, dict[str, str]]:
+    """The collectors' schedules for a daemon process run against the simulation in real
+    time (tests/test_daemon_e2e.py, tests/test_e2e_prometheus.py): the collectors twice a
+    second, the process collectors every ``processes``, amd_slow every 2 s, the leak
+    detector four times a second."""
+    return {"nvidia": {"interval": "500ms"}, "nvidia_processes": {"interval": processes},
+            "nvidia_events": {"interval": "500ms"}, "memory_leaks": {"interval": "250ms"},
+            "amd": {"interval": "500ms"}, "amd_processes": {"interval": processes},
+            "amd_events": {"interval": "500ms"}, "amd_slow": {"interval": "2s"},
+            "pcie_probe": {"interval": "500ms", "timeout": "45s"},
+            "launch_probe": {"interval": "500ms", "timeout": "45s"}}
+
+
 def make_daemon(scenario: dict | None = None, config: dict | None = None,
                 clock: ManualClock | None = None) -> Daemon:
     clock = clock or ManualClock(start=60.0)

@@ -15,11 +15,17 @@ import time
 
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gpuprobe.probes.sim import ManualClock
 
 from .conftest import make_daemon, wait_for
+from .faultcheck import (
+    cycles_end_in_time,
+    gpu_answering_nothing,
+    no_internal_errors,
+    renders,
+    unsupported,
+)
 from .test_amd_backend import AMD_FAST, AMD_SCENARIO, amd_daemon, cycle
 
 # Functions whose failure means the GPU cannot be identified at all during discovery.
@@ -81,42 +87,17 @@ def _others_fine(d, target: int, fn: str = "") -> None:
         assert s.memory.used_bytes is not None, f"GPU {s.identity.index} lost its values"
 
 
-def _renders(d) -> set[str]:
-    text = generate_latest(d.registry).decode()
-    names = {f.name for f in text_string_to_metric_families(text)}
-    assert "gpuprobe_device_up" in names
-    return names
-
-
-def _no_internal_errors(d) -> None:
-    for h in d.store.view().health.values():
-        assert h.errors_total.get("internal", 0) == 0, h
-
-
-def _errors(d, cls: str) -> int:
-    return sum(h.errors_total.get(cls, 0) for h in d.store.view().health.values())
-
-
 @pytest.mark.parametrize("code", [2, 10])
 @pytest.mark.parametrize("fn", sorted(set(CALLS) - GLOBAL))
 def test_unsupported_or_no_permission_is_absent_and_not_asked_again(fn, code):
     target = CALLS[fn]
     d = amd_daemon()
     try:
-        d.simulation.amdsmi.faults.add(fn, target, error=code)
-        cycle(d)
-        cycle(d)
-        calls = d.simulation.amdsmi.calls_by_device
-        after_two = calls[(fn, target)]
-        cycle(d)
-        cycle(d)
-        _others_fine(d, target, fn)
-        _renders(d)
-        _no_internal_errors(d)
-        assert _errors(d, "unsupported") >= 1
+        after_two, after_four = unsupported(d, d.simulation.amdsmi, fn, target, code,
+                                            lambda: cycle(d), lambda: _others_fine(d, target, fn))
         if fn not in IDENTIFYING:
             assert _devices(d)[("amd", str(target))].up
-            assert calls[(fn, target)] == after_two, "asked again after it was unsupported"
+            assert after_four == after_two, "asked again after it was unsupported"
     finally:
         d.stop()
 
@@ -130,8 +111,8 @@ def test_device_gone_takes_down_only_that_gpu(fn):
         for _ in range(3):
             cycle(d)
             _others_fine(d, target, fn)
-        _renders(d)
-        _no_internal_errors(d)
+        renders(d)
+        no_internal_errors(d)
     finally:
         d.stop()
 
@@ -149,7 +130,7 @@ def test_retry_is_transient_and_values_come_back(fn):
         for _ in range(3):
             cycle(d)
         _others_fine(d, target, fn)
-        _no_internal_errors(d)
+        no_internal_errors(d)
         def mi300(x):
             return next(s for s in x.store.view().devices()
                         if s.identity.model == "AMD Instinct MI300X" and "/" not in
@@ -174,12 +155,9 @@ def test_hung_call_costs_only_its_gpu(fn):
     release = threading.Event()
     try:
         d.simulation.amdsmi.faults.add(fn, target, hang=release)
-        for _ in range(2):
-            t0 = time.monotonic()
-            cycle(d, advance=5.0)
-            assert time.monotonic() - t0 < 2.5  # every collector ends at its deadline
-            _others_fine(d, target, fn)
-        _renders(d)
+        cycles_end_in_time(lambda: cycle(d, advance=5.0), 2.5,
+                           lambda: _others_fine(d, target, fn))
+        renders(d)
         release.set()
         d.simulation.amdsmi.faults.clear()
 
@@ -210,7 +188,7 @@ def test_library_missing_reports_down_and_nvidia_carries_on() -> None:
         assert not _backend(d).up and _backend(d, "nvidia").up
         assert "amdsmi_init failed" in _backend(d).reason
         assert _devices(d)[("nvidia", "0")].up
-        names = _renders(d)
+        names = renders(d)
         assert "gpuprobe_backend_up" in names
         d.simulation.amdsmi.library_missing = False  # installed while running: found again
         wait_for(lambda: (cycle(d, advance=1.0), _backend(d).up)[1], timeout=10)
@@ -345,26 +323,9 @@ def test_gpu_answering_nothing_reads_down_and_comes_back(caplog) -> None:
     reads it down, not up with its static facts; it reads up again when calls answer."""
     d = amd_daemon()
     try:
-        cycle(d)
-        assert _devices(d)[("amd", "1")].up
-        with caplog.at_level("INFO", logger="gpuprobe"):
-            d.simulation.amdsmi.faults.add("*", 1, error=9)
-            for _ in range(3):
-                cycle(d)
-                s = _devices(d)[("amd", "1")]
-                assert not s.up
-                assert s.down_reason.startswith("no call answered"), s.down_reason
-                assert s.memory.total_bytes is None and s.thermal.thresholds == {}
-                _others_fine(d, 1)
-            _renders(d)
-            _no_internal_errors(d)
-            d.simulation.amdsmi.faults.clear()
-            cycle(d)
-        s = _devices(d)[("amd", "1")]
-        assert s.up and s.memory.used_bytes is not None
-        said = [r.getMessage() for r in caplog.records]
-        assert sum("answered none" in m for m in said) == 1, said
-        assert sum("answers calls again" in m for m in said) == 1, said
+        gpu_answering_nothing(d, d.simulation.amdsmi.faults, 9, lambda: cycle(d),
+                              lambda: _devices(d)[("amd", "1")], lambda: _others_fine(d, 1),
+                              caplog)
     finally:
         d.stop()
 

@@ -10,17 +10,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuprobe.daemon.export import catalog
 
-from .conftest import RunningDaemon, wait_for, write_yaml
+from .conftest import RunningDaemon, real_time_collectors, wait_for, write_yaml
 
 pytestmark = pytest.mark.slow
 
 FAST_CONFIG = {
-    "collectors": {"nvidia": {"interval": "500ms"}, "nvidia_processes": {"interval": "500ms"},
-                   "nvidia_events": {"interval": "500ms"}, "memory_leaks": {"interval": "250ms"},
-                   "amd": {"interval": "500ms"}, "amd_processes": {"interval": "500ms"},
-                   "amd_events": {"interval": "500ms"}, "amd_slow": {"interval": "2s"},
-                   "pcie_probe": {"interval": "500ms", "timeout": "45s"},
-                   "launch_probe": {"interval": "500ms", "timeout": "45s"}},
+    "collectors": real_time_collectors(),
     "nvidia": {"retry_initial": "100ms", "retry_max": "500ms"},
     "probes": {"pcie": {"every": "2s"}, "launch": {"every": "2s"}},
 }

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, RunningDaemon, free_port, wait_for, write_yaml
+from .conftest import ROOT, RunningDaemon, free_port, real_time_collectors, wait_for, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +51,7 @@ DEVICE_LEAK = {"vendor": "nvidia", "model": "NVIDIA H100 80GB HBM3", "architectu
                                          "rate": "100MiB/min", "noise": "32MiB"}}]}
 DEVICE_LEAK_GPU = "6"
 CONFIG = {
-    "collectors": {"nvidia": {"interval": "500ms"}, "nvidia_processes": {"interval": "1s"},
-                   "nvidia_events": {"interval": "500ms"}, "memory_leaks": {"interval": "250ms"},
-                   "amd": {"interval": "500ms"}, "amd_processes": {"interval": "1s"},
-                   "amd_events": {"interval": "500ms"}, "amd_slow": {"interval": "2s"},
-                   "pcie_probe": {"interval": "500ms", "timeout": "45s"},
-                   "launch_probe": {"interval": "500ms", "timeout": "45s"}},
+    "collectors": real_time_collectors(processes="1s"),
     "probes": {"pcie": {"every": "2s"}, "launch": {"every": "2s"}},
 }
 # Grafana's built-in variables, as Grafana would set them for this run (a 1 s scrape).

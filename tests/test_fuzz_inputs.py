@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,22 +42,23 @@ def check_line(e: BaseException, path: Path | None = None) -> None:
     assert len(msg.replace(str(path), "") if path else msg) <= MAX_LINE, msg
 
 
-def load_config_text(text: str | bytes) -> None:
-    path = WORK / "config.yaml"
+def _load_text(name: str, load: Any, error: type[Exception], text: str | bytes) -> None:
+    """Write ``text`` to the file ``name`` and ``load`` it: it loads or raises ``error`` with
+    one line."""
+    path = WORK / name
     path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     try:
-        config.load(path)
-    except ConfigError as e:
+        load(path)
+    except error as e:
         check_line(e, path)
+
+
+def load_config_text(text: str | bytes) -> None:
+    _load_text("config.yaml", config.load, ConfigError, text)
 
 
 def load_scenario_text(text: str | bytes) -> None:
-    path = WORK / "scenario.yaml"
-    path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
-    try:
-        scenario_mod.load(path)
-    except ScenarioError as e:
-        check_line(e, path)
+    _load_text("scenario.yaml", scenario_mod.load, ScenarioError, text)
 
 
 # -- values a user (or an attacker) might put anywhere ---------------------------------------
@@ -163,38 +165,33 @@ YAMLISH = st.one_of(
 )
 
 
-# -- the config loader ----------------------------------------------------------------------
+# -- the config and scenario loaders --------------------------------------------------------
 
+def _parse_scenario(doc: Any) -> None:
+    scenario_mod.parse(doc, "s.yaml")
+
+
+@pytest.mark.parametrize(("documents", "parse", "error"), [
+    (structural(DEPLOY), config.from_mapping, ConfigError),
+    (structural(SCENARIO), _parse_scenario, ScenarioError),
+], ids=["config", "scenario"])
 @FUZZ
-@given(structural(DEPLOY))
-def test_fuzz_config_values(doc):
+@given(data=st.data())
+def test_fuzz_values(documents, parse, error, data):
     try:
-        config.from_mapping(doc)
-    except ConfigError as e:
+        parse(data.draw(documents))
+    except error as e:
         check_line(e)
 
 
+@pytest.mark.parametrize(("texts", "load"), [
+    (text_mutations(DEPLOY_TEXT) | YAMLISH, load_config_text),
+    (text_mutations(SCENARIO_TEXT) | YAMLISH, load_scenario_text),
+], ids=["config", "scenario"])
 @FUZZ
-@given(text_mutations(DEPLOY_TEXT) | YAMLISH)
-def test_fuzz_config_files(text):
-    load_config_text(text)
-
-
-# -- the scenario loader --------------------------------------------------------------------
-
-@FUZZ
-@given(structural(SCENARIO))
-def test_fuzz_scenario_values(doc):
-    try:
-        scenario_mod.parse(doc, "s.yaml")
-    except ScenarioError as e:
-        check_line(e)
-
-
-@FUZZ
-@given(text_mutations(SCENARIO_TEXT) | YAMLISH)
-def test_fuzz_scenario_files(text):
-    load_scenario_text(text)
+@given(data=st.data())
+def test_fuzz_files(texts, load, data):
+    load(data.draw(texts))
 
 
 def test_the_fuzzed_documents_load_unmutated():

@@ -30,6 +30,23 @@ def _nvml_available() -> bool:
 requires_gpu = pytest.mark.skipif(not _nvml_available(), reason="no NVIDIA GPU or driver")
 
 
+def _probe_gpu0(probe: str, **request):
+    """Run one probe child with the CUDA backend on GPU 0 (named by its NVML UUID); it must
+    succeed."""
+    import pynvml
+
+    from gpuprobe.probes.active.child import run_child
+
+    pynvml.nvmlInit()
+    uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
+    pynvml.nvmlShutdown()
+    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+    req = {"probe": probe, "backend": "cuda", "uuid": uuid, **request}
+    out = run_child(req, {"CUDA_VISIBLE_DEVICES": uuid}, 60)
+    assert out.outcome == "ok", out.detail
+    return out
+
+
 @requires_gpu
 def test_real_gpu_reports():
     d = Daemon(config.from_mapping({}))
@@ -56,19 +73,9 @@ def test_real_gpu_reports():
 
 @requires_gpu
 def test_real_pcie_probe():
-    import pynvml
-
-    from gpuprobe.probes.active.child import run_child
     from gpuprobe.probes.active.specs import probe_values
 
-    pynvml.nvmlInit()
-    uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
-    pynvml.nvmlShutdown()
-    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-    req = {"probe": "pcie", "backend": "cuda", "uuid": uuid, "size": 64 * 2**20, "copies": 4,
-           "repetitions": 3}
-    out = run_child(req, {"CUDA_VISIBLE_DEVICES": uuid}, 60)
-    assert out.outcome == "ok", out.detail
+    out = _probe_gpu0("pcie", size=64 * 2**20, copies=4, repetitions=3)
     v = probe_values("pcie", out.values)
     assert v["host_to_device"] > 1e9 and v["device_to_host"] > 1e9
     assert v["link_generation"] >= 1 and 0.3 < v["host_to_device_ratio"] < 1.0
@@ -76,18 +83,7 @@ def test_real_pcie_probe():
 
 @requires_gpu
 def test_real_launch_probe():
-    import pynvml
-
-    from gpuprobe.probes.active.child import run_child
-
-    pynvml.nvmlInit()
-    uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0))
-    pynvml.nvmlShutdown()
-    uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-    req = {"probe": "launch", "backend": "cuda", "uuid": uuid, "spin_ns": 20_000,
-           "reach_bound_ns": 100_000, "calibrations": 20}
-    out = run_child(req, {"CUDA_VISIBLE_DEVICES": uuid}, 60)
-    assert out.outcome == "ok", out.detail
+    out = _probe_gpu0("launch", spin_ns=20_000, reach_bound_ns=100_000, calibrations=20)
     assert 0 < out.values["launch_latency_seconds"] < 0.1
     assert out.values["sm_reach_ratio"] > 0.5
     assert out.values["blocks"] == 2 * out.values["sm_count"]

@@ -14,10 +14,16 @@ import time
 
 import pynvml
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import make_daemon, wait_for
+from .faultcheck import (
+    cycles_end_in_time,
+    errors,
+    gpu_answering_nothing,
+    no_internal_errors,
+    renders,
+    unsupported,
+)
 
 TARGET_PREFERENCE = (1, 2, 0)  # the second H100, else the MIG GPU, else the first
 
@@ -81,15 +87,12 @@ def _others_fine(d, target: int) -> None:
         assert s.memory.used_bytes is not None, f"GPU {s.identity.index} lost its values"
 
 
-def _renders(d, expect: str = "gpuprobe_device_up") -> None:
-    text = generate_latest(d.registry).decode()
-    names = {f.name for f in text_string_to_metric_families(text)}
-    assert expect in names
-
-
-def _no_internal_errors(d) -> None:
-    for h in d.store.view().health.values():
-        assert h.errors_total.get("internal", 0) == 0, h
+def _wait_all_up(d) -> None:
+    """Until every GPU reads up again, a cycle each try."""
+    def back():
+        _cycle(d, sleep=0.02)
+        return all(s.up for s in d.store.view().devices())
+    wait_for(back, timeout=5)
 
 
 def _shape(sample) -> set[str]:
@@ -108,47 +111,30 @@ def _shape(sample) -> set[str]:
 
 
 @pytest.mark.parametrize("fn", sorted(CALLS))
-def test_not_supported_is_absent_and_not_asked_again(fn):
+def test_not_supported_is_absent_and_not_asked_again(fn, daemon):
     target = CALLS[fn]
-    d = make_daemon()
-    try:
-        d.simulation.nvml.faults.add(fn, target, error=pynvml.NVML_ERROR_NOT_SUPPORTED)
-        _cycle(d)
-        _cycle(d)
-        calls = d.simulation.nvml.calls_by_device
-        after_two = calls[(fn, target)]
-        _cycle(d)
-        _cycle(d)
-        _others_fine(d, target)
-        _renders(d)
-        _no_internal_errors(d)
-        unsupported = sum(h.errors_total.get("unsupported", 0)
-                          for h in d.store.view().health.values())
-        assert unsupported >= 1
-        if fn not in IDENTIFYING:
-            assert _by_index(d)[str(target)].up
-        # Remembered as unsupported: not asked again.
-        if fn not in ("nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID"):
-            assert calls[(fn, target)] == after_two, "asked again after NOT_SUPPORTED"
-    finally:
-        d.stop()
+    d = daemon
+    after_two, after_four = unsupported(d, d.simulation.nvml, fn, target,
+                                        pynvml.NVML_ERROR_NOT_SUPPORTED, lambda: _cycle(d),
+                                        lambda: _others_fine(d, target))
+    if fn not in IDENTIFYING:
+        assert _by_index(d)[str(target)].up
+    # Remembered as unsupported: not asked again.
+    if fn not in ("nvmlDeviceGetHandleByIndex", "nvmlDeviceGetUUID"):
+        assert after_four == after_two, "asked again after NOT_SUPPORTED"
 
 
 @pytest.mark.parametrize("fn", sorted(CALLS))
-def test_gpu_lost_takes_down_only_that_gpu(fn):
+def test_gpu_lost_takes_down_only_that_gpu(fn, daemon):
     target = CALLS[fn]
-    d = make_daemon()
-    try:
-        d.simulation.nvml.faults.add(fn, target, error=pynvml.NVML_ERROR_GPU_IS_LOST)
-        for _ in range(3):
-            _cycle(d)
-            _others_fine(d, target)
-        _renders(d)
-        _no_internal_errors(d)
-        fatal = sum(h.errors_total.get("device_fatal", 0) for h in d.store.view().health.values())
-        assert fatal >= 1
-    finally:
-        d.stop()
+    d = daemon
+    d.simulation.nvml.faults.add(fn, target, error=pynvml.NVML_ERROR_GPU_IS_LOST)
+    for _ in range(3):
+        _cycle(d)
+        _others_fine(d, target)
+    renders(d)
+    no_internal_errors(d)
+    assert errors(d, "device_fatal") >= 1
 
 
 @pytest.mark.parametrize("fn", sorted(CALLS))
@@ -166,7 +152,7 @@ def test_transient_error_is_retried_next_cycle(fn):
         for _ in range(3):
             _cycle(d)
         _others_fine(d, target)
-        _no_internal_errors(d)
+        no_internal_errors(d)
         sample = _by_index(d)[str(target)]
         assert sample.up
         assert _shape(sample) == expected, "a value did not come back after a transient error"
@@ -176,19 +162,15 @@ def test_transient_error_is_retried_next_cycle(fn):
 
 
 @pytest.mark.parametrize("fn", sorted(CALLS))
-def test_hung_call_costs_only_its_gpu(fn):
+def test_hung_call_costs_only_its_gpu(fn, daemon):
     target = CALLS[fn]
-    d = make_daemon()
+    d = daemon
     release = threading.Event()
     try:
         d.simulation.nvml.faults.add(fn, target, hang=release)
-        for _ in range(2):
-            t0 = time.monotonic()
-            _cycle(d, sleep=0.0)
-            # Collections end at their deadline (0.5 s) whatever the hung GPU does.
-            assert time.monotonic() - t0 < 1.5
-            _others_fine(d, target)
-        _renders(d)
+        # Collections end at their deadline (0.5 s) whatever the hung GPU does.
+        cycles_end_in_time(lambda: _cycle(d, sleep=0.0), 1.5, lambda: _others_fine(d, target))
+        renders(d)
         target_sample = _by_index(d).get(str(target))
         if fn not in ("nvmlDeviceRegisterEvents", "nvmlDeviceGetSupportedEventTypes"):
             # Event registration runs on its own thread; everything else holds the GPU's worker.
@@ -204,76 +186,62 @@ def test_hung_call_costs_only_its_gpu(fn):
         _others_fine(d, target)
     finally:
         release.set()
-        d.stop()
 
 
 # -- the library itself ---------------------------------------------------------------------
 
 
-def test_library_missing_at_start_then_installed():
-    d = make_daemon()
+def test_library_missing_at_start_then_installed(daemon):
+    d = daemon
     nvml = d.simulation.nvml
-    try:
-        nvml.library_missing = True
-        d.scheduler.run_once()
-        view = d.store.view()
-        backend = view.results["nvidia"].backends[0]
-        assert backend.up is False and "not found" in backend.reason
-        assert view.devices() == []
-        assert view.health["nvidia"].up  # a host without NVIDIA is not a failing collector
-        _renders(d, "gpuprobe_backend_up")
-        nvml.library_missing = False
+    nvml.library_missing = True
+    d.scheduler.run_once()
+    view = d.store.view()
+    backend = view.results["nvidia"].backends[0]
+    assert backend.up is False and "not found" in backend.reason
+    assert view.devices() == []
+    assert view.health["nvidia"].up  # a host without NVIDIA is not a failing collector
+    renders(d, "gpuprobe_backend_up")
+    nvml.library_missing = False
 
-        def found():
-            d.scheduler.run_once()
-            return len(d.store.view().devices()) == 5
-        wait_for(found, timeout=5)
-    finally:
-        d.stop()
+    def found():
+        d.scheduler.run_once()
+        return len(d.store.view().devices()) == 5
+    wait_for(found, timeout=5)
 
 
 @pytest.mark.parametrize("code", [pynvml.NVML_ERROR_DRIVER_NOT_LOADED,
                                   pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH])
-def test_library_fatal_at_init_is_retried(code):
-    d = make_daemon()
-    try:
-        rule = d.simulation.nvml.faults.add("nvmlInit", error=code)
+def test_library_fatal_at_init_is_retried(code, daemon):
+    d = daemon
+    rule = d.simulation.nvml.faults.add("nvmlInit", error=code)
+    d.scheduler.run_once()
+    view = d.store.view()
+    assert view.results["nvidia"].backends[0].up is False
+    assert view.health["nvidia"].up is False  # unlike a missing library, this is a fault
+    assert view.health["nvidia"].errors_total["library_fatal"] >= 1
+    d.simulation.nvml.faults._rules.remove(rule)
+
+    def up():
         d.scheduler.run_once()
-        view = d.store.view()
-        assert view.results["nvidia"].backends[0].up is False
-        assert view.health["nvidia"].up is False  # unlike a missing library, this is a fault
-        assert view.health["nvidia"].errors_total["library_fatal"] >= 1
-        d.simulation.nvml.faults._rules.remove(rule)
-
-        def up():
-            d.scheduler.run_once()
-            return d.store.view().results["nvidia"].backends[0].up
-        wait_for(up, timeout=5)
-    finally:
-        d.stop()
+        return d.store.view().results["nvidia"].backends[0].up
+    wait_for(up, timeout=5)
 
 
-def test_library_vanishing_while_running_keeps_devices_listed_as_down():
-    d = make_daemon()
+def test_library_vanishing_while_running_keeps_devices_listed_as_down(daemon):
+    d = daemon
     nvml = d.simulation.nvml
-    try:
-        _cycle(d)
-        assert len(d.store.view().devices()) == 5
-        nvml.library_missing = True  # every call now fails UNINITIALIZED
-        _cycle(d)
-        view = d.store.view()
-        devs = view.devices()
-        assert len(devs) == 5 and not any(s.up for s in devs)
-        assert view.results["nvidia"].backends[0].up is False
-        _renders(d)
-        nvml.library_missing = False
-
-        def back():
-            _cycle(d, sleep=0.02)
-            return all(s.up for s in d.store.view().devices())
-        wait_for(back, timeout=5)
-    finally:
-        d.stop()
+    _cycle(d)
+    assert len(d.store.view().devices()) == 5
+    nvml.library_missing = True  # every call now fails UNINITIALIZED
+    _cycle(d)
+    view = d.store.view()
+    devs = view.devices()
+    assert len(devs) == 5 and not any(s.up for s in devs)
+    assert view.results["nvidia"].backends[0].up is False
+    renders(d)
+    nvml.library_missing = False
+    _wait_all_up(d)
 
 
 def test_enumeration_error_takes_the_backend_down_and_back():
@@ -286,11 +254,7 @@ def test_enumeration_error_takes_the_backend_down_and_back():
         time.sleep(1.1)  # rediscovery is due
         _cycle(d)
         assert d.store.view().results["nvidia"].backends[0].up is False
-
-        def back():
-            _cycle(d, sleep=0.02)
-            return all(s.up for s in d.store.view().devices())
-        wait_for(back, timeout=5)
+        _wait_all_up(d)
     finally:
         d.stop()
 
@@ -321,7 +285,7 @@ def test_hung_enumeration_stalls_one_collector_not_the_daemon():
         runs = view.health["nvidia_events"].runs
         wait_for(lambda: d.store.view().health["nvidia_events"].runs > runs + 2, timeout=5)
         assert d.alive()
-        _renders(d)
+        renders(d)
         release.set()
         d.simulation.nvml.faults.clear()
         wait_for(lambda: not stalled(), timeout=5)
@@ -331,31 +295,11 @@ def test_hung_enumeration_stalls_one_collector_not_the_daemon():
         d.stop()
 
 
-def test_gpu_answering_nothing_reads_down_and_comes_back(caplog):
+def test_gpu_answering_nothing_reads_down_and_comes_back(caplog, daemon):
     """Issue 11, defect 7: every call to one GPU failing with UNKNOWN (transient) left it
     up, exporting its static facts. It reads down with the reason, the others are fine, it
     is logged once, and it reads up again when calls answer."""
-    d = make_daemon()
-    try:
-        _cycle(d)
-        assert _by_index(d)["1"].up
-        with caplog.at_level("INFO", logger="gpuprobe"):
-            d.simulation.nvml.faults.add("*", 1, error=pynvml.NVML_ERROR_UNKNOWN)
-            for _ in range(3):
-                _cycle(d)
-                s = _by_index(d)["1"]
-                assert not s.up
-                assert s.down_reason.startswith("no call answered"), s.down_reason
-                assert s.memory.total_bytes is None and s.thermal.thresholds == {}
-                _others_fine(d, 1)
-            _renders(d)
-            _no_internal_errors(d)
-            d.simulation.nvml.faults.clear()
-            _cycle(d)
-        s = _by_index(d)["1"]
-        assert s.up and s.memory.used_bytes is not None
-        said = [r.getMessage() for r in caplog.records]
-        assert sum("answered none" in m for m in said) == 1, said
-        assert sum("answers calls again" in m for m in said) == 1, said
-    finally:
-        d.stop()
+    d = daemon
+    gpu_answering_nothing(d, d.simulation.nvml.faults, pynvml.NVML_ERROR_UNKNOWN,
+                          lambda: _cycle(d), lambda: _by_index(d)["1"],
+                          lambda: _others_fine(d, 1), caplog)

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
-from gpuprobe.probes.sim.faults import Faults, api, api_functions
+from gpuprobe.probes.sim.faults import Face, Faults, api
 from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
 MIB = 1024 * 1024
@@ -278,7 +278,10 @@ class _Target:
                                                                      gen, init)
 
 
-class SimAmdSmi:
+class SimAmdSmi(Face):
+    _WITHOUT_INIT = frozenset({"amdsmi_init", "amdsmi_get_rocm_version", "amdsmi_get_lib_version"})
+    _NOT_INITIALIZED = 32
+    _err = staticmethod(_err)
     __version__ = "7.0.2"
     AmdSmiException = AmdSmiException
     AmdSmiLibraryException = AmdSmiLibraryException
@@ -358,28 +361,16 @@ class SimAmdSmi:
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"simulated amdsmi has no {name}")
 
-    @classmethod
-    def api_functions(cls) -> list[str]:
-        return api_functions(cls)
-
     # -- plumbing --------------------------------------------------------------------------
 
-    def _enter(self, name: str, args: tuple) -> None:
-        self.calls[name] += 1
-        if self.library_missing:
-            raise _err(34 if name == "amdsmi_init" else 32)
-        if name not in ("amdsmi_init", "amdsmi_get_rocm_version", "amdsmi_get_lib_version") \
-                and self._init_count <= 0:
-            raise _err(32)
-        device = None
+    def _missing_error(self, name: str) -> int:
+        return 34 if name == "amdsmi_init" else 32
+
+    def _device_of(self, name: str, args: tuple) -> int | None:
         if args and isinstance(args[0], ctypes.c_void_p):
             t = self._targets.get(args[0].value or 0)
-            device = t.index if t is not None else None
-        self.calls_by_device[(name, device)] += 1
-        self.faults.trigger(name, device, _err)
-
-    def _t(self) -> float:
-        return self._world.now()
+            return t.index if t is not None else None
+        return None
 
     def _target(self, handle: Any) -> _Target:
         if not isinstance(handle, ctypes.c_void_p):

@@ -1,4 +1,5 @@
-"""What every simulated library face shares: fault injection and the API-call marker.
+"""What every simulated library face shares: fault injection, the API-call marker and what
+happens on entry to every call (``Face``).
 
 ``faults.add("nvmlDeviceGetPowerUsage", device=1, error=3)`` makes that call fail with the
 library's error 3 on the second GPU of the face's vendor; ``hang=threading.Event()`` blocks
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,3 +88,49 @@ def api(fn: Callable[..., Any]) -> Callable[..., Any]:
 def api_functions(cls: type) -> list[str]:
     """The library functions a face implements."""
     return sorted(n for n, v in vars(cls).items() if getattr(v, "_sim_api", False))
+
+
+class Face:
+    """A simulated library's entry to each of its calls: the call is counted, fails as the
+    library fails while it is missing or not initialized, then the faults injected for it
+    apply. A face sets its error codes and says which GPU a call is about."""
+
+    _WITHOUT_INIT: frozenset[str] = frozenset()  # functions that need no init
+    _NOT_INITIALIZED: int  # the error of a call before init
+
+    calls: Counter
+    calls_by_device: Counter  # (function, the vendor's index of the GPU or None)
+    faults: Faults
+    library_missing: bool
+    _init_count: int
+    _world: Any
+
+    @staticmethod
+    def _err(code: int) -> Exception:
+        """The library's exception for error ``code``."""
+        raise NotImplementedError
+
+    def _missing_error(self, name: str) -> int:
+        """The error of call ``name`` while the library is not there."""
+        raise NotImplementedError
+
+    def _device_of(self, name: str, args: tuple) -> int | None:
+        """The GPU call ``name`` with ``args`` is about, None for none."""
+        raise NotImplementedError
+
+    @classmethod
+    def api_functions(cls) -> list[str]:
+        return api_functions(cls)
+
+    def _enter(self, name: str, args: tuple) -> None:
+        self.calls[name] += 1
+        if self.library_missing:
+            raise self._err(self._missing_error(name))
+        if name not in self._WITHOUT_INIT and self._init_count <= 0:
+            raise self._err(self._NOT_INITIALIZED)
+        device = self._device_of(name, args)
+        self.calls_by_device[(name, device)] += 1
+        self.faults.trigger(name, device, self._err)
+
+    def _t(self) -> float:
+        return self._world.now()

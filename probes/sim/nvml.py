@@ -20,8 +20,8 @@ from typing import Any
 
 import pynvml
 
-from gpuprobe.probes.sim.faults import Faults, api, api_functions
-from gpuprobe.probes.sim.world import SimDevice, SimWorld
+from gpuprobe.probes.sim.faults import Face, Faults, api
+from gpuprobe.probes.sim.world import DeviceState, SimDevice, SimWorld
 
 _INIT_FUNCTIONS = {"nvmlInit", "nvmlInitWithFlags"}
 _ARCH_CODES = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7,
@@ -58,7 +58,11 @@ def _err(code: int) -> pynvml.NVMLError:
     return pynvml.NVMLError(code)
 
 
-class SimNvml:
+class SimNvml(Face):
+    _WITHOUT_INIT = frozenset(_INIT_FUNCTIONS)
+    _NOT_INITIALIZED = pynvml.NVML_ERROR_UNINITIALIZED
+    _err = staticmethod(_err)
+
     def __init__(self, world: SimWorld) -> None:
         self._world = world
         self._devices = world.vendor_devices("nvidia")
@@ -81,29 +85,18 @@ class SimNvml:
             raise AttributeError(f"simulated NVML has no {name}")
         return value
 
-    @classmethod
-    def api_functions(cls) -> list[str]:
-        return api_functions(cls)
-
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _enter(self, name: str, args: tuple) -> None:
-        self.calls[name] += 1
-        if self.library_missing:
-            raise _err(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND if name in _INIT_FUNCTIONS
-                       else pynvml.NVML_ERROR_UNINITIALIZED)
-        if name not in _INIT_FUNCTIONS and self._init_count <= 0:
-            raise _err(pynvml.NVML_ERROR_UNINITIALIZED)
-        device = None
-        if args and isinstance(args[0], _Handle):
-            device = self._index.get(id(args[0].dev))
-        elif name == "nvmlDeviceGetHandleByIndex" and args:
-            device = args[0]
-        self.calls_by_device[(name, device)] += 1
-        self.faults.trigger(name, device, _err)
+    def _missing_error(self, name: str) -> int:
+        return (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND if name in _INIT_FUNCTIONS
+                else pynvml.NVML_ERROR_UNINITIALIZED)
 
-    def _t(self) -> float:
-        return self._world.now()
+    def _device_of(self, name: str, args: tuple) -> int | None:
+        if args and isinstance(args[0], _Handle):
+            return self._index.get(id(args[0].dev))
+        if name == "nvmlDeviceGetHandleByIndex" and args:
+            return args[0]
+        return None
 
     def _dev(self, handle: Any, t: float, mig_ok: bool = False) -> SimDevice:
         if not isinstance(handle, _Handle):
@@ -114,6 +107,11 @@ class SimNvml:
         if handle.instance is not None and not mig_ok:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return dev
+
+    def _state(self, handle: Any) -> DeviceState:
+        """What the GPU behind ``handle`` reads now."""
+        t = self._t()
+        return self._dev(handle, t).state(t)
 
     def _supports(self, dev: SimDevice, feature: str) -> None:
         if feature in dev.spec.unsupported:
@@ -289,15 +287,13 @@ class SimNvml:
     @api
     def nvmlDeviceGetTemperatureV(self, handle: _Handle, sensor: int,
                                   version: int = pynvml.nvmlTemperature_v1) -> int:
-        t = self._t()
         if sensor != pynvml.NVML_TEMPERATURE_GPU:
             raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return round(self._dev(handle, t).state(t).temperature)
+        return round(self._state(handle).temperature)
 
     @api
     def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:
-        t = self._t()
-        return round(self._dev(handle, t).state(t).temperature)
+        return round(self._state(handle).temperature)
 
     @api
     def nvmlDeviceGetTemperatureThreshold(self, handle: _Handle, threshold: int) -> int:
@@ -313,8 +309,7 @@ class SimNvml:
 
     @api
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
-        t = self._t()
-        return int(self._dev(handle, t).state(t).power_watts * 1000)
+        return int(self._state(handle).power_watts * 1000)
 
     @api
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:
@@ -331,8 +326,7 @@ class SimNvml:
 
     @api
     def nvmlDeviceGetClockInfo(self, handle: _Handle, clock: int) -> int:
-        t = self._t()
-        st = self._dev(handle, t).state(t)
+        st = self._state(handle)
         hz = {pynvml.NVML_CLOCK_GRAPHICS: st.sm_hz, pynvml.NVML_CLOCK_SM: st.sm_hz,
               pynvml.NVML_CLOCK_MEM: st.memory_hz, pynvml.NVML_CLOCK_VIDEO: st.sm_hz * 0.85}
         return int(hz[clock] / 1e6)
@@ -346,9 +340,8 @@ class SimNvml:
 
     @api
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:
-        t = self._t()
         mask = 0
-        for reason in self._dev(handle, t).state(t).throttle:
+        for reason in self._state(handle).throttle:
             mask |= _THROTTLE_BITS[reason]
         return mask
 
@@ -359,20 +352,17 @@ class SimNvml:
 
     @api
     def nvmlDeviceGetPerformanceState(self, handle: _Handle) -> int:
-        t = self._t()
-        return self._dev(handle, t).state(t).pstate
+        return self._state(handle).pstate
 
     # -- PCIe ------------------------------------------------------------------------------------
 
     @api
     def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: _Handle) -> int:
-        t = self._t()
-        return self._dev(handle, t).state(t).generation
+        return self._state(handle).generation
 
     @api
     def nvmlDeviceGetCurrPcieLinkWidth(self, handle: _Handle) -> int:
-        t = self._t()
-        return self._dev(handle, t).state(t).width
+        return self._state(handle).width
 
     @api
     def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: _Handle) -> int:
@@ -396,8 +386,8 @@ class SimNvml:
         u.gpu, u.memory = round(util * 100), round(util * 45)
         return u
 
-    @api
-    def nvmlDeviceGetEncoderUtilization(self, handle: _Handle) -> list[int]:
+    def _codec_utilization(self, handle: _Handle) -> list[int]:
+        """The encoder's or decoder's: idle, over a sampling period of 167 ms."""
         dev = self._dev(handle, self._t())
         self._supports(dev, "encoder")
         if dev.spec.instances:
@@ -405,12 +395,12 @@ class SimNvml:
         return [0, 167000]
 
     @api
+    def nvmlDeviceGetEncoderUtilization(self, handle: _Handle) -> list[int]:
+        return self._codec_utilization(handle)
+
+    @api
     def nvmlDeviceGetDecoderUtilization(self, handle: _Handle) -> list[int]:
-        dev = self._dev(handle, self._t())
-        self._supports(dev, "encoder")
-        if dev.spec.instances:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return [0, 167000]
+        return self._codec_utilization(handle)
 
     # -- field values ----------------------------------------------------------------------------
 
