@@ -3,13 +3,14 @@
 ``amdsmi_get_gpu_pci_throughput`` reads sysfs ``pcie_bw``, which sleeps a second in the
 driver; ``amdsmi_get_violation_status`` samples the firmware twice at least 100 ms apart.
 Made from the telemetry poll they would hold every GPU's poll up by that much, so they run
-here, every minute by default, each GPU on its own thread (a GPU's telemetry worker is never
-used). Their figures are published as supplements of the ``amd`` collector's samples, which
-the snapshot fills in with them (daemon/core/state.py), for up to ``SLOW_MAX_AGE`` intervals
-after they were read. Violation status is only asked where the published sample has no
-throttle time (gpu_metrics' residency accumulators carry the same information for free),
-and its reasons are only published where the sample has no reasons of its own (the raw
-throttle mask, where the binding can read it, comes first).
+here, every minute by default, each GPU on a thread of its own through the backends'
+``run_on_devices`` (a GPU's telemetry worker is never used). Their figures are published as
+supplements of the ``amd`` collector's samples, which the snapshot fills in with them
+(daemon/core/state.py), for up to ``SLOW_MAX_AGE`` intervals after they were read. Violation
+status is only asked where the published sample has no throttle time (gpu_metrics' residency
+accumulators carry the same information for free), and its reasons are only published where
+the sample has no reasons of its own (the raw throttle mask, where the binding can read it,
+comes first).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from collections.abc import Callable
 
 from gpuprobe.daemon.core.model import CollectorResult, DeviceSample, Pcie, Throttle
 from gpuprobe.daemon.core.state import View
-from gpuprobe.daemon.core.workers import Job, Worker
+from gpuprobe.daemon.core.workers import Worker
 from gpuprobe.probes.amd.library import clean, number
 from gpuprobe.probes.amd.session import AmdDevice, AmdSession
-from gpuprobe.probes.backend import STUCK_SECONDS, DeviceLost, LibraryDown, Query
+from gpuprobe.probes.backend import DeviceLost, LibraryDown, Query, run_on_devices
 
 # amdsmi_get_violation_status active_* flags -> reason
 VIOLATIONS = (("active_ppt_pwr", "power_cap"), ("active_socket_thrm", "sw_thermal"),
@@ -95,22 +96,18 @@ class AmdSlow:
         published = {d.identity.uuid: d.throttle
                      for d in self.snapshot().devices(supplemented=False) if d.up}
         q = session.query(errors)
-        jobs: list[tuple[AmdDevice, Job]] = []
-        for dev in session.physical():
-            worker = self._worker(dev)
-            if dev.up and worker.running_for() <= STUCK_SECONDS:
-                jobs.append((dev, worker.submit(self._one, dev, q, published.get(dev.uuid))))
-        for dev, job in jobs:
-            try:
-                result = job.result(timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                job.cancel()
-                continue
-            except LibraryDown as e:
-                session.mark_down(e.__cause__ or e)
+        gpus = [d for d in session.physical() if d.up]
+        results, _ = run_on_devices(gpus, lambda d: self._one(d, q, published.get(d.uuid)),
+                                    deadline, worker_of=self._worker)
+        for dev in gpus:
+            r = results.get(dev.uuid)
+            if isinstance(r, LibraryDown):
+                session.mark_down(r.__cause__ or r)
                 return CollectorResult(ok=False, errors=errors)
-            if result is not None:
-                self._latest[dev.uuid] = (time.monotonic(), result)
+            if isinstance(r, BaseException):
+                raise r
+            if r is not None:
+                self._latest[dev.uuid] = (time.monotonic(), r)
         return CollectorResult(ok=True, supplements=self._fresh(), errors=errors)
 
     def close(self) -> None:

@@ -64,10 +64,11 @@ def _each(fn: Callable[[Device], Any], devices: list[Device]) -> dict[str, Any]:
     return out
 
 
-def run_on_devices(devices: list[Any], fn: Callable[[Any], Any], deadline: float
+def run_on_devices(devices: list[Any], fn: Callable[[Any], Any], deadline: float,
+                   worker_of: Callable[[Any], Worker] | None = None
                    ) -> tuple[dict[str, Any], set[str]]:
-    """Run ``fn(dev)`` for each device on its physical GPU's own worker; wait until
-    ``deadline``.
+    """Run ``fn(dev)`` for each device on its physical GPU's own worker (or on
+    ``worker_of(dev)``: the slow AMD calls have workers of their own); wait until ``deadline``.
 
     Returns (uuid -> result or exception, uuids not done). The work queues behind another
     collector's call to the same GPU; a GPU whose worker has been inside one call for
@@ -76,7 +77,7 @@ def run_on_devices(devices: list[Any], fn: Callable[[Any], Any], deadline: float
     """
     groups: dict[Worker, list[Device]] = {}
     for dev in devices:
-        groups.setdefault(dev.worker, []).append(dev)
+        groups.setdefault(dev.worker if worker_of is None else worker_of(dev), []).append(dev)
     futures = []
     stuck: set[str] = set()
     for worker, devs in groups.items():
