@@ -1,4 +1,4 @@
-"""What both vendor backends share (probes/backend.py): device backoff across flaps."""
+"""What both vendor backends share (probes/backend/): device backoff across flaps."""
 
 from __future__ import annotations
 
