@@ -108,7 +108,7 @@ class Telemetry(Generic[S, D]):
                                errors=errors, timestamp=self.now())
 
     def close(self) -> None:
-        pass  # the shared session is closed with the context
+        pass  # the shared session is closed with the sources (daemon/service/wiring.py)
 
 
 class Processes(Generic[S, D]):
@@ -165,7 +165,7 @@ class Processes(Generic[S, D]):
         return self.samples(results, errors)
 
     def close(self) -> None:
-        pass  # the shared session is closed with the context
+        pass  # the shared session is closed with the sources (daemon/service/wiring.py)
 
 
 def holders(session: Lifetime[D], uuid: str, deadline: float,
