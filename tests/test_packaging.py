@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -50,3 +52,15 @@ def test_parsing_a_config_imports_no_backend_and_a_disabled_one_is_never_importe
     assert "gpuprobe.probes.amd.telemetry" not in amd_after_start
     assert running == str(sorted(["nvidia", "nvidia_processes", "nvidia_events",
                                   "memory_leaks"]))
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists the packages by hand (daemon/ and probes/ are mapped under gpuprobe):
+    a folder left out installs nothing with `pip install .`, while an editable install, which
+    maps whole folders, still works, so only this test sees it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    folders = {"gpuprobe." + ".".join(p.parent.relative_to(ROOT).parts)
+               for top in ("daemon", "probes") for p in (ROOT / top).rglob("__init__.py")}
+    assert folders == listed
