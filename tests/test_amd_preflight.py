@@ -52,6 +52,8 @@ PACKAGES = {
             'amdsmi_get_cpu_affinity_with_scope")\n',
     "ok": COMMON.format(version="7.0.2", rocm="7.0.2") + "def amdsmi_init(flag): pass\n",
     "mismatch": COMMON.format(version="7.0.2", rocm="6.4.1") + "def amdsmi_init(flag): pass\n",
+    # the copy ROCm installs: __version__ is the amd-smi library's (as amdsmi_get_lib_version)
+    "rocm-copy": COMMON.format(version="26.0.2", rocm="7.0.2") + "def amdsmi_init(flag): pass\n",
     "hang": COMMON.format(version="7.0.2", rocm="7.0.2")
             + "import time\ndef amdsmi_init(flag): time.sleep(3600)\n",
     "nodriver": COMMON.format(version="7.0.2", rocm="7.0.2")
@@ -202,3 +204,28 @@ def test_real_pypi_amdsmi_without_rocm(capfd) -> None:
     assert e.value.absent, e.value.reason
     assert capfd.readouterr().out == ""
     assert not [n for n in sys.modules if n.startswith("amdsmi")]
+
+
+@pytest.mark.parametrize(("binding", "rocm", "lib", "mismatch"), [
+    ("7.0.2", "7.0.2", "26.0.2", False),  # the PyPI wheel of the installed ROCm
+    ("7.0.2", "6.4.1", "25.5.1", True),  # a wheel of another ROCm
+    ("26.0.2", "7.0.2", "26.0.2", False),  # ROCm's own copy: the library's version scheme
+    ("26.0.2+abc123", "7.0.2", "26.0.2", False),
+    ("25.5.1", "7.0.2", "26.0.2", True),  # ROCm's copy from another release
+    ("26.0.2", "7.0.2", None, None),  # the library's version cannot be read
+    ("7.0.2", None, "26.0.2", None),
+    (None, "7.0.2", "26.0.2", None),
+])
+def test_version_check_compares_each_scheme_with_its_own(binding, rocm, lib, mismatch) -> None:
+    """Issue 13, defect 1: the binding ROCm installs carries the amd-smi library version
+    (24.6.2 on ROCm 6.2.0), which used to be compared with the ROCm release and refused."""
+    assert library.Versions(binding, rocm, lib).mismatch is mismatch
+
+
+def test_the_binding_rocm_installs_initialises(package) -> None:
+    package("rocm-copy")
+    session = _session()
+    _bring_up(session)
+    assert session.up and session.version_mismatch is False
+    assert session.status().binding_version == "26.0.2"
+    session.close()

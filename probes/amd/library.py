@@ -188,15 +188,32 @@ class Versions:
 
     @property
     def mismatch(self) -> bool | None:
-        """True when the binding was cut from another ROCm release than the one installed;
-        None when either version cannot be read."""
-        if not self.binding or not self.rocm:
+        """True when the binding was cut from another release than the one installed; None
+        when that cannot be told.
+
+        The binding's version follows one of two schemes: the PyPI wheel carries the ROCm
+        release (7.0.2), while the copy ROCm installs (/opt/rocm/share/amd_smi) carries the
+        amd-smi library's own version (24.6.2 on ROCm 6.2.0: amdsmi's py-interface
+        CMakeLists writes it). Each is compared with its own counterpart."""
+        if not self.binding:
             return None
-        return _release(self.binding) != _release(self.rocm)
+        binding = _release(self.binding)
+        other = self.library if _library_scheme(binding) else self.rocm
+        if not other:
+            return None
+        return binding != _release(other)
 
 
 def _release(version: str) -> tuple[str, ...]:
     return tuple(re.findall(r"\d+", version)[:3])
+
+
+# amd-smi library versions count from 24 (ROCm 6.2); ROCm releases are single digits.
+LIBRARY_SCHEME_FROM = 20
+
+
+def _library_scheme(release: tuple[str, ...]) -> bool:
+    return bool(release) and int(release[0]) >= LIBRARY_SCHEME_FROM
 
 
 def versions(lib: Any) -> Versions:
