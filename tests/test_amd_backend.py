@@ -304,3 +304,14 @@ def test_mixed_scrape_every_shared_family_carries_both_vendors(daemon) -> None:
             assert vendors[m.name] == {"nvidia"}, m.name
         if m.nvidia.startswith("absent") and m.name in vendors:
             assert vendors[m.name] == {"amd"}, m.name
+
+
+def test_an_idle_event_reader_is_not_an_error(daemon) -> None:
+    """Issue 13, defect 2: the real AmdSmiEventReader.read raises NO_DATA (40) whenever no
+    event came in its wait; that was counted as a transient error about once a second per
+    GPU. It means "nothing happened", as the NVIDIA watcher's timeout does."""
+    cycle(daemon)
+    time.sleep(3.0)  # three one-second reads on each GPU, none with an event
+    cycle(daemon)
+    health = daemon.store.view().health["amd_events"]
+    assert health.up and health.errors_total.get("transient", 0) == 0

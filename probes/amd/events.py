@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from gpuprobe.daemon.core.model import CollectorResult
+from gpuprobe.probes.amd.library import STATUS_NO_DATA, error_code
 from gpuprobe.probes.amd.session import AmdSession
 from gpuprobe.probes.backend import LIBRARY_FATAL, EventWatcher
 
@@ -88,6 +89,8 @@ class AmdEventWatcher(EventWatcher):
                 try:
                     events = reader.read(per_reader)
                 except Exception as e:
+                    if error_code(e) == STATUS_NO_DATA:
+                        continue  # the real binding's answer to a wait with no event
                     if self._failed(e) == LIBRARY_FATAL:
                         self._close_readers()
                         break

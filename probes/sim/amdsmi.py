@@ -344,7 +344,9 @@ class SimAmdSmi(Face):
                                  "message": msg} for _, kind, msg in events]
                     if time.monotonic() >= end:
                         self.since = now
-                        return []
+                        # amdsmi_get_gpu_event_notification answers AMDSMI_STATUS_NO_DATA
+                        # when no event came, and the binding's _check_res raises it
+                        raise _err(40)
                     time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
             def stop(self) -> None:
