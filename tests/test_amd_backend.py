@@ -315,3 +315,45 @@ def test_an_idle_event_reader_is_not_an_error(daemon) -> None:
     cycle(daemon)
     health = daemon.store.view().health["amd_events"]
     assert health.up and health.errors_total.get("transient", 0) == 0
+
+
+RADEON = {"vendor": "amd", "model": "AMD Radeon PRO W7900", "architecture": "rdna3",
+          "memory": "48GiB", "ecc": False}
+
+
+def test_two_identical_serial_less_radeons_stay_two_gpus() -> None:
+    """Issue 13, defect 3: the real library gives a card without a serial number the UUID
+    uuid_gen(0, device_id, 0xff), 00ff7448-0000-1000-8000-000000000000 on every W7900; two
+    such cards were one GPU. The PCI address is the identity of last resort."""
+    d = make_daemon({"seed": 5, "devices": [RADEON, RADEON]}, AMD_FAST, ManualClock(60.0))
+    try:
+        cycle(d)
+        cycle(d)
+        gpus = [s for s in d.store.view().devices() if s.identity.vendor == "amd"]
+        assert len(gpus) == 2 and all(s.up for s in gpus)
+        assert len({s.identity.uuid for s in gpus}) == 2
+        assert all(s.identity.uuid.startswith("AMD-") for s in gpus)
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize(("uuid", "unique"), [
+    ("00ff7448-0000-1000-8000-000000000000", False),  # serial-less W7900
+    ("00000000-0000-1000-8000-000000000000", False),
+    ("ffffffff-ffff-ffff-ffff-ffffffffffff", False),
+    ("03bc4b7b-1c87-c1e8-6a6c-79fc752be1a0", True),
+    ("31ff74a1-2b4c-1000-8000-5a3e9b1c2d40", True),
+])
+def test_unique_uuid(uuid: str, unique: bool) -> None:
+    from gpuprobe.probes.amd.session import unique_uuid
+
+    assert unique_uuid(uuid) is unique
+
+
+def test_partitions_sharing_the_gpus_uuid_stay_apart(daemon) -> None:
+    """The real library answers the GPU's UUID for every partition of an MI300."""
+    cycle(daemon)
+    parts = [s.identity for s in daemon.store.view().devices()
+             if s.identity.vendor == "amd" and s.identity.parent_uuid]
+    assert len(parts) == 2 and len({p.uuid for p in parts}) == 2
+    assert {p.uuid for p in parts} == {f"{parts[0].parent_uuid}:0", f"{parts[0].parent_uuid}:1"}

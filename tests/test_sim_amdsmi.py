@@ -37,7 +37,10 @@ def test_handles_partitions_and_identity(sim):
     assert bdf0.endswith(".0") and bdf1.endswith(".1") and bdf0[:-1] == bdf1[:-1]
     assert len(bdf0.split(":")[0]) == 4 and bdf0 == bdf0.lower()
     assert len(lib.amdsmi_get_gpu_device_uuid(mi0)) == 36
-    assert lib.amdsmi_get_gpu_device_uuid(mi0) != lib.amdsmi_get_gpu_device_uuid(mi1)
+    # as the real library: the partitions of a GPU share its UUID, and a serial-less part
+    # gets one from its device id
+    assert lib.amdsmi_get_gpu_device_uuid(mi0) == lib.amdsmi_get_gpu_device_uuid(mi1)
+    assert lib.amdsmi_get_gpu_device_uuid(radeon) == "00ff7448-0000-1000-8000-000000000000"
     assert lib.amdsmi_get_processor_type(mi0)["processor_type"].endswith("AMD_GPU")
     asic = lib.amdsmi_get_gpu_asic_info(mi0)
     assert asic["market_name"] == "AMD Instinct MI300X" and asic["vendor_id"] == "0x1002"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -98,6 +99,18 @@ def classify(lib: Any, exc: BaseException) -> str | None:
     return None
 
 
+def unique_uuid(raw: str) -> bool:
+    """Whether a UUID from amdsmi names one GPU. The library builds it as uuid_gen(serial,
+    device_id, 0xff): a part without a unique serial (many Radeon and integrated parts)
+    gets one from its device id alone, ``00ff7448-0000-1000-8000-000000000000`` on every
+    W7900, and older libraries all zeros but the version and variant."""
+    digits = raw.replace("-", "").lower()
+    groups = raw.lower().split("-")
+    if sum(c not in "0f" for c in digits) <= 2 or set(digits) <= {"f", "x"}:
+        return False
+    return not (len(groups) == 5 and groups[1] == "0000" and set(groups[4]) <= {"0"})
+
+
 @dataclass(eq=False)
 class AmdDevice(Device):
     """A physical AMD GPU (read through partition 0's handle) or one of its partitions."""
@@ -137,6 +150,8 @@ class AmdSession(Lifetime[AmdDevice]):
         self._init_worker = Worker("amdsmi-init")
         self._discovery_worker = Worker("amdsmi-discovery")
         self._indices: dict[str, int] = {}  # physical BDF -> the gpu label's number
+        self._claimed: set[str] = set()  # UUIDs given out in the discovery under way
+        self._claim_lock = threading.Lock()
 
     # -- error mapping (the Classifier protocol of probes/backend) ---------------------------
 
@@ -280,6 +295,7 @@ class AmdSession(Lifetime[AmdDevice]):
             return
         addressed, unaddressed = self._addresses(
             handles, q, time.monotonic() + (deadline - time.monotonic()) / 2)
+        self._claimed = set()
         groups: dict[str, list[tuple[int, str, Any]]] = {}
         for bdf, handle in addressed:
             fn = int(bdf[-1]) if bdf[-1:].isdigit() else 0
@@ -334,11 +350,12 @@ class AmdSession(Lifetime[AmdDevice]):
     def _uuid(self, handle: Any, bdf: str, q: Query, probe: AmdDevice, taken: set[str]
               ) -> str:
         raw = text(q(probe, "uuid", self.lib.amdsmi_get_gpu_device_uuid, handle))
-        digits = raw.replace("-", "").lower() if raw else ""
-        # Parts without a unique_id report all zeros but the UUID version and variant.
-        degenerate = sum(c not in "0f" for c in digits) <= 2 or set(digits) <= {"f", "x"}
-        if not raw or degenerate or raw in taken:
-            return f"AMD-{bdf}"  # no unique id (many Radeon and integrated parts)
+        if not raw or not unique_uuid(raw):
+            return f"AMD-{bdf}"  # the PCI address is the identity of last resort
+        with self._claim_lock:  # GPUs are read in parallel: one UUID, one GPU
+            if raw in taken or raw in self._claimed:
+                return f"AMD-{bdf}"
+            self._claimed.add(raw)
         return raw
 
     def _read_gpu(self, index: int, pbdf: str, handles: list[tuple[int, str, Any]],

@@ -458,11 +458,12 @@ class SimAmdSmi(Face):
 
     @api
     def amdsmi_get_gpu_device_uuid(self, handle: Any) -> str:
+        """As the library's uuid_gen(serial, device_id, 0xff): every partition of a GPU
+        answers the GPU's UUID, and a part without a serial number (Radeon) one made of its
+        device id alone, the same on every card of the model."""
         target = self._target(handle)
-        if target.partition:
-            return target.dev.instance_uuids[target.partition]
-        if not self._cdna(target.dev):  # Radeon: no unique_id, a degenerate uuid
-            return "00000000-0000-1000-8000-000000000000"
+        if not self._cdna(target.dev):
+            return "00ff7448-0000-1000-8000-000000000000"  # a serial-less W7900 (0x7448)
         return target.dev.uuid
 
     @api
