@@ -180,18 +180,36 @@ def test_processes_stale_pids_and_own_pid(sim):
     assert eval_batch() == []
 
 
-def test_raw_throttle_bitmask(sim):
+def test_raw_throttle_bitmask():
+    """A part whose SMU fills indep_throttle_status (CDNA2): the SMU_THROTTLER bits."""
+    sim = Simulation(parse({"devices": [{
+        "vendor": "amd", "model": "AMD Instinct MI250X", "architecture": "cdna2",
+        "events": [{"at": "20m", "kind": "thermal_throttle", "duration": "1h"}]}]}, "s.yaml"),
+        ManualClock(50 * 60))
+    try:
+        lib = sim.amdsmi
+        lib.amdsmi_init()
+        (mi0,) = handles(sim)
+        s = lib.amdsmi_wrapper.amdsmi_gpu_metrics_t()
+        assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.byref(s)) == 0
+        assert s.indep_throttle_status & (1 << 33) and s.throttle_status
+        sim.world.clock.t = 10 * 60  # before the throttle event
+        assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.pointer(s)) == 0
+        assert not s.indep_throttle_status & (1 << 33)
+        assert s.accumulation_counter == 600_000
+        lib.amdsmi_shut_down()
+        assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.byref(s)) == 32
+    finally:
+        sim.close()
+
+
+def test_mi300_never_fills_the_throttle_bitmask(sim):
+    """As the real MI300: indep_throttle_status reads all ones, whether throttled or not."""
     lib = sim.amdsmi
     mi0 = handles(sim)[0]
     s = lib.amdsmi_wrapper.amdsmi_gpu_metrics_t()
     assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.byref(s)) == 0
-    assert s.indep_throttle_status & (1 << 33) and s.throttle_status
-    sim.world.clock.t = 10 * 60  # before the throttle event
-    assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.pointer(s)) == 0
-    assert not s.indep_throttle_status & (1 << 33)
-    assert s.accumulation_counter == 600_000
-    lib.amdsmi_shut_down()
-    assert lib.amdsmi_wrapper.amdsmi_get_gpu_metrics_info(mi0, ctypes.byref(s)) == 32
+    assert s.indep_throttle_status == 2**64 - 1 and s.throttle_status
 
 
 def test_faults_and_hangs(sim):

@@ -701,7 +701,10 @@ class SimAmdSmi(Face):
                 mask |= 1 << bit
         struct = ctypes.cast(pointer, ctypes.POINTER(_GpuMetrics)).contents \
             if not isinstance(pointer, _GpuMetrics) else pointer
-        struct.indep_throttle_status = mask
+        # MI300's SMU never fills indep_throttle_status: it reads all ones there (the
+        # 64-bit "no value"), and throttling shows only in the residency accumulators
+        struct.indep_throttle_status = 2**64 - 1 if target.dev.spec.architecture == "cdna3" \
+            else mask
         struct.throttle_status = 1 if mask else 0
         struct.accumulation_counter = int(self._t() * 1000)
         return 0
