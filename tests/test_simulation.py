@@ -121,3 +121,35 @@ def test_fake_proc_tree_matches_the_processes():
     finally:
         sim.close()
     assert not os.path.exists(root)
+
+
+def test_simulated_h100_answers_as_the_real_one_did():
+    """Issue 13: values the simulated NVML got wrong, against the real H100 run recorded in
+    docs/hardware/h100-2026-11-22/nvml_facts.json (supported clock-event reasons 0x1FF, not
+    0xFF; supported event types 0xFF9F, not 0xB; fields 1 and 142-145 as unsigned long
+    long)."""
+    import json
+
+    import pynvml
+
+    from .conftest import ROOT
+
+    facts = json.loads((ROOT / "docs" / "hardware" / "h100-2026-11-22" / "nvml_facts.json")
+                       .read_text())["devices"][0]
+    sim = Simulation(load(None), ManualClock(60))
+    try:
+        lib = sim.nvml
+        lib.nvmlInit()
+        h = next(lib.nvmlDeviceGetHandleByIndex(i) for i in range(lib.nvmlDeviceGetCount())
+                 if "H100" in lib.nvmlDeviceGetName(lib.nvmlDeviceGetHandleByIndex(i)))
+        assert lib.nvmlDeviceGetSupportedClocksEventReasons(h) == \
+            facts["throttle_supported"]["value"]
+        assert lib.nvmlDeviceGetSupportedEventTypes(h) == facts["supported_events"]["value"]
+        names = {1: "ECC_CURRENT", 142: "REMAPPED_COR", 143: "REMAPPED_UNC",
+                 144: "REMAPPED_PENDING", 145: "REMAPPED_FAILURE"}
+        got = lib.nvmlDeviceGetFieldValues(h, list(names))
+        for v in got:
+            assert v.nvmlReturn == pynvml.NVML_SUCCESS
+            assert v.valueType == facts["fields"][names[v.fieldId]]["type"], names[v.fieldId]
+    finally:
+        sim.close()

@@ -348,7 +348,7 @@ class SimNvml(Face):
     @api
     def nvmlDeviceGetSupportedClocksEventReasons(self, handle: _Handle) -> int:
         self._dev(handle, self._t())
-        return 0x1FF & ~0x100  # everything but display clocks on a data-center GPU
+        return 0x1FF  # as the H100 answers (docs/hardware/), display clocks included
 
     @api
     def nvmlDeviceGetPerformanceState(self, handle: _Handle) -> int:
@@ -411,7 +411,7 @@ class SimNvml(Face):
         ull, uint = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
         ecc_ok = spec.ecc and "ecc" not in u
         if fid == pynvml.NVML_FI_DEV_ECC_CURRENT and "ecc" not in u:
-            return uint, 1 if spec.ecc else 0
+            return ull, 1 if spec.ecc else 0  # unsigned long long, as the H100 answers
         if fid in (3, 4, 5, 6) and ecc_ok:
             corrected, uncorrected = dev.ecc(t)
             lifetime = LIFETIME_CORRECTED if fid == 5 else 0
@@ -433,7 +433,7 @@ class SimNvml(Face):
         if fid in (142, 143, 144, 145) and ecc_ok and arch not in ("volta", "turing") \
                 and "remapped_rows" not in u:
             cor, unc, pending = dev.remapped_rows(t)
-            return uint, {142: cor, 143: unc, 144: int(pending), 145: 0}[fid]
+            return ull, {142: cor, 143: unc, 144: int(pending), 145: 0}[fid]
         if fid == 169:
             return uint, dev.replays(t) // 8
         if fid in (174, 177):
@@ -587,8 +587,7 @@ class SimNvml(Face):
         dev = self._dev(handle, self._t())
         if "xid_events" in dev.spec.unsupported:
             return 0
-        return pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeSingleBitEccError \
-            | pynvml.nvmlEventTypeDoubleBitEccError
+        return 0xFF9F  # as the H100 answers (docs/hardware/): XIDs among many others
 
     @api
     def nvmlDeviceRegisterEvents(self, handle: _Handle, mask: int, event_set: _EventSet) -> None:
