@@ -31,13 +31,7 @@ class Daemon:
         self.web = web or WebConfigSource(None)
         self.simulation = simulation
         self.store = Store()
-        self.sources = Sources(
-            config, self.store.view,
-            nvml=simulation.nvml if simulation else nvml,
-            amdsmi=getattr(simulation, "amdsmi", None),
-            proc_root=simulation.proc_root if simulation else None,
-            simulation=simulation,
-        )
+        self.sources = Sources(config, self.store.view, nvml=nvml, simulation=simulation)
         enabled = [n for n, c in config.collectors.items() if c.enabled]
         self.scheduler = Scheduler([(c, config.collectors[c.name])
                                     for c in build(self.sources, enabled)], self.store)

@@ -32,21 +32,21 @@ log = logging.getLogger("gpuprobe")
 
 
 class Sources:
-    """``nvml`` is the pynvml module or a stand-in (the simulation's, a benchmark's wrapper);
-    ``amdsmi`` the simulated amdsmi face, None for the real package, which the AMD backend
-    imports itself once an isolated child has shown that it loads; ``proc_root`` the /proc
-    the process listings are resolved in."""
+    """``simulation`` brings the simulated NVML and amdsmi, its /proc tree and its clock;
+    without it the libraries are the real ones (amdsmi imported by the AMD backend itself
+    once an isolated child has shown that it loads) and /proc is ``host.proc_root``.
+    ``nvml`` replaces the pynvml module (a benchmark's counting wrapper)."""
 
     def __init__(self, config: Config, snapshot: Callable[[], View], *, nvml: Any = None,
-                 amdsmi: Any = None, proc_root: str | None = None, simulation: Any = None) -> None:
+                 simulation: Any = None) -> None:
         self.config = config
         self.snapshot = snapshot
         self.simulation = simulation
-        self.proc_root = proc_root or config.host.proc_root
+        self.proc_root = simulation.proc_root if simulation else config.host.proc_root
         self.probe_children: set[int] = set()  # pids of running probe children
         self.listers: dict[str, ProcessLister] = {}  # vendor -> who holds one of its GPUs
-        self._nvml_library = nvml
-        self._amdsmi_face = amdsmi
+        self._nvml_library = simulation.nvml if simulation else nvml
+        self._amdsmi_face = getattr(simulation, "amdsmi", None)
         self._epoch = time.time()
         self._made: list[Any] = []  # in the order made, for close()
         self._nvml: NvmlSession | None = None
