@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuprobe.daemon.export.catalog import CATALOG
 from gpuprobe.probes.amd import library as L
+from gpuprobe.probes.amd.processes import list_processes
 from gpuprobe.probes.amd.telemetry import decode_throttle
 from gpuprobe.probes.sim import ManualClock
 
@@ -384,3 +385,26 @@ def test_partitions_sharing_the_gpus_uuid_stay_apart(daemon) -> None:
              if s.identity.vendor == "amd" and s.identity.parent_uuid]
     assert len(parts) == 2 and len({p.uuid for p in parts}) == 2
     assert {p.uuid for p in parts} == {f"{parts[0].parent_uuid}:0", f"{parts[0].parent_uuid}:1"}
+
+
+def test_a_process_counts_only_on_the_gpu_it_uses() -> None:
+    """amdsmi 7.0.2 lists every KFD process under every GPU's handle, with zero usage on
+    the GPUs it does not use: such an entry is another GPU's process, not one here."""
+    def entry(pid, vram, gfx):
+        return {"name": "x", "pid": pid, "mem": vram, "cu_occupancy": "N/A",
+                "engine_usage": {"gfx": gfx, "enc": 0},
+                "memory_usage": {"gtt_mem": 0, "cpu_mem": 0, "vram_mem": vram}}
+
+    class Lib:
+        @staticmethod
+        def amdsmi_get_gpu_process_list(handle):
+            return [entry(1, 4 * GIB, 10**9), entry(2, 0, 0), entry(3, 0, 5 * 10**8)]
+
+    class Session:
+        lib = Lib()
+
+    class Dev:
+        handle = object()
+
+    listed = list_processes(Session(), Dev(), lambda dev, what, fn, *a: fn(*a))
+    assert listed == {1: (4 * GIB, 1e9), 3: (0, 5e8)}  # 3 ran here without memory

@@ -2,8 +2,10 @@
 
 ``amdsmi_get_gpu_process_list`` reads DRM clients from ``/proc/*/fdinfo``: VRAM, GTT and CPU
 bytes per process and the cumulative nanoseconds each engine spent on it. Its traps, handled
-here: it listed processes that had exited (until after 7.0.2), so every pid is checked
-against ``/proc`` and a missing one dropped; on MI300 the monitoring process itself shows up
+here: it lists every KFD process under every GPU (7.0.2), with zero usage on the GPUs it
+does not use, so a process counts only where it holds memory or engine time; it listed
+processes that had exited (until after 7.0.2), so every pid is checked against ``/proc`` and
+a missing one dropped; on MI300 the monitoring process itself shows up
 as a KFD process on every GPU, so the daemon's own pid (and its probe children) are left out.
 The engine time becomes a busy ratio: its growth over the wall time between two listings.
 Reading other users' fdinfo needs root or CAP_SYS_PTRACE; without it amdsmi lists fewer
@@ -35,8 +37,13 @@ def list_processes(session: AmdSession, dev: AmdDevice, q: Query) -> Listing:
         if not isinstance(pid, int) or pid <= 0:
             continue
         usage = p.get("memory_usage") or {}
+        engines = p.get("engine_usage") or {}
         vram = number(usage.get("vram_mem"), 64)
-        engine = number((p.get("engine_usage") or {}).get("gfx"), 64)
+        engine = number(engines.get("gfx"), 64)
+        # 7.0.2 lists every KFD process under every GPU, with this GPU's usage: one that
+        # holds no memory here and never ran here is another GPU's
+        if not any(number(v, 64) for v in (p.get("mem"), *usage.values(), *engines.values())):
+            continue
         prev = out.get(pid)  # one process with several DRM clients: keep the larger
         if prev is not None and (prev[0] or 0) >= (vram or 0):
             continue
