@@ -68,7 +68,7 @@ AMD_FAST = {
 
 def amd_daemon(start: float = 60.0):
     d = make_daemon(AMD_SCENARIO, AMD_FAST, ManualClock(start=start))
-    face = d.simulation.amdsmi
+    face = d.simulation.libamdsmi
     face.violation_latency = face.throughput_latency = 0.01
     return d
 

@@ -40,8 +40,8 @@ def _recorded_calls() -> dict[str, int]:
     try:
         for _ in range(3):
             cycle(d)
-        calls = d.simulation.amdsmi.calls_by_device
-        wait_for(lambda: calls[("AmdSmiEventReader", 0)], timeout=10)
+        calls = d.simulation.libamdsmi.calls_by_device
+        wait_for(lambda: calls[("amdsmi_init_gpu_event_notification", 0)], timeout=10)
         seen: dict[str, set[int]] = {}
         for (fn, device), n in list(calls.items()):
             if device is not None and n:
@@ -60,7 +60,7 @@ def test_the_matrix_covers_the_backend() -> None:
                "amdsmi_get_gpu_process_list", "amdsmi_get_gpu_ecc_count",
                "amdsmi_get_violation_status", "amdsmi_get_gpu_pci_throughput",
                "amdsmi_get_gpu_device_uuid", "amdsmi_get_gpu_compute_partition",
-               "amdsmi_wrapper.amdsmi_get_gpu_metrics_info", "AmdSmiEventReader"):
+               "amdsmi_init_gpu_event_notification", "amdsmi_set_gpu_event_notification_mask"):
         assert fn in CALLS, fn
     assert len(CALLS) >= 25
 
@@ -93,7 +93,7 @@ def test_unsupported_or_no_permission_is_absent_and_not_asked_again(fn, code):
     target = CALLS[fn]
     d = amd_daemon()
     try:
-        after_two, after_four = unsupported(d, d.simulation.amdsmi, fn, target, code,
+        after_two, after_four = unsupported(d, d.simulation.libamdsmi, fn, target, code,
                                             lambda: cycle(d), lambda: _others_fine(d, target, fn))
         if fn not in IDENTIFYING:
             assert _devices(d)[("amd", str(target))].up
@@ -107,7 +107,7 @@ def test_device_gone_takes_down_only_that_gpu(fn):
     target = CALLS[fn]
     d = amd_daemon()
     try:
-        d.simulation.amdsmi.faults.add(fn, target, error=31)
+        d.simulation.libamdsmi.faults.add(fn, target, error=31)
         for _ in range(3):
             cycle(d)
             _others_fine(d, target, fn)
@@ -124,7 +124,7 @@ def test_retry_is_transient_and_values_come_back(fn):
     try:
         for _ in range(4):
             cycle(clean)
-        d.simulation.amdsmi.faults.add(fn, target, error=9, times=1)
+        d.simulation.libamdsmi.faults.add(fn, target, error=9, times=1)
         cycle(d)
         _others_fine(d, target, fn)
         for _ in range(3):
@@ -154,12 +154,12 @@ def test_hung_call_costs_only_its_gpu(fn):
     d = amd_daemon()
     release = threading.Event()
     try:
-        d.simulation.amdsmi.faults.add(fn, target, hang=release)
+        d.simulation.libamdsmi.faults.add(fn, target, hang=release)
         cycles_end_in_time(lambda: cycle(d, advance=5.0), 2.5,
                            lambda: _others_fine(d, target, fn))
         renders(d)
         release.set()
-        d.simulation.amdsmi.faults.clear()
+        d.simulation.libamdsmi.faults.clear()
 
         def recovered() -> bool:
             cycle(d)
@@ -182,7 +182,7 @@ def _backend(d, name: str = "amd"):
 def test_library_missing_reports_down_and_nvidia_carries_on() -> None:
     d = amd_daemon()
     try:
-        d.simulation.amdsmi.library_missing = True
+        d.simulation.libamdsmi.library_missing = True
         cycle(d)
         cycle(d)
         assert not _backend(d).up and _backend(d, "nvidia").up
@@ -190,7 +190,7 @@ def test_library_missing_reports_down_and_nvidia_carries_on() -> None:
         assert _devices(d)[("nvidia", "0")].up
         names = renders(d)
         assert "gpuprobe_backend_up" in names
-        d.simulation.amdsmi.library_missing = False  # installed while running: found again
+        d.simulation.libamdsmi.library_missing = False  # installed while running: found again
         wait_for(lambda: (cycle(d, advance=1.0), _backend(d).up)[1], timeout=10)
         assert _devices(d)[("amd", "0")].up
     finally:
@@ -200,7 +200,7 @@ def test_library_missing_reports_down_and_nvidia_carries_on() -> None:
 def test_version_mismatch_is_refused_and_exported() -> None:
     d = amd_daemon()
     try:
-        d.simulation.amdsmi.rocm_version = "6.4.1"
+        d.simulation.libamdsmi.rocm_version = "6.4.1"
         cycle(d)
         b = _backend(d)
         assert not b.up and b.version_mismatch is True
@@ -210,7 +210,7 @@ def test_version_mismatch_is_refused_and_exported() -> None:
         health = d.store.view().health["amd"]
         assert not health.up  # a real fault: the collector fails, alerts can fire
         assert _devices(d)[("nvidia", "0")].up
-        assert d.simulation.amdsmi.calls["amdsmi_get_gpu_memory_usage"] == 0
+        assert d.simulation.libamdsmi.calls["amdsmi_get_gpu_memory_usage"] == 0
     finally:
         d.stop()
 
@@ -220,7 +220,7 @@ def test_hung_init_is_abandoned_and_retried() -> None:
     d = make_daemon(AMD_SCENARIO, config, ManualClock(start=60.0))
     release = threading.Event()
     try:
-        d.simulation.amdsmi.faults.add("amdsmi_init", hang=release, times=1)
+        d.simulation.libamdsmi.faults.add("amdsmi_init", hang=release, times=1)
         for _ in range(3):
             t0 = time.monotonic()
             cycle(d, advance=1.0)
@@ -241,13 +241,13 @@ def test_library_going_away_while_running_and_coming_back() -> None:
     try:
         cycle(d)
         assert _backend(d).up
-        rule = d.simulation.amdsmi.faults.add("*", error=32)  # NOT_INIT from every call
+        rule = d.simulation.libamdsmi.faults.add("*", error=32)  # NOT_INIT from every call
         cycle(d)
         cycle(d)
         assert not _backend(d).up
         assert all(not s.up for (v, _), s in _devices(d).items() if v == "amd")
         assert _devices(d)[("nvidia", "0")].up
-        d.simulation.amdsmi.faults.clear()
+        d.simulation.libamdsmi.faults.clear()
         del rule
         wait_for(lambda: (cycle(d, advance=1.0), _backend(d).up)[1], timeout=10)
         wait_for(lambda: (cycle(d, advance=1.0),
@@ -293,7 +293,7 @@ def test_stuck_address_read_does_not_shift_other_gpus_onto_its_handle() -> None:
         cycle(d)
         before = {i: s for (v, i), s in _devices(d).items() if v == "amd"}
         assert before["1"].identity.model == "AMD Radeon PRO W7900"
-        d.simulation.amdsmi.faults.add("amdsmi_get_gpu_device_bdf", 0, hang=release)
+        d.simulation.libamdsmi.faults.add("amdsmi_get_gpu_device_bdf", 0, hang=release)
         session = _amd_collector(d).session
         stuck = session._worker("handle0")
         checked = 0
@@ -323,7 +323,7 @@ def test_gpu_answering_nothing_reads_down_and_comes_back(caplog) -> None:
     reads it down, not up with its static facts; it reads up again when calls answer."""
     d = amd_daemon()
     try:
-        gpu_answering_nothing(d, d.simulation.amdsmi.faults, 9, lambda: cycle(d),
+        gpu_answering_nothing(d, d.simulation.libamdsmi.faults, 9, lambda: cycle(d),
                               lambda: _devices(d)[("amd", "1")], lambda: _others_fine(d, 1),
                               caplog)
     finally:
@@ -341,7 +341,7 @@ def test_a_gpu_hung_through_a_rediscovery_stays_listed_down() -> None:
     try:
         cycle(d)
         uuid = _devices(d)[("amd", "0")].identity.uuid
-        d.simulation.amdsmi.faults.add("amdsmi_get_gpu_memory_usage", 0, hang=release)
+        d.simulation.libamdsmi.faults.add("amdsmi_get_gpu_memory_usage", 0, hang=release)
         session = _amd_collector(d).session
         stuck = session._worker(session.physical()[0].bdf)
         end = time.monotonic() + 30

@@ -90,7 +90,7 @@ def test_a_gpu_that_flaps_in_the_daemon_is_not_refound_every_poll(vendor, caplog
             pynvml.NVML_ERROR_GPU_IS_LOST
     else:
         d = make_daemon(AMD_SCENARIO, {**AMD_FAST, "amd": {**AMD_FAST["amd"], **retry}})
-        face, fn, target, code = d.simulation.amdsmi, "amdsmi_get_power_info", 1, 31
+        face, fn, target, code = d.simulation.libamdsmi, "amdsmi_get_power_info", 1, 31
         face.violation_latency = face.throughput_latency = 0.01
     try:
         _cycles(d, 2)

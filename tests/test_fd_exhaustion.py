@@ -35,7 +35,7 @@ class _NoFds:
 
 def _mixed():
     d = make_daemon(AMD_SCENARIO, AMD_FAST)
-    face = d.simulation.amdsmi
+    face = d.simulation.libamdsmi
     face.violation_latency = face.throughput_latency = 0.01
     return d
 

@@ -1,4 +1,5 @@
-"""The simulated amdsmi: the 7.0.2 package's names, shapes, units, exceptions and traps."""
+"""The simulated libamd_smi.so under the real amdsmi 7.0.2 package: what the binding makes of
+what the simulated library returns (shapes, units, 'N/A', exceptions, traps)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import threading
 import pytest
 
 from gpuprobe.probes.sim import ManualClock, Simulation
-from gpuprobe.probes.sim.amdsmi import METRIC_KEYS
 from gpuprobe.probes.sim.scenario import load, parse
 
 MIB, GIB = 2**20, 2**30
@@ -70,7 +70,8 @@ def test_init_flag_shutdown_and_versions():
         lib.amdsmi_init(2)  # the real binding refuses a plain int
     assert not isinstance(p.value, lib.AmdSmiLibraryException)
     lib.amdsmi_init(lib.AmdSmiInitFlags.INIT_AMD_GPUS)
-    assert lib.calls["amdsmi_init"] == 2 and lib.__version__ == "7.0.2"
+    # the binding refused the int before calling the library
+    assert sim.libamdsmi.calls["amdsmi_init"] == 1 and lib.__version__ == "7.0.2"
     assert lib.amdsmi_get_lib_version()["build"] == "0"
     h = handles(sim)[0]
     lib.amdsmi_shut_down()
@@ -78,7 +79,7 @@ def test_init_flag_shutdown_and_versions():
         with pytest.raises(lib.AmdSmiLibraryException) as e:
             call()
         assert e.value.get_error_code() == 32
-    lib.library_missing = True
+    sim.libamdsmi.library_missing = True
     with pytest.raises(lib.AmdSmiLibraryException) as e:
         lib.amdsmi_init()
     assert e.value.get_error_code() == 34
@@ -126,7 +127,10 @@ def test_thermal_and_units(sim):
     assert rpcie["pcie_metric"]["pcie_width"] == 8
     assert rpcie["pcie_metric"]["pcie_replay_count"] == "N/A"
     metrics = lib.amdsmi_get_gpu_metrics_info(mi0)
-    assert set(metrics) == set(METRIC_KEYS) and len(METRIC_KEYS) == 79
+    assert len(metrics) == 79  # the 7.0.2 binding's keys, list-valued ones among them
+    assert len(metrics["temperature_hbm"]) == 4 and len(metrics["vcn_activity"]) == 4
+    assert metrics["xgmi_read_data_acc"] == [0] * 8
+    assert metrics["indep_throttle_status"] == "N/A"  # MI300: all ones
     assert metrics["pcie_link_speed"] == 320 and metrics["temperature_edge"] == "N/A"
     assert metrics["throttle_status"] is True  # flattened to a bool
     assert metrics["accumulation_counter"] == 90 * 60 * 1000
@@ -145,10 +149,11 @@ def test_radeon_sentinels(sim):
     lib = sim.amdsmi
     radeon = handles(sim)[2]
     power = lib.amdsmi_get_power_info(radeon)
-    assert power["mem_voltage"] == 4294967295 and power["current_socket_power"] == "N/A"
+    # the library's 16-bit "no value" (0xFFFF), which the binding turns into 'N/A'
+    assert power["mem_voltage"] == "N/A" and power["current_socket_power"] == "N/A"
     assert isinstance(power["average_socket_power"], int)
     activity = lib.amdsmi_get_gpu_activity(radeon)
-    assert activity["umc_activity"] == "N/A" and activity["mm_activity"] == 4294967295
+    assert activity["umc_activity"] == "N/A" and activity["mm_activity"] == "N/A"
     assert activity["gfx_activity"] == 80
     for call in (lib.amdsmi_get_gpu_pci_throughput, lib.amdsmi_get_violation_status,
                  lib.amdsmi_get_gpu_ecc_enabled):
@@ -163,8 +168,11 @@ def test_processes_stale_pids_and_own_pid(sim):
     mi0, mi1, radeon = handles(sim)
     own = [p for p in lib.amdsmi_get_gpu_process_list(mi0) if p["pid"] == os.getpid()]
     assert own and own[0]["mem"] == 0 and own[0]["name"] == "python3"
-    assert {p["pid"] for p in lib.amdsmi_get_gpu_process_list(mi0)} == {46001, os.getpid()}
-    blender = lib.amdsmi_get_gpu_process_list(radeon)
+    # 7.0.2 lists every KFD process under every GPU, with zero usage where it holds none
+    listed = lib.amdsmi_get_gpu_process_list(mi0)
+    assert {p["pid"] for p in listed} == {46001, 46002, 46003, 47001, os.getpid()}
+    assert {p["pid"] for p in listed if p["memory_usage"]["vram_mem"]} == {46001}
+    blender = [p for p in lib.amdsmi_get_gpu_process_list(radeon) if p["mem"]]
     assert [p["pid"] for p in blender] == [47001] and blender[0]["cu_occupancy"] == "N/A"
     assert blender[0]["mem"] == sum(blender[0]["memory_usage"].values())
 
@@ -176,8 +184,8 @@ def test_processes_stale_pids_and_own_pid(sim):
     assert first and first[0]["mem"] > 6 * GIB  # exited, still listed
     clock.t = 58 * 60
     assert eval_batch() == first  # frozen at its exit
-    clock.t = 61 * 60
-    assert eval_batch() == []
+    clock.t = 80 * 60
+    assert eval_batch() == first  # kept while any process is alive
 
 
 def test_raw_throttle_bitmask():
@@ -213,20 +221,20 @@ def test_mi300_never_fills_the_throttle_bitmask(sim):
 
 
 def test_faults_and_hangs(sim):
-    lib = sim.amdsmi
+    lib, c = sim.amdsmi, sim.libamdsmi
     mi0, mi1, radeon = handles(sim)
-    lib.faults.add("amdsmi_get_power_info", device=0, error=2)
-    lib.faults.add("amdsmi_get_gpu_activity", device=1, error=9)
+    c.faults.add("amdsmi_get_power_info", device=0, error=2)
+    c.faults.add("amdsmi_get_gpu_activity", device=1, error=9)
     with pytest.raises(lib.AmdSmiLibraryException) as e:
         lib.amdsmi_get_power_info(mi1)  # a partition counts as its physical device
     assert e.value.get_error_code() == 2
     with pytest.raises(lib.AmdSmiRetryException) as r:
         lib.amdsmi_get_gpu_activity(radeon)
     assert isinstance(r.value, lib.AmdSmiLibraryException) and r.value.get_error_code() == 9
-    assert lib.calls_by_device[("amdsmi_get_power_info", 0)] == 1
+    assert c.calls_by_device[("amdsmi_get_power_info", 0)] == 1
     gate = threading.Event()
-    lib.violation_latency = 0
-    lib.faults.add("amdsmi_get_violation_status", hang=gate)
+    c.violation_latency = 0
+    c.faults.add("amdsmi_get_violation_status", hang=gate)
     out = []
     worker = threading.Thread(target=lambda: out.append(lib.amdsmi_get_violation_status(mi0)))
     worker.start()
@@ -255,7 +263,7 @@ def test_events_delivered_once(sim):
         clock.t = 61 * 60
         got = reader.read(10)
         assert [e["event"] for e in got] == ["THERMAL_THROTTLE"]
-        assert got[0]["processor_handle"] is mi0 and ":" in got[0]["message"]
+        assert got[0]["processor_handle"].value == mi0.value and ":" in got[0]["message"]
         no_event(lib, reader)
     with pytest.raises(lib.AmdSmiLibraryException) as e:
         lib.AmdSmiEventReader(radeon, [ev.THERMAL_THROTTLE])
@@ -285,3 +293,33 @@ def test_lost_device_and_stale_handles():
     events = [e["event"] for e in reader.read(0)]
     assert events == ["GPU_PRE_RESET", "GPU_POST_RESET"]
     sim.close()
+
+
+def test_exited_processes_listed_until_none_is_left():
+    """7.0.2 keeps an exited process in the list while any other is still alive, and
+    forgets them all once the list has run empty."""
+    sim = Simulation(parse({"duration": "3h", "devices": [
+        {"vendor": "amd", "architecture": "cdna3", "processes": [
+            {"pid": 501, "name": "short", "end": "10m",
+             "memory": {"pattern": "constant", "size": "4GiB"}},
+            {"pid": 502, "name": "long", "end": "1h",
+             "memory": {"pattern": "constant", "size": "8GiB"}}]},
+        {"vendor": "amd", "model": "AMD Radeon PRO W7900", "architecture": "rdna3"}]},
+        "s.yaml"), ManualClock(5 * 60))
+    try:
+        lib = sim.amdsmi
+        lib.amdsmi_init()
+        mi, radeon = handles(sim)
+
+        def pids(h):
+            return {p["pid"] for p in lib.amdsmi_get_gpu_process_list(h)} - {os.getpid()}
+
+        assert pids(mi) == pids(radeon) == {501, 502}  # listed under every GPU
+        sim.world.clock.t = 50 * 60
+        assert pids(mi) == {501, 502}  # 501 exited at 10m, still listed
+        stale = [p for p in lib.amdsmi_get_gpu_process_list(mi) if p["pid"] == 501]
+        assert stale[0]["memory_usage"]["vram_mem"] == 4 * GIB
+        sim.world.clock.t = 70 * 60
+        assert pids(mi) == set()
+    finally:
+        sim.close()

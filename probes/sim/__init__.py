@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpuprobe.probes.sim.amdsmi import SimAmdSmi
+from gpuprobe.probes.sim.libamdsmi import SimLibAmdSmi, load_amdsmi, package_dir
 from gpuprobe.probes.sim.nvml import SimNvml
 from gpuprobe.probes.sim.scenario import Scenario, ScenarioError, load
 from gpuprobe.probes.sim.world import ManualClock, SimClock, SimWorld
@@ -20,13 +20,17 @@ __all__ = ["ManualClock", "ScenarioError", "SimClock", "SimWorld", "Simulation"]
 
 
 class Simulation:
-    """A scenario's world and the library faces over it."""
+    """A scenario's world and the library faces over it: ``nvml`` (simulated pynvml),
+    ``amdsmi`` (the real amdsmi package over ``libamdsmi``, a simulated libamd_smi.so)."""
 
     def __init__(self, scenario: Scenario, clock: SimClock | ManualClock | None = None) -> None:
         self.scenario = scenario
         self.world = SimWorld(scenario, clock)
         self.nvml = SimNvml(self.world)
-        self.amdsmi = SimAmdSmi(self.world)
+        # the C library is simulated; the amdsmi package over it is the vendor's own. Without
+        # that package there is no amdsmi: the AMD backend finds it absent, as on a real host
+        self.libamdsmi = SimLibAmdSmi(self.world)
+        self.amdsmi = load_amdsmi(self.libamdsmi) if package_dir() is not None else None
 
     @classmethod
     def from_file(cls, path: str | Path | None,
