@@ -155,6 +155,38 @@ def test_simulated_h100_answers_as_the_real_one_did():
         sim.close()
 
 
+def test_simulated_idle_h100_reads_as_the_recorded_one():
+    """Issue 13: an idle, error-free H100 as docs/hardware/h100-2026-11-22/nvml_facts.json
+    recorded it, through the real pynvml: P0, a Gen5 link, encoder and decoder sampled over
+    100 ms, and field 169 (L0-to-recovery) nonzero as an unsigned int that stays put while
+    the link makes no errors."""
+    import json
+
+    from .conftest import ROOT
+
+    facts = json.loads((ROOT / "docs" / "hardware" / "h100-2026-11-22" / "nvml_facts.json")
+                       .read_text())["devices"][0]
+    clock = ManualClock(60)
+    sim = Simulation(parse({"seed": 3, "devices": [{"vendor": "nvidia"}]}), clock)
+    try:
+        lib = sim.nvml
+        lib.nvmlInit()
+        h = lib.nvmlDeviceGetHandleByIndex(0)
+        assert lib.nvmlDeviceGetName(h) == facts["name"]["value"]
+        assert lib.nvmlDeviceGetPerformanceState(h) == facts["pstate"]["value"] == 0
+        assert lib.nvmlDeviceGetCurrPcieLinkGeneration(h) == facts["pcie_gen"]["value"] == 5
+        assert lib.nvmlDeviceGetEncoderUtilization(h) == facts["encoder"]["value"]
+        assert lib.nvmlDeviceGetDecoderUtilization(h) == facts["decoder"]["value"]
+        recovery = facts["fields"]["PCIE_L0_TO_RECOVERY"]
+        first = lib.nvmlDeviceGetFieldValues(h, [169])[0]
+        assert first.valueType == recovery["type"]
+        assert first.value.uiVal > 0
+        clock.advance(3600)
+        assert lib.nvmlDeviceGetFieldValues(h, [169])[0].value.uiVal == first.value.uiVal
+    finally:
+        sim.close()
+
+
 def test_each_simulation_has_its_own_pynvml_over_a_simulated_c_library():
     """Simulation.nvml is the installed pynvml's own code, loaded privately: its wrappers
     call the simulated C symbols (versioned ones included), a symbol the library lacks

@@ -49,6 +49,10 @@ _THROTTLE_BITS = {"gpu_idle": 0x1, "applications_clocks": 0x2, "power_cap": 0x4,
                   "hw_thermal": 0x40, "hw_power_brake": 0x80, "display_clocks": 0x100}
 LIFETIME_CORRECTED = 12  # aggregate ECC counts from before the simulated driver load
 MIB = 1024 * 1024
+NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF  # NVML_VALUE_NOT_AVAILABLE in an unsigned long long
+# L0-to-recovery transitions a clean link has made since boot (power-state changes, link
+# retraining at driver load): the H100 of docs/hardware/ read 326 idle and error-free.
+RECOVERY_BASELINE = 320
 
 _P = _pynvml
 SUCCESS = _P.NVML_SUCCESS
@@ -526,12 +530,12 @@ class SimNvmlLibrary:
         u.gpu, u.memory = round(util * 100), round(util * 45)
 
     def _codec(self, handle: Any, util: Any, period: Any) -> None:
-        """The encoder's or decoder's: idle, over a sampling period of 167 ms."""
+        """The encoder's or decoder's: idle, over a sampling period of 100 ms (the H100's)."""
         dev = self._dev(handle)
         self._supports(dev, "encoder")
         if dev.spec.instances:
             raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
-        _out(util).value, _out(period).value = 0, 167000
+        _out(util).value, _out(period).value = 0, 100000
 
     @entry
     def nvmlDeviceGetEncoderUtilization(self, handle: Any, util: Any, period: Any) -> None:
@@ -573,8 +577,8 @@ class SimNvmlLibrary:
                 and "remapped_rows" not in u:
             cor, unc, pending = dev.remapped_rows(t)
             return ull, {142: cor, 143: unc, 144: int(pending), 145: 0}[fid]
-        if fid == 169:
-            return uint, dev.replays(t) // 8
+        if fid == 169:  # nonzero on a clean link; grows only with link errors
+            return uint, RECOVERY_BASELINE + 3 * dev.index + dev.replays(t) // 8
         if fid in (174, 177):
             return uint, dev.replays(t) // (2 if fid == 174 else 3)
         if fid in (197, 198) and "pcie_counters" not in u:
@@ -627,6 +631,7 @@ class SimNvmlLibrary:
         t = self._t()
         dev, _, instance = self._resolve(handle, t)
         self._world.sync_processes(t)
+        hidden = "process_memory" in dev.spec.unsupported
         listed = []
         for p in dev.state(t).processes:
             inst = p.spec.instance if dev.spec.instances else None
@@ -635,7 +640,7 @@ class SimNvmlLibrary:
             if p.memory <= 0 and p.spec.memory.free_at is None:
                 continue
             gi = 0xFFFFFFFF if inst is None else inst + 1
-            listed.append((p.pid, int(p.memory), gi,
+            listed.append((p.pid, NOT_AVAILABLE_ULL if hidden else int(p.memory), gi,
                            0 if inst is not None else gi))
         return self._process_list(handle, count, infos, listed)
 
