@@ -227,7 +227,7 @@ def measure_cycles(cycles: int) -> dict:
             time.sleep(0.11)  # GPM samples more than 100 ms apart, as in service
             ours_cpu.append(cpu_of(ours.scheduler.run_once))
             bare_cpu.append(cpu_of(lambda: bare_cycle(nvml, handles, list(ids), samples)))
-        leaks = MemoryLeaks(ours.context)
+        leaks = MemoryLeaks(cfg.leaks, ours.store.view)
         leak_cpu = []
         health = CollectorHealth("memory_leaks", 5.0, up=True)
 
