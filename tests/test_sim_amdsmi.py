@@ -243,6 +243,10 @@ def test_faults_and_hangs(sim):
     gate.set()
     worker.join(2)
     assert out[0]["active_socket_thrm"] is True and out[0]["per_socket_thrm"] == 100
+    # the real struct's per-XCP arrays, all ones on MI300 (gpu_metrics 1.6 has none)
+    assert out[0]["acc_gfx_clk_below_host_limit_pwr"] == [["N/A"] * 8] * 8
+    assert out[0]["active_low_utilization"] == [["N/A"] * 8] * 8
+    assert out[0]["per_gfx_clk_below_host_limit"] == "N/A"
 
 
 def no_event(lib, reader) -> None:
