@@ -14,7 +14,7 @@ classes (as nvitop's ``nvmlQuery`` does for its TUI):
   the daemon keeps serving.
 
 ``lib`` is the pynvml module: the installed one, or under simulation a private copy of it
-over the simulated C library (probes/sim/nvml.py).
+over the simulated C library (probes/sim/libnvml.py).
 """
 
 from __future__ import annotations

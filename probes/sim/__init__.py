@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpuprobe.probes.sim.libamdsmi import SimLibAmdSmi, load_amdsmi, package_dir
-from gpuprobe.probes.sim.nvml import SimNvmlLibrary, load_pynvml
+from gpuprobe.probes.sim.libnvml import SimNvmlLibrary, load_pynvml
 from gpuprobe.probes.sim.scenario import Scenario, ScenarioError, load
 from gpuprobe.probes.sim.world import ManualClock, SimClock, SimWorld
 
