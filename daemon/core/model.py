@@ -48,6 +48,24 @@ class DeviceIdentity:
     partition: str | None = None
     memory_partition: str | None = None  # AMD: "NPS1", "NPS4"
 
+    @property
+    def name(self) -> str:
+        """What a person sees: ``<vendor>:<index>`` ("nvidia:0", "nvidia:4/1" for a MIG
+        instance, "amd:0/1" for a partition), unique on a host where the bare index is not
+        (NVIDIA 0 and AMD 0)."""
+        return f"{self.vendor}:{self.index}"
+
+    @property
+    def order(self) -> tuple[str, int, int, str]:
+        """The one order GPUs are listed in: by vendor, then index (numerically), each
+        instance/partition right after its parent."""
+        head, _, sub = self.index.partition("/")
+        return (self.vendor, _number(head), _number(sub) if sub else -1, self.index)
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() else 1 << 30
+
 
 @dataclass(frozen=True, slots=True)
 class Memory:
