@@ -31,7 +31,9 @@ THROTTLE_REASONS = (
 
 @dataclass(frozen=True, slots=True)
 class DeviceIdentity:
-    """Who a device is. ``index`` is the ``gpu`` label: "0", or "0/7" for a MIG instance."""
+    """Who a device is. ``index`` is the ``gpu`` label: "0", "0/7" for NVIDIA MIG instance 7,
+    "0/1" for AMD partition 1; each vendor counts from 0, so ``name`` (vendor:index) or the
+    UUID is what tells two GPUs of a host apart."""
 
     uuid: str
     vendor: str

@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "its UUID, or its bare index where only one GPU has it")
     probe.add_argument("--force", action="store_true",
                        help="probe even a busy GPU or one other processes hold (never one "
-                            "in MIG, MPS or an exclusive compute mode)")
+                            "in MIG mode, partitioned (AMD), under MPS or in an exclusive "
+                            "compute mode)")
     probe.set_defaults(func=cmd_probe)
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
