@@ -22,9 +22,12 @@ OUT = Path(__file__).resolve().parent / "dashboards"
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
 # The device selector every device panel uses.
-S = 'instance=~"$instance", vendor=~"$vendor", gpu=~"$gpu"'
+# $gpu holds UUIDs: NVIDIA GPU 0 and AMD GPU 0 are both gpu="0", so the index alone would
+# select both and list "0" once. Its options read "<vendor>:<gpu> on <instance>" (GPU_VAR).
+S = 'instance=~"$instance", vendor=~"$vendor", uuid=~"$gpu"'
 I = 'instance=~"$instance"'  # noqa: E741 - the instance selector
 RI = "$__rate_interval"
+G = "{{vendor}}:{{gpu}}"  # a GPU in a legend: NVIDIA 0 and AMD 0 are both gpu="0"
 
 
 @dataclass
@@ -51,11 +54,23 @@ def _var_datasource() -> dict:
             "query": "prometheus", "current": {}, "hide": 0, "refresh": 1, "options": []}
 
 
-def _var_query(name: str, label: str, query: str, multi: bool = True) -> dict:
+def _var_query(name: str, label: str, query: str, multi: bool = True, regex: str = "",
+               sort: int = 3) -> dict:
     return {"name": name, "label": label, "type": "query", "datasource": DS,
             "query": {"query": query, "refId": f"{name}-values"}, "definition": query,
-            "refresh": 2, "sort": 3, "multi": multi, "includeAll": multi,
+            "regex": regex, "refresh": 2, "sort": sort, "multi": multi, "includeAll": multi,
             "allValue": ".*" if multi else None, "current": {}, "hide": 0, "options": []}
+
+
+# The GPU variable: one option per device_info series, its value the UUID and its text the
+# name label_join builds ("nvidia:0 on node1:14787"), picked out by the regex's named groups
+# text and value (Grafana 7.4+), in whatever order the labels come.
+GPU_NAME = "gpuprobe_gpu"
+GPU_VAR_EXPR = (f'label_join(label_join(gpuprobe_device_info{{instance=~"$instance", '
+                f'vendor=~"$vendor"}}, "{GPU_NAME}", ":", "vendor", "gpu"), "{GPU_NAME}", '
+                f'" on ", "{GPU_NAME}", "instance")')
+GPU_VAR_REGEX = (f'/^(?=.*\\b{GPU_NAME}="(?<text>[^"]+)")'
+                 '(?=.*\\buuid="(?<value>[^"]+)")/')
 
 
 def variables(one_gpu: bool = False) -> list[dict]:
@@ -66,8 +81,8 @@ def variables(one_gpu: bool = False) -> list[dict]:
                    multi=not one_gpu),
         _var_query("vendor", "Vendor",
                    'label_values(gpuprobe_device_info{instance=~"$instance"}, vendor)'),
-        _var_query("gpu", "GPU", 'label_values(gpuprobe_device_info{instance=~"$instance", '
-                                 'vendor=~"$vendor"}, gpu)', multi=not one_gpu),
+        _var_query("gpu", "GPU", f"query_result({GPU_VAR_EXPR})", multi=not one_gpu,
+                   regex=GPU_VAR_REGEX, sort=1),
     ]
 
 
@@ -140,7 +155,7 @@ def per_gpu(legends: dict[str, str], rate: bool = False) -> list[Q]:
     exprs = {m: f"gpuprobe_{m}{{{S}}}" for m in legends}
     if rate:
         exprs = {m: f"rate({e}[{RI}])" for m, e in exprs.items()}
-    return [Q(exprs[m], label + " {{gpu}}") for m, label in legends.items()]
+    return [Q(exprs[m], label + " " + G) for m, label in legends.items()]
 
 
 def fleet() -> dict:
@@ -164,36 +179,37 @@ def fleet() -> dict:
         P("Headroom to the slowdown temperature", "celsius",
           [Q(f'gpuprobe_temperature_threshold_celsius{{{S}, threshold="slowdown"}} '
              f"- ignoring (threshold) gpuprobe_temperature_celsius{{{S}}}",
-             "{{instance}} GPU {{gpu}} {{sensor}}")],
+             "{{instance}} GPU " + G + " {{sensor}}")],
           description="Degrees below the temperature at which each sensor's GPU cuts its "
                       "clocks; the device's own threshold, not a constant.",
           thresholds=[(None, "red"), (5, "orange"), (10, "green")]),
         P("Memory used", "percentunit",
           [Q(f"gpuprobe_memory_used_bytes{{{S}}} / gpuprobe_memory_total_bytes{{{S}}}",
-             "{{instance}} GPU {{gpu}}")]),
+             "{{instance}} GPU " + G)]),
         P("Time throttled, by reason", "percentunit",
-          [Q(sum_by("instance, gpu, reason", "rate", "gpuprobe_throttle_seconds_total",
-                    f'{S}, reason!="gpu_idle"'), "{{instance}} GPU {{gpu}} {{reason}}")]),
+          [Q(sum_by("instance, vendor, gpu, reason", "rate", "gpuprobe_throttle_seconds_total",
+                    f'{S}, reason!="gpu_idle"'), "{{instance}} GPU " + G + " {{reason}}")]),
         P("Power draw", "watt", [Q(f"gpuprobe_power_draw_watts{{{S}}}",
-                                   "{{instance}} GPU {{gpu}}")]),
+                                   "{{instance}} GPU " + G)]),
         P("Hardware errors in the last hour", "short",
-          [Q(sum_by("instance, gpu, xid", "increase", "gpuprobe_xid_errors_total", window="1h"),
-             "{{instance}} GPU {{gpu}} XID {{xid}}"),
-           Q(sum_by("instance, gpu", "increase", "gpuprobe_ecc_uncorrected_errors_total",
-                    window="1h"), "{{instance}} GPU {{gpu}} uncorrectable ECC")]),
+          [Q(sum_by("instance, vendor, gpu, xid", "increase", "gpuprobe_xid_errors_total",
+                    window="1h"),
+             "{{instance}} GPU " + G + " XID {{xid}}"),
+           Q(sum_by("instance, vendor, gpu", "increase", "gpuprobe_ecc_uncorrected_errors_total",
+                    window="1h"), "{{instance}} GPU " + G + " uncorrectable ECC")]),
         P("Probe runs failed or timed out in the last hour", "short",
-          [Q(sum_by("instance, gpu, probe, outcome", "increase", "gpuprobe_probe_runs_total",
-                    f'{S}, outcome=~"failed|timeout"', "1h"), "{{instance}} GPU {{gpu}} {{probe}} "
-             "{{outcome}}")],
+          [Q(sum_by("instance, vendor, gpu, probe, outcome", "increase",
+                    "gpuprobe_probe_runs_total", f'{S}, outcome=~"failed|timeout"', "1h"),
+             "{{instance}} GPU " + G + " {{probe}} {{outcome}}")],
           description="As GpuprobeProbeFailing counts them: a skipped run (a busy GPU) is "
                       "not a failure.", thresholds=[(None, "green"), (2, "orange")]),
     ])
 
 
 def device() -> dict:
-    one = "{{gpu}}"
+    one = G
     return dashboard("gpuprobe-device", "gpuprobe / Device detail",
-                     "Every metric of one GPU (or MIG instance / partition).", [
+                     "Every metric of one GPU (or NVIDIA MIG instance / AMD partition).", [
         P("Identity", "none",
           [Q(f"gpuprobe_device_info{{{S}}}")], "table", width=24, height=5),
         P("Up", "none", [Q(f"gpuprobe_device_up{{{S}}}", one)], "stat", width=4, height=4),
@@ -218,24 +234,24 @@ def device() -> dict:
           per_gpu({"gtt_memory_used_bytes": "used", "gtt_memory_total_bytes": "total"}),
           description="AMD only; an APU keeps most of its memory here."),
         P("Temperatures and thresholds", "celsius",
-          [Q(f"gpuprobe_temperature_celsius{{{S}}}", "{{sensor}} {{gpu}}"),
+          [Q(f"gpuprobe_temperature_celsius{{{S}}}", "{{sensor}} " + G),
            Q(f"gpuprobe_temperature_threshold_celsius{{{S}}}",
-             "{{sensor}} {{threshold}} {{gpu}}")]),
+             "{{sensor}} {{threshold}} " + G)]),
         P("Power", "watt",
           per_gpu({"power_draw_watts": "draw", "power_limit_watts": "limit"})
           + per_gpu({"energy_joules_total": "from energy"}, rate=True)),
         P("Clocks", "hertz",
-          [Q(f"gpuprobe_clock_hertz{{{S}}}", "{{clock}} {{gpu}}"),
-           Q(f"gpuprobe_clock_max_hertz{{{S}}}", "{{clock}} max {{gpu}}")]),
+          [Q(f"gpuprobe_clock_hertz{{{S}}}", "{{clock}} " + G),
+           Q(f"gpuprobe_clock_max_hertz{{{S}}}", "{{clock}} max " + G)]),
         P("Throttle reasons active", "none",
-          [Q(f"gpuprobe_throttle_active{{{S}}}", "{{reason}} {{gpu}}")]),
+          [Q(f"gpuprobe_throttle_active{{{S}}}", "{{reason}} " + G)]),
         P("Time throttled, by reason", "percentunit",
-          [Q(f"rate(gpuprobe_throttle_seconds_total{{{S}}}[{RI}])", "{{reason}} {{gpu}}")]),
+          [Q(f"rate(gpuprobe_throttle_seconds_total{{{S}}}[{RI}])", "{{reason}} " + G)]),
         P("Utilization", "percentunit",
-          [Q(f"gpuprobe_utilization_ratio{{{S}}}", "{{engine}} {{gpu}}"),
-           Q(f"gpuprobe_graphics_engine_active_ratio{{{S}}}", "graphics engine {{gpu}}")]),
+          [Q(f"gpuprobe_utilization_ratio{{{S}}}", "{{engine}} " + G),
+           Q(f"gpuprobe_graphics_engine_active_ratio{{{S}}}", "graphics engine " + G)]),
         P("Busy per XCC", "percentunit",
-          [Q(f"gpuprobe_xcc_utilization_ratio{{{S}}}", "XCC {{xcc}} {{gpu}}")],
+          [Q(f"gpuprobe_xcc_utilization_ratio{{{S}}}", "XCC {{xcc}} " + G)],
           description="AMD MI300-class: each accelerator complex die, per partition."),
         P("SM activity, occupancy, tensor and DRAM", "percentunit",
           per_gpu({"sm_active_ratio": "SM active", "sm_occupancy_ratio": "SM occupancy",
@@ -244,10 +260,10 @@ def device() -> dict:
           per_gpu({"pcie_link_generation": "gen", "pcie_link_max_generation": "max gen",
                    "pcie_link_width": "width", "pcie_link_max_width": "max width"})),
         P("PCIe traffic", "Bps",
-          [Q(f"rate(gpuprobe_pcie_transmit_bytes_total{{{S}}}[{RI}])", "transmit {{gpu}}"),
-           Q(f"rate(gpuprobe_pcie_receive_bytes_total{{{S}}}[{RI}])", "receive {{gpu}}"),
+          [Q(f"rate(gpuprobe_pcie_transmit_bytes_total{{{S}}}[{RI}])", "transmit " + G),
+           Q(f"rate(gpuprobe_pcie_receive_bytes_total{{{S}}}[{RI}])", "receive " + G),
            Q(f"gpuprobe_pcie_sampled_throughput_bytes_per_second{{{S}}}",
-             "{{direction}} (1 s sample) {{gpu}}")],
+             "{{direction}} (1 s sample) " + G)],
           description="NVIDIA: rates of byte counters. AMD: a one-second sample taken every "
                       "minute by the amd_slow collector."),
         P("PCIe replays, recoveries and NAKs", "ops",
@@ -261,25 +277,25 @@ def device() -> dict:
                    "ecc_lifetime_uncorrected_errors_total": "uncorrected, lifetime",
                    "ecc_deferred_errors_total": "deferred"})),
         P("ECC and RAS errors by block", "short",
-          [Q(f"gpuprobe_ecc_block_errors_total{{{S}}}", "{{block}} {{severity}} {{gpu}}")],
+          [Q(f"gpuprobe_ecc_block_errors_total{{{S}}}", "{{block}} {{severity}} " + G)],
           description="AMD: per hardware block (umc is device memory)."),
         P("Memory taken out of service", "short",
           [Q(f"gpuprobe_remapped_rows_total{{{S}}} or gpuprobe_retired_pages_total{{{S}}} "
-             f"or gpuprobe_retired_pages_pending{{{S}}}", "{{__name__}} {{cause}} {{gpu}}")],
+             f"or gpuprobe_retired_pages_pending{{{S}}}", "{{__name__}} {{cause}} " + G)],
           description="Remapped rows (Ampere and newer) or retired pages (older GPUs)."),
         P("XID errors and device events", "short",
-          [Q(f"gpuprobe_xid_errors_total{{{S}}}", "XID {{xid}} {{gpu}}"),
-           Q(f"gpuprobe_device_events_total{{{S}}}", "{{event}} {{gpu}}")],
+          [Q(f"gpuprobe_xid_errors_total{{{S}}}", "XID {{xid}} " + G),
+           Q(f"gpuprobe_device_events_total{{{S}}}", "{{event}} " + G)],
           description="NVIDIA reports XIDs; AMD reports resets and thermal-throttle events."),
         P("Memory leak detector", "Bps",
-          [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "growth {{gpu}}")]),
+          [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "growth " + G)]),
         P("Leak suspected, confidence", "percentunit",
           per_gpu({"memory_leak_suspected": "suspected",
                    "memory_leak_confidence_ratio": "confidence"})),
         P("Growth lasted, time to exhaustion", "s",
-          [Q(f"gpuprobe_memory_growth_duration_seconds{{{S}}}", "growth lasted {{gpu}}"),
-           Q(f"min by (gpu) (gpuprobe_memory_exhaustion_seconds{{{S}}} or "
-             f"gpuprobe_process_memory_exhaustion_seconds{{{S}}})", "exhaustion {{gpu}}")]),
+          [Q(f"gpuprobe_memory_growth_duration_seconds{{{S}}}", "growth lasted " + G),
+           Q(f"min by (vendor, gpu) (gpuprobe_memory_exhaustion_seconds{{{S}}} or "
+             f"gpuprobe_process_memory_exhaustion_seconds{{{S}}})", "exhaustion " + G)]),
         P("Process engine busy", "percentunit",
           [Q(f"gpuprobe_process_utilization_ratio{{{S}}}", "{{process_name}} ({{pid}})")],
           description="AMD: the graphics/compute engine's time per process."),
@@ -322,7 +338,7 @@ def device() -> dict:
 
 
 def processes() -> dict:
-    who = "{{process_name}} ({{pid}}) GPU {{gpu}} {{instance}}"
+    who = "{{process_name}} ({{pid}}) GPU " + G + " {{instance}}"
     return dashboard("gpuprobe-processes", "gpuprobe / Processes and leaks",
                      "GPU memory per process and container, and the leak detector's view.", [
         P("Suspected leaks", "none",
@@ -335,7 +351,7 @@ def processes() -> dict:
         P("Processes on GPUs", "none", [Q(f"sum(gpuprobe_device_processes{{{S}}})")], "stat",
           width=6, height=4),
         P("Processes per GPU", "none",
-          [Q(f"gpuprobe_device_processes{{{S}}}", "GPU {{gpu}} {{instance}}")], "stat",
+          [Q(f"gpuprobe_device_processes{{{S}}}", "GPU " + G + " {{instance}}")], "stat",
           width=6, height=4),
         P("Memory per process", "bytes",
           [Q(f"gpuprobe_process_memory_used_bytes{{{S}}}", who)], width=24, height=9),
@@ -352,7 +368,7 @@ def processes() -> dict:
         P("How long growth has lasted", "s",
           [Q(f"gpuprobe_process_memory_growth_duration_seconds{{{S}}}", who)]),
         P("Device memory growth", "Bps",
-          [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "GPU {{gpu}} {{instance}}")]),
+          [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "GPU " + G + " {{instance}}")]),
         P("Memory per container", "bytes",
           [Q(f'sum by (instance, container_id, pod_uid) (gpuprobe_process_memory_used_bytes'
              f'{{{S}, container_id!=""}})', "{{container_id}} pod {{pod_uid}}")], width=24),
@@ -360,7 +376,7 @@ def processes() -> dict:
 
 
 def pcie() -> dict:
-    g = "GPU {{gpu}} {{instance}}"
+    g = "GPU " + G + " {{instance}}"
     return dashboard("gpuprobe-pcie", "gpuprobe / PCIe and probes",
                      "Measured PCIe bandwidth against the link's rate, link state, and the "
                      "active probes.", [

@@ -59,7 +59,7 @@ def test_a_flapping_device_backs_off_and_logs_once_per_step(caplog) -> None:
         t += DEVICE_RETRY_MAX
         lose(dev, "GPU is lost", 1.0, 300.0, now=t)
     assert dev.retry_at - t == 1
-    assert [r.getMessage() for r in caplog.records] == ["GPU 3 (GPU-x) is down: GPU is lost"]
+    assert [r.getMessage() for r in caplog.records] == ["GPU nvidia:3 (GPU-x) is down: GPU is lost"]
 
 
 def test_failed_lookups_double_the_wait_without_logging(caplog) -> None:

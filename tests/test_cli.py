@@ -101,3 +101,43 @@ def test_snapshot_without_a_gpu_says_so():
     assert "amd: unavailable: libamd_smi.so not found" in p.stdout or \
         "amd: unavailable: the amdsmi Python package is not installed" in p.stdout or \
         "amd: up" in p.stdout
+
+
+def _first_column(table: str) -> list[str]:
+    return [line.split()[0] for line in table.strip().splitlines()[1:]]
+
+
+def test_every_gpu_has_one_name_and_one_order_on_a_mixed_host():
+    """The built-in scenario has NVIDIA 0-5 and AMD 0-1: snapshot and probe show each GPU by
+    vendor and index, none twice, in the same order (vendor, index, instances/partitions
+    right after their parent)."""
+    snap = run("snapshot", "--simulate")
+    assert snap.returncode == 0, snap.stderr
+    gpus = _first_column(snap.stdout.split("\n\n")[0])
+    assert len(gpus) == len(set(gpus)) == 12
+    assert gpus[:5] == ["amd:0", "amd:0/0", "amd:0/1", "amd:1", "nvidia:0"]
+    assert gpus[-3:] == ["nvidia:4/1", "nvidia:4/2", "nvidia:5"]
+    assert "partition DPX" in snap.stdout  # an AMD partition says so; "MIG" is NVIDIA's word
+    probe = run("probe", "pcie", "--simulate")
+    rows = _first_column(probe.stdout)
+    assert rows == [g for g in gpus if "/" not in g]  # the physical GPUs, in the same order
+    assert "skipped: partitioned" in probe.stdout and "skipped: MIG" in probe.stdout
+
+
+def test_probe_gpu_selects_by_name_or_uuid_and_refuses_an_ambiguous_index():
+    one_line_error(run("probe", "pcie", "--simulate", "--gpu", "0"), 2,
+                   "--gpu 0", "more than one GPU", "amd:0, nvidia:0")
+    p = run("probe", "pcie", "--simulate", "--gpu", "nvidia:5")
+    assert p.returncode == 0, p.stderr
+    assert _first_column(p.stdout) == ["nvidia:5"]
+    p = run("probe", "pcie", "--simulate", "--gpu", "amd:1")
+    assert _first_column(p.stdout) == ["amd:1"]
+    data = json.loads(run("snapshot", "--simulate", "--json").stdout)
+    uuid = next(d["identity"]["uuid"] for d in data["devices"]
+                if d["identity"]["vendor"] == "nvidia" and d["identity"]["index"] == "5")
+    p = run("probe", "pcie", "--simulate", "--gpu", uuid)
+    assert p.returncode == 0 and _first_column(p.stdout) == ["nvidia:5"], p.stderr
+    p = run("probe", "pcie", "--simulate", "--gpu", "5")  # only NVIDIA has a 5
+    assert p.returncode == 0 and _first_column(p.stdout) == ["nvidia:5"], p.stderr
+    one_line_error(run("probe", "pcie", "--simulate", "--gpu", "amd:7"), 2, "no such GPU",
+                   "amd:0, amd:1, nvidia:0")

@@ -21,7 +21,8 @@ DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 OTHER = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
          "process_resident_memory_bytes", "process_cpu_seconds_total"}
 FUNCTIONS = {"sum", "min", "max", "count", "rate", "increase", "by", "without", "ignoring",
-             "on", "or", "and", "unless", "time", "avg_over_time", "group_left"}
+             "on", "or", "and", "unless", "time", "avg_over_time", "group_left", "label_join",
+             "query_result"}
 
 
 def panels(dash: dict) -> list[dict]:
@@ -102,9 +103,13 @@ def test_variables_and_query_modes(path):
         assert v["type"] == "query" and v["datasource"] == {"type": "prometheus",
                                                             "uid": "${datasource}"}
         query = v["query"]["query"]
-        assert query.startswith("label_values(") and query.endswith(f", {name})"), query
-        assert metric_names(query[len("label_values("):]) <= {
-            "gpuprobe_build_info", "gpuprobe_device_info", name}, query
+        if name == "gpu":  # by UUID, read as vendor:gpu (test_no_two_gpus_share_a_name)
+            assert query.startswith("query_result(") and v["regex"], query
+            assert metric_names(query) == {"gpuprobe_device_info"}, query
+        else:
+            assert query.startswith("label_values(") and query.endswith(f", {name})"), query
+            assert metric_names(query[len("label_values("):]) <= {
+                "gpuprobe_build_info", "gpuprobe_device_info", name}, query
         assert not re.search(r'vendor\s*=~?\s*"(?!\$vendor)', query), query
         single = one_gpu and name != "vendor"
         assert v["multi"] is (not single) and v["includeAll"] is (not single), (name, v)
@@ -129,3 +134,61 @@ def test_provisioning_files():
     dp = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/gpuprobe.yaml").read_text())
     assert dp["apiVersion"] == 1 and dp["providers"][0]["type"] == "file"
     assert dp["providers"][0]["options"]["path"]
+
+
+# -- one name per GPU: NVIDIA 0 and AMD 0 are both gpu="0" -----------------------------------
+
+def _targets():
+    for path in DASHBOARDS:
+        for p in panels(json.loads(path.read_text(encoding="utf-8"))):
+            for t in p["targets"]:
+                yield path.name, p["title"], t
+
+
+def test_every_legend_names_a_gpu_by_vendor_and_index():
+    """A legend with {{gpu}} alone shows NVIDIA 0 and AMD 0 both as "0"; the labels it
+    names must survive the query's aggregation, and every query selects GPUs by UUID."""
+    for dash, title, t in _targets():
+        legend, expr = t["legendFormat"], t["expr"]
+        assert "{{gpu}}" not in legend.replace("{{vendor}}:{{gpu}}", ""), (dash, title, legend)
+        for by in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            kept = {x.strip() for x in by.split(",")}
+            assert "gpu" not in kept or "vendor" in kept, (dash, title, expr)
+            assert set(re.findall(r"\{\{(\w+)\}\}", legend)) <= kept, (dash, title, expr)
+        assert 'gpu=~"$gpu"' not in expr, (dash, title, expr)
+
+
+def test_no_two_gpus_share_a_name_in_the_gpu_variable(promtool, tmp_path):
+    """The GPU variable's query, run by promtool on a host with NVIDIA 0 and AMD 0 (and
+    another host's NVIDIA 0), then read as Grafana reads a query_result: the regex's named
+    groups give each option its text and value. Three options, three names, three UUIDs."""
+    sys.path.insert(0, str(ROOT / "grafana"))
+    import build  # grafana/ is not a package
+    expr = build.GPU_VAR_EXPR.replace("$instance", ".*").replace("$vendor", ".*")
+    info = ('gpuprobe_device_info{{instance="{}",job="gpuprobe",gpu="0",uuid="{}",'
+            'vendor="{}"}}')
+    devices = [("node1:14787", "GPU-a", "nvidia"), ("node1:14787", "AMD-b", "amd"),
+               ("node2:14787", "GPU-c", "nvidia")]
+    labels = [{"__name__": "gpuprobe_device_info", "gpu": "0", build.GPU_NAME:
+               f"{v}:0 on {i}", "instance": i, "job": "gpuprobe", "uuid": u, "vendor": v}
+              for i, u, v in devices]
+    test = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": info.format(*d), "values": "1x5"} for d in devices],
+        "promql_expr_test": [{"expr": expr, "eval_time": "2m", "exp_samples": [
+            {"labels": "gpuprobe_device_info{" + ",".join(
+                f'{k}="{v}"' for k, v in sorted(lab.items()) if k != "__name__") + "}",
+             "value": 1} for lab in labels]}]}]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(test))
+    r = subprocess.run([promtool, "test", "rules", str(tmp_path / "t.yml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Grafana's query_result lines: name{label="value",...} value timestamp
+    lines = [lab["__name__"] + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(lab.items())
+                                              if k != "__name__") + "} 1 1700000000000"
+             for lab in labels]
+    regex = re.compile(build.GPU_VAR_REGEX.strip("/").replace("(?<", "(?P<"))
+    options = [regex.match(line).groupdict() for line in lines]
+    assert [o["text"] for o in options] == ["nvidia:0 on node1:14787", "amd:0 on node1:14787",
+                                            "nvidia:0 on node2:14787"]
+    assert [o["value"] for o in options] == ["GPU-a", "AMD-b", "GPU-c"]

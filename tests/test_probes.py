@@ -373,7 +373,7 @@ def test_cli_probe_on_simulated_gpus():
     assert p.returncode == 0, p.stderr
     assert "Gen5 x16" in p.stdout and "host to device" in p.stderr  # progress while it runs
     p = subprocess.run([sys.executable, "-m", "gpuprobe.daemon", "probe", "pcie", "--simulate",
-                        "--gpu", "0"], capture_output=True, text=True, timeout=120)
+                        "--gpu", "nvidia:0"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "skipped: busy" in p.stdout
     p = subprocess.run([sys.executable, "-m", "gpuprobe.daemon", "probe", "launch",
                         "--simulate", "--gpu", "9"], capture_output=True, text=True, timeout=120)

@@ -71,6 +71,10 @@ def test_every_alert_is_documented_labelled_and_uses_known_metrics():
                               a["expr"]))
         assert used and used <= known, (name, used - known)
         assert not re.search(r'vendor\s*=~?\s*"', a["expr"]), f"{name} selects a vendor"
+        # NVIDIA 0 and AMD 0 are both gpu="0": a GPU is named by vendor and index together.
+        for text in ann.values():
+            bare = text.replace("{{ $labels.vendor }}:{{ $labels.gpu }}", "")
+            assert "$labels.gpu" not in bare, (name, text)
 
 
 # -- the leak alert on the detector's own output ------------------------------------------------

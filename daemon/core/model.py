@@ -31,7 +31,9 @@ THROTTLE_REASONS = (
 
 @dataclass(frozen=True, slots=True)
 class DeviceIdentity:
-    """Who a device is. ``index`` is the ``gpu`` label: "0", or "0/7" for a MIG instance."""
+    """Who a device is. ``index`` is the ``gpu`` label: "0", "0/7" for NVIDIA MIG instance 7,
+    "0/1" for AMD partition 1; each vendor counts from 0, so ``name`` (vendor:index) or the
+    UUID is what tells two GPUs of a host apart."""
 
     uuid: str
     vendor: str
@@ -47,6 +49,24 @@ class DeviceIdentity:
     # NVIDIA: the MIG profile ("3g.40gb"); AMD: the compute partition mode ("SPX", "CPX")
     partition: str | None = None
     memory_partition: str | None = None  # AMD: "NPS1", "NPS4"
+
+    @property
+    def name(self) -> str:
+        """What a person sees: ``<vendor>:<index>`` ("nvidia:0", "nvidia:4/1" for a MIG
+        instance, "amd:0/1" for a partition), unique on a host where the bare index is not
+        (NVIDIA 0 and AMD 0)."""
+        return f"{self.vendor}:{self.index}"
+
+    @property
+    def order(self) -> tuple[str, int, int, str]:
+        """The one order GPUs are listed in: by vendor, then index (numerically), each
+        instance/partition right after its parent."""
+        head, _, sub = self.index.partition("/")
+        return (self.vendor, _number(head), _number(sub) if sub else -1, self.index)
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() else 1 << 30
 
 
 @dataclass(frozen=True, slots=True)

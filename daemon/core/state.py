@@ -41,9 +41,10 @@ class View:
     health: Mapping[str, CollectorHealth] = field(default_factory=dict)
 
     def devices(self, supplemented: bool = True) -> list[DeviceSample]:
-        """Every device of every collector, with devices of a stalled collector marked down,
-        and (unless not ``supplemented``) what a device's sample lacks filled from other
-        collectors' supplements of it (those of a stalled collector left out)."""
+        """Every device of every collector (in ``DeviceIdentity.order``), with devices of a
+        stalled collector marked down, and (unless not ``supplemented``) what a device's
+        sample lacks filled from other collectors' supplements of it (those of a stalled
+        collector left out)."""
         out = []
         extra: dict[str, list[DeviceSample]] = {}
         for name, result in self.results.items():
@@ -61,7 +62,7 @@ class View:
                 for s in extra.get(d.identity.uuid, ()) if d.up else ():
                     d = fill(d, s)
                 out[i] = d
-        return out
+        return sorted(out, key=lambda d: d.identity.order)
 
     # What every collector's result holds, gathered in the order the collectors published.
     def processes(self) -> list[ProcessSample]:

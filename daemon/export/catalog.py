@@ -3,7 +3,8 @@
 The exporter renders from this table and ``docs/metrics.md`` is generated from it
 (``python -m gpuprobe.daemon.export.catalog --write docs/metrics.md``; a test fails when the file is
 out of date). Per-device metrics carry the labels ``gpu``, ``uuid``, ``vendor`` (and
-``parent_uuid`` on a MIG instance); the ``labels`` column lists the labels a metric adds.
+``parent_uuid`` on a MIG instance or AMD partition); the ``labels`` column lists the labels
+a metric adds.
 Each device metric has an extractor from a :class:`DeviceSample` to ``(label values, value)``
 pairs; an absent value yields no series.
 """
@@ -289,7 +290,8 @@ M = MetricSpec
 CATALOG: tuple[MetricSpec, ...] = (
     # -- identity and health ---------------------------------------------------------------
     M("gpuprobe_device_info", "info",
-      "Identity of a GPU (or MIG instance / partition); always 1. Join on uuid for labels.",
+      "Identity of a GPU (or NVIDIA MIG instance / AMD partition); always 1. Join on uuid "
+      "for labels.",
       "", "device", "nvmlDeviceGetName, GetPciInfo, GetSerial, GetVbiosVersion, "
       "GetArchitecture, GetCudaComputeCapability; MIG: GetMigDeviceHandleByIndex",
       labels=("model", "pci_bus_id", "serial", "driver_version", "firmware_version",
@@ -737,7 +739,8 @@ CATALOG: tuple[MetricSpec, ...] = (
       samples=_probe(_probe_field(lambda ps: (({"outcome": o}, ps.runs.get(o, 0))
                                               for o in PROBE_OUTCOMES)))),
     M("gpuprobe_probe_skips_total", "counter",
-      "Probe runs skipped, by reason: device_down, mig, compute_mode, mps, thermal, busy, "
+      "Probe runs skipped, by reason: device_down, mig (a MIG instance, a GPU in MIG mode, "
+      "an AMD partition or a partitioned AMD GPU), compute_mode, mps, thermal, busy, "
       "processes, no_runtime.", "", "probe", "orchestrator", "orchestrator",
       labels=("probe", "reason"),
       samples=_probe(_probe_field(lambda ps: (({"reason": r}, n)

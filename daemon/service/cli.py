@@ -156,6 +156,21 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def choose_gpu(devices: list[Any], wanted: str) -> Any:
+    """The one device ``--gpu`` names: by name ("nvidia:0"), UUID, or a bare index that only
+    one device has; else a one-line error that lists the names."""
+    w = wanted.strip().lower()
+    by_name = [d for d in devices if w in (d.identity.name.lower(), d.identity.uuid.lower())]
+    chosen = by_name or [d for d in devices if d.identity.index == w]
+    if len(chosen) == 1:
+        return chosen[0]
+    listed = ", ".join(d.identity.name for d in (chosen or devices)) or "none"
+    if chosen:
+        raise _Fail(f"--gpu {wanted:.40}: more than one GPU has index {wanted:.40}; "
+                    f"name one: {listed:.200}")
+    raise _Fail(f"--gpu {wanted:.40}: no such GPU (found: {listed:.200})")
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     # The command runs the probe itself; the scheduled probes stay off meanwhile.
@@ -172,11 +187,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         view = daemon.store.view()
         devices = [d for d in view.devices() if d.identity.parent_uuid is None]
         if args.gpu is not None:
-            chosen = [d for d in devices if d.identity.index == args.gpu]
-            if not chosen:
-                known = ", ".join(d.identity.index for d in devices) or "none"
-                raise _Fail(f"--gpu {args.gpu:.40}: no such GPU (found: {known:.100})")
-            devices = chosen
+            devices = [choose_gpu(devices, args.gpu)]
         if not devices:
             reasons = [f"{b.name}: {b.reason}" for b in view.backends().values() if not b.up]
             print("no GPUs found" + (f" ({'; '.join(reasons)})" if reasons else ""),
@@ -185,7 +196,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         orch = daemon.sources.orchestrator()
         rows = []
         for d in devices:
-            print(f"GPU {d.identity.index} ({d.identity.model}): {args.probe} probe",
+            print(f"GPU {d.identity.name} ({d.identity.model}): {args.probe} probe",
                   file=sys.stderr, flush=True)
             out = orch.run_now(args.probe, d.identity.uuid, force=args.force,
                                progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
@@ -234,10 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("probe", choices=tuple(k.name for k in PROBE_KINDS),
                        help="; ".join(f"{k.name}: {k.summary}" for k in PROBE_KINDS))
     common(probe)
-    probe.add_argument("--gpu", metavar="N", help="only this GPU (its index, as in snapshot)")
+    probe.add_argument("--gpu", metavar="GPU",
+                       help="only this GPU: its name as snapshot shows it (nvidia:0, amd:1), "
+                            "its UUID, or its bare index where only one GPU has it")
     probe.add_argument("--force", action="store_true",
                        help="probe even a busy GPU or one other processes hold (never one "
-                            "in MIG, MPS or an exclusive compute mode)")
+                            "in MIG mode, partitioned (AMD), under MPS or in an exclusive "
+                            "compute mode)")
     probe.set_defaults(func=cmd_probe)
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")

@@ -29,8 +29,8 @@ def table(rows: list[list[str]]) -> str:
 
 
 def render_snapshot(view: Any) -> str:
-    devices = sorted(view.devices(), key=lambda d: (d.identity.vendor, d.identity.index))
-    rows = [["GPU", "VENDOR", "MODEL", "UP", "TEMP", "POWER/LIMIT", "MEMORY USED/TOTAL", "UTIL",
+    devices = view.devices()  # in DeviceIdentity.order, as everywhere
+    rows = [["GPU", "MODEL", "UP", "TEMP", "POWER/LIMIT", "MEMORY USED/TOTAL", "UTIL",
              "SM ACTIVE", "PCIE NOW (MAX)", "THROTTLE"]]
     for d in devices:
         i, temps = d.identity, d.thermal.temperatures
@@ -45,18 +45,17 @@ def render_snapshot(view: Any) -> str:
         link = "-" if pc.generation is None else \
             f"Gen{pc.generation} x{pc.width} (Gen{pc.max_generation} x{pc.max_width})"
         active = sorted(d.throttle.active - {"gpu_idle"})
-        rows.append([i.index, i.vendor, (i.model or "?")[:34], "yes" if d.up else
+        rows.append([i.name, _model(i)[:40], "yes" if d.up else
                      f"NO ({d.down_reason})", "-" if t is None else f"{t:.0f}C", power, mem,
                      _pct(d.utilization.get("gpu")), _pct(d.activity.sm_active), link,
                      ",".join(active) or "-"])
     out = [table(rows)]
-    index = {d.identity.uuid: (d.identity.vendor, d.identity.index) for d in devices}
+    rank = {d.identity.uuid: (n, d.identity.name) for n, d in enumerate(devices)}
     procs = view.processes()
     if procs:
-        prow = [["GPU", "VENDOR", "PID", "NAME", "MEMORY", "CONTAINER", "POD"]]
-        for p in sorted(procs, key=lambda p: (index.get(p.device_uuid, ("?", "?")), p.pid)):
-            vendor, gpu = index.get(p.device_uuid, ("?", "?"))
-            prow.append([gpu, vendor, str(p.pid), p.name or "?",
+        prow = [["GPU", "PID", "NAME", "MEMORY", "CONTAINER", "POD"]]
+        for p in sorted(procs, key=lambda p: (rank.get(p.device_uuid, (len(rank), "?")), p.pid)):
+            prow.append([rank.get(p.device_uuid, (0, "?"))[1], str(p.pid), p.name or "?",
                          _human_bytes(p.used_memory_bytes), (p.container_id or "-")[:12],
                          p.pod_uid or "-"])
         out.append(table(prow))
@@ -91,8 +90,20 @@ def snapshot_json(view: Any) -> dict[str, Any]:
     }
 
 
+def _model(i: Any) -> str:
+    """The model, and for an AMD partition its mode (NVML's name of a MIG instance already
+    says "MIG 3g.40gb")."""
+    model = i.model or "?"
+    if i.vendor == "amd" and i.parent_uuid is not None and i.partition:
+        model += f" partition {i.partition}"
+    return model
+
+
 def probe_row(spec: ProbeSpec[Any], d: Any, out: Any) -> list[str]:
-    head = [d.identity.index, (d.identity.model or "?")[:30]]
+    head = [d.identity.name, (d.identity.model or "?")[:30]]
     if out.outcome != "ok":
-        return [*head, f"{out.outcome}: {out.detail}"]
+        detail = out.detail
+        if out.outcome == "skipped" and detail == "mig":  # the reason label keeps its value
+            detail = "partitioned" if d.identity.vendor == "amd" else "MIG"
+        return [*head, f"{out.outcome}: {detail}"]
     return [*head, "ok", *spec.row(out.values, out.gpu_seconds)]

@@ -1,6 +1,8 @@
 """The safety gates: whether a GPU may be probed now, and if not, why.
 
-In order: the device is up; it is not a MIG instance or a GPU in MIG mode; its compute mode
+In order: the device is up; it is not a MIG instance or a GPU in MIG mode, nor an AMD
+partition or a partitioned AMD GPU (both are skip reason "mig", a label value kept for
+queries; the CLI says "partitioned" on AMD); its compute mode
 is not exclusive or prohibited; no MPS server runs on it; its temperature is at least
 ``min_thermal_margin`` below the slowdown threshold; something can probe it (a runtime for
 its vendor); and, unless forced, its utilization is at most ``max_utilization`` and (by

@@ -118,7 +118,7 @@ class Orchestrator:
                 out = Outcome("discarded", f"process(es) {sorted(appeared)} appeared during "
                               "the probe", gpu_seconds=out.gpu_seconds,
                               wall_seconds=out.wall_seconds, pid=out.pid)
-        self.schedule.ran(state, probe, out, SPECS[probe].values, uuid, d.identity.index)
+        self.schedule.ran(state, probe, out, SPECS[probe].values, uuid, d.identity.name)
         return out
 
     def _view(self) -> tuple[list[DeviceSample], list[ProcessSample]]:

@@ -74,7 +74,7 @@ class Schedule:
         state.next_due = self.clock() + wait * self._jitter()
 
     def ran(self, state: ProbeState, probe: str, out: Outcome,
-            values: Callable[[Mapping], dict[str, float]], uuid: str, index: str) -> None:
+            values: Callable[[Mapping], dict[str, float]], uuid: str, name: str) -> None:
         """A run ended: counted; on success ``values(out.values)`` are kept; the next run is
         due after the period (success) or a backoff, and after the duty cycle allows."""
         state.runs[out.outcome] += 1
@@ -87,7 +87,7 @@ class Schedule:
             state.failures = 0
             wait = self.every(probe) * self._jitter()
         else:
-            log.warning("%s probe on GPU %s (%s) %s: %s", probe, index, uuid, out.outcome,
+            log.warning("%s probe on GPU %s (%s) %s: %s", probe, name, uuid, out.outcome,
                         out.detail)
             wait = self._backoff(state, probe) * self._jitter()
         # The duty cycle: the GPU time this run took, spread over at least 1/duty_cycle.

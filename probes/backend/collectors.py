@@ -97,7 +97,7 @@ class Telemetry(Generic[S, D]):
                 session.log.warning(
                     "%s(s) %s did not answer within the deadline; not called again until the "
                     "hung call returns", session.names.gpu,
-                    ", ".join(sorted(d.identity.index for d in units if d.uuid in stuck)))
+                    ", ".join(sorted(d.identity.name for d in units if d.uuid in stuck)))
             self._stuck = stuck
         if failure is not None:
             session.mark_down(failure)

@@ -120,11 +120,11 @@ def lose(dev: Device, reason: str, retry_initial: float, retry_max: float,
         if dev.loss_logged:
             dev.logged_step = dev.backoff
             if dev.flaps == 1:
-                log.warning("GPU %s (%s) is down: %s", dev.identity.index, dev.uuid, reason)
+                log.warning("GPU %s (%s) is down: %s", dev.identity.name, dev.uuid, reason)
             else:
                 log.warning("GPU %s (%s) is down again %.0fs after it came back (lost %d "
                             "times without staying up %gs in between): %s; next look in %gs%s",
-                            dev.identity.index, dev.uuid, now - dev.up_since, dev.flaps,
+                            dev.identity.name, dev.uuid, now - dev.up_since, dev.flaps,
                             settle_seconds(retry_max), reason, dev.backoff,
                             "; not logged again while it keeps flapping"
                             if dev.backoff >= cap else "")
@@ -142,7 +142,7 @@ def found_again(dev: Device, how: str = "found again", now: float | None = None)
     dev.up_since = time.monotonic() if now is None else now
     if dev.loss_logged:
         logging.getLogger(f"gpuprobe.{dev.identity.vendor}").info(
-            "GPU %s (%s) %s", dev.identity.index, dev.uuid, how)
+            "GPU %s (%s) %s", dev.identity.name, dev.uuid, how)
 
 
 def down_sample(dev: Device, reason: str) -> DeviceSample:

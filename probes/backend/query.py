@@ -83,13 +83,13 @@ class Query:
         if silent and tally is not None:
             if not dev.unanswered:
                 log.warning("GPU %s (%s) answered none of the %d calls of this poll (last "
-                            "error: %s); reported down until it answers", dev.identity.index,
+                            "error: %s); reported down until it answers", dev.identity.name,
                             dev.uuid, tally.asked, tally.last_error)
             dev.unanswered = True
             return DeviceSample(identity=sample.identity, up=False,
                                 down_reason=f"{NO_ANSWER} ({tally.last_error})")
         if dev.unanswered and tally is not None and tally.answered:
-            log.info("GPU %s (%s) answers calls again", dev.identity.index, dev.uuid)
+            log.info("GPU %s (%s) answers calls again", dev.identity.name, dev.uuid)
             dev.unanswered = False
         return sample
 
@@ -176,11 +176,11 @@ class Query:
             dev.unsupported.add(key)
             level = logging.INFO if self.session.quietly_unsupported(e) else logging.DEBUG
             self.log.log(level, "GPU %s (%s): %s unavailable (%s); not asked again",
-                         dev.identity.index, dev.uuid, key, e)
+                         dev.identity.name, dev.uuid, key, e)
             return None
         if cls == TRANSIENT:
             tally.last_error = f"{key}: {' '.join(str(e).split())[:200]}"
-            self.log.debug("GPU %s: %s failed (%s); will retry", dev.identity.index, key, e)
+            self.log.debug("GPU %s: %s failed (%s); will retry", dev.identity.name, key, e)
             return None
         if cls == DEVICE_FATAL:
             raise DeviceLost(f"{key}: {e}") from e

@@ -62,7 +62,7 @@ class XidWatcher(EventWatcher):
             except Exception as e:
                 if self._failed(e) == LIBRARY_FATAL:
                     raise
-                log.debug("GPU %s: cannot register for XID events: %s", dev.identity.index, e)
+                log.debug("GPU %s: cannot register for XID events: %s", dev.identity.name, e)
         return registered
 
     def _run(self) -> None:
@@ -136,7 +136,7 @@ class XidWatcher(EventWatcher):
                     code = 0
                 counts[code] += 1
             dev = self.session.devices.get(uuid)
-            log.warning("XID %d on GPU %s (%s)", code, dev.identity.index if dev else "?", uuid)
+            log.warning("XID %d on GPU %s (%s)", code, dev.identity.name if dev else "?", uuid)
 
 
 class NvidiaEvents:
