@@ -147,6 +147,26 @@ def test_gates_skip_with_the_reason(change, reason):
         d.stop()
 
 
+def test_an_amd_partition_is_skipped_as_partitioned_not_mig():
+    """An AMD GPU split into partitions skips as "partitioned"; "mig" is NVIDIA's word
+    (issue 13)."""
+    runtime = FakeRuntime()
+    mi300 = {"vendor": "amd", "model": "AMD Instinct MI300X", "architecture": "cdna3",
+             "memory": "192GiB", "partition": "DPX",
+             "instances": [{"profile": "DPX", "memory": "96GiB"},
+                           {"profile": "DPX", "memory": "96GiB"}]}
+    d, orch, clock = setup({"seed": 8, "devices": [mi300]}, runtime=runtime)
+    try:
+        d.scheduler.run_once()
+        due_all(orch, clock)
+        result = orch.tick("pcie")
+        assert runtime.requests == []
+        (sample,) = [s for s in result.probes if s.probe == "pcie"]  # the GPU's
+        assert sample.skips == {"partitioned": 1} and sample.runs["skipped"] == 1
+    finally:
+        d.stop()
+
+
 def test_skips_back_off_exponentially_up_to_the_cap():
     d, orch, clock = setup({"seed": 9, "devices": [{**IDLE, "compute_mode": "prohibited"}]},
                            config={"probes": {"jitter": 0, "backoff_max": "2h"}})

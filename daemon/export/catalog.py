@@ -739,9 +739,9 @@ CATALOG: tuple[MetricSpec, ...] = (
       samples=_probe(_probe_field(lambda ps: (({"outcome": o}, ps.runs.get(o, 0))
                                               for o in PROBE_OUTCOMES)))),
     M("gpuprobe_probe_skips_total", "counter",
-      "Probe runs skipped, by reason: device_down, mig (a MIG instance, a GPU in MIG mode, "
-      "an AMD partition or a partitioned AMD GPU), compute_mode, mps, thermal, busy, "
-      "processes, no_runtime.", "", "probe", "orchestrator", "orchestrator",
+      "Probe runs skipped, by reason: device_down, mig (a MIG instance or a GPU in MIG "
+      "mode), partitioned (an AMD partition or a partitioned AMD GPU), compute_mode, mps, "
+      "thermal, busy, processes, no_runtime.", "", "probe", "orchestrator", "orchestrator",
       labels=("probe", "reason"),
       samples=_probe(_probe_field(lambda ps: (({"reason": r}, n)
                                               for r, n in sorted(ps.skips.items()))))),

@@ -103,7 +103,7 @@ def probe_row(spec: ProbeSpec[Any], d: Any, out: Any) -> list[str]:
     head = [d.identity.name, (d.identity.model or "?")[:30]]
     if out.outcome != "ok":
         detail = out.detail
-        if out.outcome == "skipped" and detail == "mig":  # the reason label keeps its value
-            detail = "partitioned" if d.identity.vendor == "amd" else "MIG"
+        if out.outcome == "skipped" and detail == "mig":
+            detail = "MIG"
         return [*head, f"{out.outcome}: {detail}"]
     return [*head, "ok", *spec.row(out.values, out.gpu_seconds)]

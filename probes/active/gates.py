@@ -1,8 +1,7 @@
 """The safety gates: whether a GPU may be probed now, and if not, why.
 
-In order: the device is up; it is not a MIG instance or a GPU in MIG mode, nor an AMD
-partition or a partitioned AMD GPU (both are skip reason "mig", a label value kept for
-queries; the CLI says "partitioned" on AMD); its compute mode
+In order: the device is up; it is not a MIG instance or a GPU in MIG mode (skip reason
+"mig"), nor an AMD partition or a partitioned AMD GPU ("partitioned"); its compute mode
 is not exclusive or prohibited; no MPS server runs on it; its temperature is at least
 ``min_thermal_margin`` below the slowdown threshold; something can probe it (a runtime for
 its vendor); and, unless forced, its utilization is at most ``max_utilization`` and (by
@@ -16,8 +15,8 @@ from collections.abc import Callable, Collection
 from gpuprobe.daemon.core.config import ProbesConfig
 from gpuprobe.daemon.core.model import DeviceSample, ProcessSample
 
-SKIP_REASONS = ("device_down", "mig", "compute_mode", "mps", "thermal", "busy", "processes",
-                "no_runtime")
+SKIP_REASONS = ("device_down", "mig", "partitioned", "compute_mode", "mps", "thermal", "busy",
+                "processes", "no_runtime")
 UNSAFE_COMPUTE_MODES = ("exclusive_process", "exclusive_thread", "prohibited")
 
 
@@ -31,7 +30,7 @@ def gate(cfg: ProbesConfig, d: DeviceSample, devices: list[DeviceSample],
     if not d.up:
         return "device_down"
     if d.identity.parent_uuid or any(x.identity.parent_uuid == uuid for x in devices):
-        return "mig"
+        return "partitioned" if d.identity.vendor == "amd" else "mig"
     if d.compute_mode in UNSAFE_COMPUTE_MODES:
         return "compute_mode"
     others = [p for p in processes if p.device_uuid == uuid and p.pid not in children]
