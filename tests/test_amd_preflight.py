@@ -229,3 +229,32 @@ def test_the_binding_rocm_installs_initialises(package) -> None:
     assert session.up and session.version_mismatch is False
     assert session.status().binding_version == "26.0.2"
     session.close()
+
+
+@pytest.mark.parametrize("binding, up", [("26.0.2", True), ("25.1.0", False)])
+def test_simulated_rocm_binding_through_the_real_package(binding, up) -> None:
+    """The real amdsmi package over the simulated library, its ``__version__`` set as the copy
+    ROCm installs writes it: the matching library version initialises, another is refused."""
+    from tests.conftest import make_daemon
+
+    d = make_daemon({"seed": 1, "amdsmi": {"rocm_version": "7.0.2", "library_version": "26.0.2",
+                                           "binding_version": binding},
+                     "devices": [{"vendor": "amd", "model": "AMD Instinct MI300X",
+                                  "architecture": "cdna3", "memory": "192GiB"}]})
+    try:
+        d.scheduler.run_once()
+        amd = d.sources.amd_session()
+        assert amd.up is up and amd.version_mismatch is (not up)
+        assert amd.status().binding_version == binding
+        assert len(d.store.view().devices()) == (1 if up else 0)
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("value", ["seven", 7.0, "7.0", "1.2.3.4x"])
+def test_scenario_amdsmi_version_must_be_a_version(value) -> None:
+    from gpuprobe.probes.sim.scenario import ScenarioError, parse
+
+    with pytest.raises(ScenarioError, match=r"amdsmi\.rocm_version: expected a version"):
+        parse({"amdsmi": {"rocm_version": value},
+               "devices": [{"vendor": "amd", "model": "AMD Instinct MI300X"}]})

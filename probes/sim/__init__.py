@@ -37,6 +37,9 @@ class Simulation:
         # that package there is no amdsmi: the AMD backend finds it absent, as on a real host
         self.libamdsmi = SimLibAmdSmi(self.world)
         self.amdsmi = load_amdsmi(self.libamdsmi) if package_dir() is not None else None
+        if self.amdsmi is not None and scenario.amdsmi.binding:
+            # as the copy ROCm installs, whose version file its build writes
+            self.amdsmi.__version__ = scenario.amdsmi.binding
 
     @classmethod
     def from_file(cls, path: str | Path | None,

@@ -166,7 +166,9 @@ class SimLibAmdSmi(Face):
         self.calls: Counter = Counter()
         self.calls_by_device: Counter = Counter()
         self.library_missing = False
-        self.rocm_version = "7.0.2"
+        software = world.scenario.amdsmi
+        self.rocm_version = software.rocm  # what librocm-core's getROCmVersion answers
+        self.library_version = software.library  # amdsmi_get_lib_version
         self.violation_latency = 0.1
         self.throughput_latency = 1.0
 
@@ -232,7 +234,7 @@ class SimLibAmdSmi(Face):
 
     def c_amdsmi_get_lib_version(self, version: Any) -> None:
         v = _obj(version)
-        v.major, v.minor, v.release = 26, 0, 2
+        v.major, v.minor, v.release = (int(x) for x in self.library_version.split(".")[:3])
         v.build = ctypes.cast(self._build, ctypes.POINTER(ctypes.c_char))
 
     def _handles(self) -> list[list[int]]:

@@ -168,12 +168,24 @@ class DeviceSpec:
 
 
 @dataclass(frozen=True)
+class AmdSoftware:
+    """What the simulated AMD stack reports of itself. ``binding``: the amdsmi package's
+    ``__version__`` (None: the installed package's own; the copy ROCm installs carries the
+    amd-smi library version instead, e.g. 26.0.2 on ROCm 7.0.2)."""
+
+    rocm: str = "7.0.2"
+    library: str = "26.0.2"
+    binding: str | None = None
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     time_acceleration: float
     duration: float | None
     seed: int
     devices: tuple[DeviceSpec, ...] = field(default=())
+    amdsmi: AmdSoftware = field(default_factory=AmdSoftware)
 
 
 class _Reader:
@@ -512,11 +524,28 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
 
 
 COMPUTE_MODES = ("default", "exclusive_process", "prohibited")
+_VERSION = re.compile(r"\d{1,4}\.\d{1,4}\.\d{1,6}")
+
+
+def _amd_software(r: _Reader) -> AmdSoftware:
+    a = r.reader("amdsmi", ("rocm_version", "library_version", "binding_version"))
+    found = {}
+    for key, name in (("rocm_version", "rocm"), ("library_version", "library"),
+                      ("binding_version", "binding")):
+        v = a.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, str) or not _VERSION.fullmatch(v):
+            raise ScenarioError(f"{a.sub(key)}: expected a version such as \"7.0.2\" (quoted), "
+                                f"got {short(v)}")
+        found[name] = v
+    return AmdSoftware(**found)
 
 
 def parse(data: Any, source: str = "scenario", base_dir: Path | None = None) -> Scenario:
     try:
-        r = _Reader(data, "", ("name", "time_acceleration", "duration", "seed", "devices"))
+        r = _Reader(data, "", ("name", "time_acceleration", "duration", "seed", "devices",
+                               "amdsmi"))
         devices = tuple(_device(d, k, i, base_dir)
                         for i, (k, d) in enumerate(r.items("devices", MAX_DEVICES)))
         if not devices:
@@ -545,6 +574,7 @@ def parse(data: Any, source: str = "scenario", base_dir: Path | None = None) -> 
             duration=duration,
             seed=r.int_("seed", 0, hi=2**63 - 1),
             devices=devices,
+            amdsmi=_amd_software(r),
         )
     except ScenarioError as e:
         raise ScenarioError(f"{source}: {e}") from None
