@@ -118,7 +118,7 @@ def child(scenario_path: str, config_path: str, port: int) -> int:
     sim = Simulation.from_file(scenario_path)
     daemon = Daemon(cfg, sim)
     daemon.start()
-    faces = {"nvml": sim.nvml, "amdsmi": sim.amdsmi}
+    faces = {"nvml": sim.libnvml, "amdsmi": sim.amdsmi}
     releases: list[threading.Event] = []
     for line in sys.stdin:
         cmd = json.loads(line)

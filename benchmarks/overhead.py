@@ -212,12 +212,12 @@ def measure_cycles(cycles: int) -> dict:
             time.sleep(0.11)
         gc.freeze()  # as Daemon.start() does
         # Fairness check: one steady cycle of each makes the same calls.
-        b_ours = Counter(ours.simulation.nvml.calls_by_device)
-        b_bare = Counter(nvml.calls_by_device)
+        b_ours = Counter(ours.simulation.libnvml.calls_by_device)
+        b_bare = Counter(bare_sim.libnvml.calls_by_device)
         ours.scheduler.run_once()
         bare_cycle(nvml, handles, list(ids), samples)
-        a = steady_calls(ours.simulation.nvml.calls_by_device, b_ours)
-        b = steady_calls(nvml.calls_by_device, b_bare)
+        a = steady_calls(ours.simulation.libnvml.calls_by_device, b_ours)
+        b = steady_calls(bare_sim.libnvml.calls_by_device, b_bare)
         if a != b:
             raise SystemExit(f"the two arms make different calls:\nours {a}\nbare {b}")
         ours_cpu, bare_cpu = [], []
@@ -227,7 +227,7 @@ def measure_cycles(cycles: int) -> dict:
             time.sleep(0.11)  # GPM samples more than 100 ms apart, as in service
             ours_cpu.append(cpu_of(ours.scheduler.run_once))
             bare_cpu.append(cpu_of(lambda: bare_cycle(nvml, handles, list(ids), samples)))
-        leaks = MemoryLeaks(ours.context)
+        leaks = MemoryLeaks(cfg.leaks, ours.store.view)
         leak_cpu = []
         health = CollectorHealth("memory_leaks", 5.0, up=True)
 

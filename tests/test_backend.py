@@ -86,7 +86,7 @@ def test_a_gpu_that_flaps_in_the_daemon_is_not_refound_every_poll(vendor, caplog
     retry = {"retry_initial": "10ms", "retry_max": "10s", "discovery_interval": "1h"}
     if vendor == "nvidia":
         d = make_daemon(config={"nvidia": retry})
-        face, fn, target, code = d.simulation.nvml, "nvmlDeviceGetPowerUsage", 1, \
+        face, fn, target, code = d.simulation.libnvml, "nvmlDeviceGetPowerUsage", 1, \
             pynvml.NVML_ERROR_GPU_IS_LOST
     else:
         d = make_daemon(AMD_SCENARIO, {**AMD_FAST, "amd": {**AMD_FAST["amd"], **retry}})

@@ -212,3 +212,66 @@ def test_unsupported_features_are_absent_not_zero():
         assert gpu.power.draw_watts is not None  # the rest still there
     finally:
         d.stop()
+
+
+def _metric(d, name: str) -> dict[tuple, float]:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(d.registry).decode()
+    return {tuple(sorted(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == name}
+
+
+def test_process_memory_nvml_cannot_tell_is_absent_not_zero():
+    """NVML gives NVML_VALUE_NOT_AVAILABLE for a process's used memory where it cannot tell
+    (in a container without permission, on some MIG set-ups): pynvml turns it into None.
+    The process is listed and counted, its memory absent, never 0."""
+    scenario = {"seed": 5, "devices": [dict(SMALL_SCENARIO["devices"][0],
+                                            unsupported=["process_memory"])]}
+    d = make_daemon(scenario)
+    try:
+        d.scheduler.run_once()
+        procs = {p.pid: p for p in d.store.view().results["nvidia_processes"].processes}
+        assert procs[1001].used_memory_bytes is None
+        assert procs[1001].name == "trainer"
+        assert not any(dict(k).get("pid") == "1001"
+                       for k in _metric(d, "gpuprobe_process_memory_bytes"))
+        assert list(_metric(d, "gpuprobe_device_processes").values()) == [1.0]
+        assert devices(d)["0"].memory.used_bytes == GIB  # the device's own count stays
+    finally:
+        d.stop()
+
+
+def test_pcie_recoveries_of_a_clean_link_are_a_flat_nonzero_baseline(daemon):
+    """Field 169 (L0-to-recovery transitions) is not 0 on a healthy link: the H100 of
+    docs/hardware/ read 326 idle and error-free. It is exported as the counter it is, and
+    it does not grow while the link makes no errors (no replays in this scenario)."""
+    daemon.scheduler.run_once()
+    first = devices(daemon)["0"].pcie.recoveries_total
+    daemon.simulation.world.clock.advance(3600.0)
+    daemon.scheduler.run_once()
+    gpu = devices(daemon)["0"]
+    assert first and first > 0
+    assert gpu.pcie.recoveries_total == first
+    assert gpu.pcie.replays_total == 0
+    exported = _metric(daemon, "gpuprobe_pcie_link_recoveries_total")
+    assert first in exported.values()
+    assert daemon.store.view().health["nvidia"].up
+
+
+def test_idle_p_state_and_link_follow_the_model():
+    """An idle H100 stays in P0 on its Gen5 link, as the recorded one did; an idle A100
+    (this scenario's older part) drops to P8 and Gen1."""
+    idle = [dict(SMALL_SCENARIO["devices"][0], processes=[]),
+            {"vendor": "nvidia", "model": "NVIDIA A100-SXM4-80GB", "architecture": "ampere",
+             "pcie": {"max_generation": 4}}]
+    d = make_daemon({"seed": 6, "devices": idle})
+    try:
+        d.scheduler.run_once()
+        h100, a100 = devices(d)["0"], devices(d)["1"]
+        assert h100.performance_state == 0 and h100.pcie.generation == 5
+        assert a100.performance_state == 8 and a100.pcie.generation == 1
+    finally:
+        d.stop()

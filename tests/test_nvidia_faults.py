@@ -41,11 +41,11 @@ def _recorded_calls() -> dict[str, int]:
     try:
         for _ in range(3):
             _cycle(d)
-        calls = d.simulation.nvml.calls_by_device
+        calls = d.simulation.libnvml.calls_by_device
         wait_for(lambda: calls[("nvmlDeviceRegisterEvents", 0)] and
                  calls[("nvmlEventSetWait", None)], timeout=10)  # the event thread is running
         seen: dict[str, set[int]] = {}
-        for (fn, device), n in d.simulation.nvml.calls_by_device.items():
+        for (fn, device), n in d.simulation.libnvml.calls_by_device.items():
             if device is not None and n:
                 seen.setdefault(fn, set()).add(device)
     finally:
@@ -114,7 +114,7 @@ def _shape(sample) -> set[str]:
 def test_not_supported_is_absent_and_not_asked_again(fn, daemon):
     target = CALLS[fn]
     d = daemon
-    after_two, after_four = unsupported(d, d.simulation.nvml, fn, target,
+    after_two, after_four = unsupported(d, d.simulation.libnvml, fn, target,
                                         pynvml.NVML_ERROR_NOT_SUPPORTED, lambda: _cycle(d),
                                         lambda: _others_fine(d, target))
     if fn not in IDENTIFYING:
@@ -128,7 +128,7 @@ def test_not_supported_is_absent_and_not_asked_again(fn, daemon):
 def test_gpu_lost_takes_down_only_that_gpu(fn, daemon):
     target = CALLS[fn]
     d = daemon
-    d.simulation.nvml.faults.add(fn, target, error=pynvml.NVML_ERROR_GPU_IS_LOST)
+    d.simulation.libnvml.faults.add(fn, target, error=pynvml.NVML_ERROR_GPU_IS_LOST)
     for _ in range(3):
         _cycle(d)
         _others_fine(d, target)
@@ -146,7 +146,7 @@ def test_transient_error_is_retried_next_cycle(fn):
         for _ in range(4):
             _cycle(clean)
         expected = _shape(_by_index(clean)[str(target)])
-        d.simulation.nvml.faults.add(fn, target, error=pynvml.NVML_ERROR_UNKNOWN, times=1)
+        d.simulation.libnvml.faults.add(fn, target, error=pynvml.NVML_ERROR_UNKNOWN, times=1)
         _cycle(d)
         _others_fine(d, target)
         for _ in range(3):
@@ -167,7 +167,7 @@ def test_hung_call_costs_only_its_gpu(fn, daemon):
     d = daemon
     release = threading.Event()
     try:
-        d.simulation.nvml.faults.add(fn, target, hang=release)
+        d.simulation.libnvml.faults.add(fn, target, hang=release)
         # Collections end at their deadline (0.5 s) whatever the hung GPU does.
         cycles_end_in_time(lambda: _cycle(d, sleep=0.0), 1.5, lambda: _others_fine(d, target))
         renders(d)
@@ -176,7 +176,7 @@ def test_hung_call_costs_only_its_gpu(fn, daemon):
             # Event registration runs on its own thread; everything else holds the GPU's worker.
             assert target_sample is None or not target_sample.up
         release.set()
-        d.simulation.nvml.faults.clear()
+        d.simulation.libnvml.faults.clear()
 
         def recovered():
             _cycle(d, sleep=0.05)
@@ -193,7 +193,7 @@ def test_hung_call_costs_only_its_gpu(fn, daemon):
 
 def test_library_missing_at_start_then_installed(daemon):
     d = daemon
-    nvml = d.simulation.nvml
+    nvml = d.simulation.libnvml
     nvml.library_missing = True
     d.scheduler.run_once()
     view = d.store.view()
@@ -214,13 +214,13 @@ def test_library_missing_at_start_then_installed(daemon):
                                   pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH])
 def test_library_fatal_at_init_is_retried(code, daemon):
     d = daemon
-    rule = d.simulation.nvml.faults.add("nvmlInit", error=code)
+    rule = d.simulation.libnvml.faults.add("nvmlInit", error=code)
     d.scheduler.run_once()
     view = d.store.view()
     assert view.results["nvidia"].backends[0].up is False
     assert view.health["nvidia"].up is False  # unlike a missing library, this is a fault
     assert view.health["nvidia"].errors_total["library_fatal"] >= 1
-    d.simulation.nvml.faults._rules.remove(rule)
+    d.simulation.libnvml.faults._rules.remove(rule)
 
     def up():
         d.scheduler.run_once()
@@ -230,7 +230,7 @@ def test_library_fatal_at_init_is_retried(code, daemon):
 
 def test_library_vanishing_while_running_keeps_devices_listed_as_down(daemon):
     d = daemon
-    nvml = d.simulation.nvml
+    nvml = d.simulation.libnvml
     _cycle(d)
     assert len(d.store.view().devices()) == 5
     nvml.library_missing = True  # every call now fails UNINITIALIZED
@@ -249,7 +249,7 @@ def test_enumeration_error_takes_the_backend_down_and_back():
                                        "discovery_interval": "1s"}})
     try:
         _cycle(d)
-        d.simulation.nvml.faults.add("nvmlDeviceGetCount",
+        d.simulation.libnvml.faults.add("nvmlDeviceGetCount",
                                      error=pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH, times=1)
         time.sleep(1.1)  # rediscovery is due
         _cycle(d)
@@ -274,7 +274,7 @@ def test_hung_enumeration_stalls_one_collector_not_the_daemon():
     try:
         d.start(serve=False)
         wait_for(lambda: len(d.store.view().devices()) == 5, timeout=5)
-        d.simulation.nvml.faults.add("nvmlDeviceGetCount", hang=release)
+        d.simulation.libnvml.faults.add("nvmlDeviceGetCount", hang=release)
         def stalled():
             return [n for n, h in d.store.view().health.items() if h.stalled]
         assert wait_for(stalled, timeout=5) == ["nvidia"]
@@ -287,7 +287,7 @@ def test_hung_enumeration_stalls_one_collector_not_the_daemon():
         assert d.alive()
         renders(d)
         release.set()
-        d.simulation.nvml.faults.clear()
+        d.simulation.libnvml.faults.clear()
         wait_for(lambda: not stalled(), timeout=5)
         wait_for(lambda: all(s.up for s in d.store.view().devices()), timeout=5)
     finally:
@@ -300,6 +300,6 @@ def test_gpu_answering_nothing_reads_down_and_comes_back(caplog, daemon):
     up, exporting its static facts. It reads down with the reason, the others are fine, it
     is logged once, and it reads up again when calls answer."""
     d = daemon
-    gpu_answering_nothing(d, d.simulation.nvml.faults, pynvml.NVML_ERROR_UNKNOWN,
+    gpu_answering_nothing(d, d.simulation.libnvml.faults, pynvml.NVML_ERROR_UNKNOWN,
                           lambda: _cycle(d), lambda: _by_index(d)["1"],
                           lambda: _others_fine(d, 1), caplog)

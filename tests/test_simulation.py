@@ -153,3 +153,78 @@ def test_simulated_h100_answers_as_the_real_one_did():
             assert v.valueType == facts["fields"][names[v.fieldId]]["type"], names[v.fieldId]
     finally:
         sim.close()
+
+
+def test_simulated_idle_h100_reads_as_the_recorded_one():
+    """Issue 13: an idle, error-free H100 as docs/hardware/h100-2026-11-22/nvml_facts.json
+    recorded it, through the real pynvml: P0, a Gen5 link, encoder and decoder sampled over
+    100 ms, and field 169 (L0-to-recovery) nonzero as an unsigned int that stays put while
+    the link makes no errors."""
+    import json
+
+    from .conftest import ROOT
+
+    facts = json.loads((ROOT / "docs" / "hardware" / "h100-2026-11-22" / "nvml_facts.json")
+                       .read_text())["devices"][0]
+    clock = ManualClock(60)
+    sim = Simulation(parse({"seed": 3, "devices": [{"vendor": "nvidia"}]}), clock)
+    try:
+        lib = sim.nvml
+        lib.nvmlInit()
+        h = lib.nvmlDeviceGetHandleByIndex(0)
+        assert lib.nvmlDeviceGetName(h) == facts["name"]["value"]
+        assert lib.nvmlDeviceGetPerformanceState(h) == facts["pstate"]["value"] == 0
+        assert lib.nvmlDeviceGetCurrPcieLinkGeneration(h) == facts["pcie_gen"]["value"] == 5
+        assert lib.nvmlDeviceGetEncoderUtilization(h) == facts["encoder"]["value"]
+        assert lib.nvmlDeviceGetDecoderUtilization(h) == facts["decoder"]["value"]
+        recovery = facts["fields"]["PCIE_L0_TO_RECOVERY"]
+        first = lib.nvmlDeviceGetFieldValues(h, [169])[0]
+        assert first.valueType == recovery["type"]
+        assert first.value.uiVal > 0
+        clock.advance(3600)
+        assert lib.nvmlDeviceGetFieldValues(h, [169])[0].value.uiVal == first.value.uiVal
+    finally:
+        sim.close()
+
+
+def test_each_simulation_has_its_own_pynvml_over_a_simulated_c_library():
+    """Simulation.nvml is the installed pynvml's own code, loaded privately: its wrappers
+    call the simulated C symbols (versioned ones included), a symbol the library lacks
+    is NVML's FUNCTION_NOT_FOUND, and two simulations share no NVML state."""
+    import pynvml
+
+    a = Simulation(parse({"seed": 1, "devices": [{"vendor": "nvidia"}]}), ManualClock(60))
+    b = Simulation(parse({"seed": 2, "devices": [{"vendor": "nvidia"}]}), ManualClock(60))
+    try:
+        assert a.nvml is not pynvml and a.nvml is not b.nvml
+        assert a.nvml.__file__ == pynvml.__file__
+        a.nvml.nvmlInit()
+        with pytest.raises(b.nvml.NVMLError_Uninitialized):
+            b.nvml.nvmlDeviceGetCount()  # b's process never initialised NVML
+        h = a.nvml.nvmlDeviceGetHandleByIndex(0)
+        assert a.nvml.nvmlDeviceGetMemoryInfo(h, a.nvml.nvmlMemory_v2).reserved == 512 * 2**20
+        assert a.libnvml.calls["nvmlDeviceGetMemoryInfo"] == 1  # the _v2 symbol
+        with pytest.raises(a.nvml.NVMLError_FunctionNotFound):
+            a.nvml.nvmlDeviceGetNumFans(h)
+        a.libnvml.faults.add("nvmlDeviceGetMemoryInfo", 0, error=pynvml.NVML_ERROR_GPU_IS_LOST)
+        with pytest.raises(a.nvml.NVMLError_GpuIsLost):
+            a.nvml.nvmlDeviceGetMemoryInfo(h)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_library_missing_at_load_is_not_found_and_found_once_installed():
+    sim = Simulation(parse({"seed": 1, "devices": [{"vendor": "nvidia"}]}), ManualClock(60))
+    try:
+        sim.libnvml.library_missing = True
+        with pytest.raises(sim.nvml.NVMLError_LibraryNotFound):
+            sim.nvml.nvmlInit()
+        sim.libnvml.library_missing = False
+        sim.nvml.nvmlInit()  # pynvml tries to load it again
+        assert sim.nvml.nvmlDeviceGetCount() == 1
+        sim.libnvml.library_missing = True  # gone while loaded: every call fails
+        with pytest.raises(sim.nvml.NVMLError_Uninitialized):
+            sim.nvml.nvmlDeviceGetCount()
+    finally:
+        sim.close()

@@ -13,7 +13,8 @@ classes (as nvitop's ``nvmlQuery`` does for its TUI):
   LIB_RM_VERSION_MISMATCH. The backend reports down and is re-initialised with backoff;
   the daemon keeps serving.
 
-``lib`` is the pynvml module or the simulated face with the same names.
+``lib`` is the pynvml module: the installed one, or under simulation a private copy of it
+over the simulated C library (probes/sim/nvml.py).
 """
 
 from __future__ import annotations

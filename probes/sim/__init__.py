@@ -1,7 +1,9 @@
 """Simulated GPUs at the library boundary: one vendor-neutral world, one face per library.
 
 ``gpuprobe run --simulate`` and the tests run the real backends against these faces and the
-real ``/proc`` parsing against the simulator's process tree.
+real ``/proc`` parsing against the simulator's process tree. On the NVIDIA side the face is
+the installed pynvml itself, a private copy per simulation loaded over a simulated C library
+(``Simulation.libnvml``, where faults are injected); docs/simulation.md has the layers.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpuprobe.probes.sim.amdsmi import SimAmdSmi
-from gpuprobe.probes.sim.nvml import SimNvml
+from gpuprobe.probes.sim.nvml import SimNvmlLibrary, load_pynvml
 from gpuprobe.probes.sim.scenario import Scenario, ScenarioError, load
 from gpuprobe.probes.sim.world import ManualClock, SimClock, SimWorld
 
@@ -20,12 +22,14 @@ __all__ = ["ManualClock", "ScenarioError", "SimClock", "SimWorld", "Simulation"]
 
 
 class Simulation:
-    """A scenario's world and the library faces over it."""
+    """A scenario's world and the library faces over it: ``nvml`` (pynvml over the simulated
+    ``libnvml``) and ``amdsmi``."""
 
     def __init__(self, scenario: Scenario, clock: SimClock | ManualClock | None = None) -> None:
         self.scenario = scenario
         self.world = SimWorld(scenario, clock)
-        self.nvml = SimNvml(self.world)
+        self.libnvml = SimNvmlLibrary(self.world)  # the C library: faults, calls
+        self.nvml = load_pynvml(self.libnvml)  # the real pynvml over it, for the backend
         self.amdsmi = SimAmdSmi(self.world)
 
     @classmethod

@@ -1,29 +1,43 @@
-"""A simulated NVML with pynvml's surface: function names, structures, constants, errors.
+"""A simulated NVML C library (``libnvidia-ml.so.1``) under the vendor's own pynvml.
 
-The real NVIDIA backend runs against it unchanged. Constants, ctypes structures and the
-``NVMLError_*`` classes are pynvml's own; functions are answered from a :class:`SimWorld`.
-A function this face does not implement is missing (AttributeError), as in an older pynvml,
-which the backend treats as unsupported.
+:func:`load_pynvml` gives each simulation a private copy of the installed ``pynvml.py``
+whose ``CDLL`` loads a :class:`SimNvmlLibrary` instead of the driver's library. The backend
+therefore runs pynvml's real wrappers: struct versions, ``_nvmlCheckReturn`` and its
+``NVMLError`` subclasses, string decoding, the ``_v2``/``_v3`` symbols, field-value and GPM
+structs. The library exposes C entry points by their symbol names; each takes the ctypes
+arguments pynvml passes, fills what pynvml passes by reference and returns an NVML status
+code. A symbol it lacks is missing (AttributeError), which pynvml turns into
+FUNCTION_NOT_FOUND, as with an older driver.
 
-Fault injection for tests: ``faults.add("nvmlDeviceGetPowerUsage", device=1, error=3)``
-makes that call raise NOT_SUPPORTED on the second NVIDIA GPU; ``hang=threading.Event()``
-blocks it until the event is set; ``library_missing = True`` makes the library vanish.
+Fault injection for tests, on ``Simulation.libnvml``: ``faults.add("nvmlDeviceGetPowerUsage",
+device=1, error=3)`` makes that call return NOT_SUPPORTED on the second NVIDIA GPU; a rule
+names the C symbol with or without its ``_vN`` suffix (``nvmlInit`` names
+``nvmlInitWithFlags``); ``hang=threading.Event()`` blocks it until the event is set.
+``library_missing = True`` makes the library vanish: not found (LIBRARY_NOT_FOUND) when
+pynvml first loads it, every call UNINITIALIZED once loaded (pynvml never unloads it).
+``calls`` and ``calls_by_device`` count the calls by that unsuffixed name.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.util
+import itertools
+import re
+import sys
 import threading
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, TypeVar
 
-import pynvml
+import pynvml as _pynvml  # the installed copy: its path, and its constants here
 
-from gpuprobe.probes.sim.faults import Face, Faults, api
-from gpuprobe.probes.sim.world import DeviceState, SimDevice, SimWorld
+from gpuprobe.probes.sim.faults import Faults
+from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
-_INIT_FUNCTIONS = {"nvmlInit", "nvmlInitWithFlags"}
 _ARCH_CODES = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7,
                "ada": 8, "hopper": 9, "blackwell": 10}
 _COMPUTE_CAPABILITY = {"volta": (7, 0), "turing": (7, 5), "ampere": (8, 0), "ada": (8, 9),
@@ -35,372 +49,501 @@ _THROTTLE_BITS = {"gpu_idle": 0x1, "applications_clocks": 0x2, "power_cap": 0x4,
                   "hw_thermal": 0x40, "hw_power_brake": 0x80, "display_clocks": 0x100}
 LIFETIME_CORRECTED = 12  # aggregate ECC counts from before the simulated driver load
 MIB = 1024 * 1024
+NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF  # NVML_VALUE_NOT_AVAILABLE in an unsigned long long
+# L0-to-recovery transitions a clean link has made since boot (power-state changes, link
+# retraining at driver load): the H100 of docs/hardware/ read 326 idle and error-free.
+RECOVERY_BASELINE = 320
+
+_P = _pynvml
+SUCCESS = _P.NVML_SUCCESS
+_WITHOUT_INIT = frozenset({"nvmlInit", "nvmlInitWithFlags", "nvmlErrorString"})
+_ALIASES = {"nvmlInitWithFlags": ("nvmlInit",)}
+_SUFFIX = re.compile(r"_v\d+$")
+_ADDRESSES = itertools.count(0x7F00_0000_1000, 0x40)  # fake addresses, unique per process
 
 
-class _Handle:
-    __slots__ = ("dev", "gen", "instance")
+class NvmlStatus(Exception):
+    """Raised inside an entry point: the call returns this status code."""
 
-    def __init__(self, dev: SimDevice, gen: int, instance: int | None = None) -> None:
-        self.dev, self.gen, self.instance = dev, gen, instance
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
-    def __repr__(self) -> str:
-        suffix = "" if self.instance is None else f"/{self.instance}"
-        return f"<sim nvmlDevice {self.dev.index}{suffix}>"
+
+def _v(x: Any) -> Any:
+    """A ctypes scalar's value, or the plain Python value pynvml passed."""
+    return getattr(x, "value", x)
+
+
+def _out(ref: Any) -> Any:
+    """The object pynvml passed ``byref``."""
+    return ref._obj
+
+
+def _addr(ptr: Any) -> int | None:
+    """The address an opaque handle (a ctypes pointer) holds; None for NULL."""
+    if ptr is None:
+        return None
+    return ctypes.cast(ptr, ctypes.c_void_p).value
+
+
+def _set_pointer(obj: Any, address: int, offset: int = 0) -> None:
+    """Store ``address`` in the pointer ``obj`` (or in its field at ``offset``)."""
+    ctypes.c_void_p.from_address(ctypes.addressof(obj) + offset).value = address
+
+
+def _put_str(buf: Any, length: Any, s: str) -> None:
+    data = s.encode()
+    if len(data) + 1 > _v(length):
+        raise NvmlStatus(_P.NVML_ERROR_INSUFFICIENT_SIZE)
+    buf.value = data
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def entry(fn: _F) -> _F:
+    """Mark a method as a C entry point: it returns the status code, None for SUCCESS
+    (nvmlErrorString returns its string)."""
+    fn._nvml_entry = True  # type: ignore[attr-defined]
+    return fn
 
 
 class _EventSet:
     def __init__(self) -> None:
-        # device index -> [handle, registration time, events delivered since then]
+        # device index -> [handle address, registration time, events delivered since then]
         self.registered: dict[int, list] = {}
 
 
-def _err(code: int) -> pynvml.NVMLError:
-    return pynvml.NVMLError(code)
-
-
-class SimNvml(Face):
-    _WITHOUT_INIT = frozenset(_INIT_FUNCTIONS)
-    _NOT_INITIALIZED = pynvml.NVML_ERROR_UNINITIALIZED
-    _err = staticmethod(_err)
+class SimNvmlLibrary:
+    """The simulated ``libnvidia-ml.so.1`` over a :class:`SimWorld`'s NVIDIA devices."""
 
     def __init__(self, world: SimWorld) -> None:
         self._world = world
         self._devices = world.vendor_devices("nvidia")
         self._index = {id(d): i for i, d in enumerate(self._devices)}
         self._init_count = 0
-        # sample buffer address -> (buffer, its reading: (device id, instance, t, totals,
-        # wall time) once taken); looked up by a sample's address, None for a null pointer.
-        self._gpm: dict[int | None,
-                        tuple[Any, tuple[int, int | None, float, dict, float] | None]] = {}
         self._lock = threading.Lock()
+        # handle address <-> (NVIDIA index, generation, MIG instance or None)
+        self._handles: dict[int, tuple[int, int, int | None]] = {}
+        self._handle_at: dict[tuple[int, int, int | None], int] = {}
+        self._event_sets: dict[int, _EventSet] = {}
+        # sample address -> its reading (device id, instance, t, totals, wall time) or None
+        self._gpm: dict[int, tuple[int, int | None, float, dict, float] | None] = {}
         self.faults = Faults()
         self.calls: Counter = Counter()
         self.calls_by_device: Counter = Counter()  # (function, NVIDIA index or None)
         self.library_missing = False
+        self.loaded = False
+        for name in self.entry_points():
+            setattr(self, name, self._bind(name, getattr(type(self), name)))
 
-    def __getattr__(self, name: str) -> Any:
-        # Constants, structures and error classes are pynvml's; its functions are not ours.
-        value = getattr(pynvml, name)
-        if name.startswith("nvml") and callable(value) and not isinstance(value, type):
-            raise AttributeError(f"simulated NVML has no {name}")
-        return value
+    @classmethod
+    def entry_points(cls) -> list[str]:
+        return sorted(n for n, v in vars(cls).items() if getattr(v, "_nvml_entry", False))
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _missing_error(self, name: str) -> int:
-        return (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND if name in _INIT_FUNCTIONS
-                else pynvml.NVML_ERROR_UNINITIALIZED)
+    def _bind(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        base = _SUFFIX.sub("", name)
+        names = (name, base, *_ALIASES.get(name, ())) if base != name \
+            else (name, *_ALIASES.get(name, ()))
+
+        @functools.wraps(method)
+        def c_function(*args: Any) -> Any:
+            # a plain function, not a bound method: pynvml sets ``restype`` on some
+            self.calls[base] += 1
+            if self.library_missing:
+                return _P.NVML_ERROR_UNINITIALIZED
+            if name not in _WITHOUT_INIT and self._init_count <= 0:
+                return _P.NVML_ERROR_UNINITIALIZED
+            device = self._device_of(name, args)
+            self.calls_by_device[(base, device)] += 1
+            try:
+                self._fault(names, device)
+                got = method(self, *args)
+            except NvmlStatus as e:
+                return e.code
+            return SUCCESS if got is None else got
+        return c_function
+
+    def _fault(self, names: tuple[str, ...], device: int | None) -> None:
+        rule = None
+        for n in names:
+            rule = self.faults.match(n, device)
+            if rule is not None:
+                break
+        if rule is None:
+            return
+        if isinstance(rule.hang, threading.Event):
+            rule.hang.wait()
+        elif rule.hang:
+            time.sleep(rule.hang)
+        if rule.error is not None:
+            raise NvmlStatus(rule.error)
 
     def _device_of(self, name: str, args: tuple) -> int | None:
-        if args and isinstance(args[0], _Handle):
-            return self._index.get(id(args[0].dev))
-        if name == "nvmlDeviceGetHandleByIndex" and args:
-            return args[0]
+        if name == "nvmlDeviceGetHandleByIndex_v2" and args:
+            return int(_v(args[0]))
+        if args and isinstance(args[0], ctypes._Pointer):
+            known = self._handles.get(_addr(args[0]) or 0)
+            return known[0] if known else None
         return None
 
-    def _dev(self, handle: Any, t: float, mig_ok: bool = False) -> SimDevice:
-        if not isinstance(handle, _Handle):
-            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        dev = handle.dev
-        if dev.lost_at(t) or handle.gen != dev.generation_at(t):
-            raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
-        if handle.instance is not None and not mig_ok:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    def _t(self) -> float:
+        return self._world.now()
+
+    def _handle(self, index: int, gen: int, instance: int | None = None) -> int:
+        key = (index, gen, instance)
+        with self._lock:
+            address = self._handle_at.get(key)
+            if address is None:
+                address = self._handle_at[key] = next(_ADDRESSES)
+                self._handles[address] = key
+        return address
+
+    def _resolve(self, handle: Any, t: float) -> tuple[SimDevice, int, int | None]:
+        key = self._handles.get(_addr(handle) or 0)
+        if key is None:
+            raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+        index, gen, instance = key
+        dev = self._devices[index]
+        if dev.lost_at(t) or gen != dev.generation_at(t):
+            raise NvmlStatus(_P.NVML_ERROR_GPU_IS_LOST)
+        return dev, gen, instance
+
+    def _dev(self, handle: Any, t: float | None = None, mig_ok: bool = False) -> SimDevice:
+        dev, _, instance = self._resolve(handle, self._t() if t is None else t)
+        if instance is not None and not mig_ok:
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
         return dev
 
-    def _state(self, handle: Any) -> DeviceState:
-        """What the GPU behind ``handle`` reads now."""
-        t = self._t()
-        return self._dev(handle, t).state(t)
-
-    def _supports(self, dev: SimDevice, feature: str) -> None:
+    @staticmethod
+    def _supports(dev: SimDevice, feature: str) -> None:
         if feature in dev.spec.unsupported:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
+
+    def _uint(self, handle: Any, ref: Any, read: Callable[[SimDevice, float], float],
+              feature: str | None = None) -> None:
+        """Fill an out-parameter with what ``read`` says of the (physical) GPU."""
+        t = self._t()
+        dev = self._dev(handle, t)
+        if feature:
+            self._supports(dev, feature)
+        _out(ref).value = int(read(dev, t))
 
     # -- library -----------------------------------------------------------------------------------
 
-    @api
-    def nvmlInit(self) -> None:
+    def load(self) -> SimNvmlLibrary:
+        """What pynvml's ``CDLL("libnvidia-ml.so.1")`` gives: this library, or OSError
+        while it is missing."""
+        if self.library_missing:
+            raise OSError("libnvidia-ml.so.1: cannot open shared object file: No such file "
+                          "or directory")
+        self.loaded = True
+        return self
+
+    @entry
+    def nvmlInitWithFlags(self, flags: Any) -> None:
         self._init_count += 1
 
-    @api
-    def nvmlInitWithFlags(self, flags: int) -> None:
-        self._init_count += 1
+    @entry
+    def nvmlShutdown(self) -> int | None:
+        if self._init_count <= 0:
+            return _P.NVML_ERROR_UNINITIALIZED
+        self._init_count -= 1
+        return None
 
-    @api
-    def nvmlShutdown(self) -> None:
-        self._init_count = max(0, self._init_count - 1)
+    @entry
+    def nvmlErrorString(self, result: Any) -> bytes:  # restype c_char_p: the string
+        return _P.NVMLError._errcode_to_string.get(_v(result), "Unknown Error").encode()
 
-    @api
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "580.95.05-sim"
+    @entry
+    def nvmlSystemGetDriverVersion(self, buf: Any, length: Any) -> None:
+        _put_str(buf, length, "580.95.05-sim")
 
-    @api
-    def nvmlSystemGetNVMLVersion(self) -> str:
-        return "13.580.95.05-sim"
+    @entry
+    def nvmlSystemGetNVMLVersion(self, buf: Any, length: Any) -> None:
+        _put_str(buf, length, "13.580.95.05-sim")
 
-    @api
-    def nvmlSystemGetCudaDriverVersion(self) -> int:
-        return 13000
+    @entry
+    def nvmlSystemGetCudaDriverVersion_v2(self, ref: Any) -> None:
+        _out(ref).value = 13000
 
     # -- enumeration and identity ----------------------------------------------------------------
 
-    @api
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self._devices)
+    @entry
+    def nvmlDeviceGetCount_v2(self, ref: Any) -> None:
+        _out(ref).value = len(self._devices)
 
-    @api
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+    @entry
+    def nvmlDeviceGetHandleByIndex_v2(self, index: Any, ref: Any) -> None:
+        index = int(_v(index))
         if not 0 <= index < len(self._devices):
-            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
         dev, t = self._devices[index], self._t()
         if dev.lost_at(t):
-            raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
-        return _Handle(dev, dev.generation_at(t))
+            raise NvmlStatus(_P.NVML_ERROR_GPU_IS_LOST)
+        _set_pointer(_out(ref), self._handle(index, dev.generation_at(t)))
 
-    @api
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
+    @entry
+    def nvmlDeviceGetHandleByUUID(self, uuid: Any, ref: Any) -> None:
         t = self._t()
-        uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
-        for dev in self._devices:
-            if uuid == dev.uuid or uuid in dev.instance_uuids:
+        raw = _v(uuid)
+        wanted = raw.decode() if isinstance(raw, bytes) else str(raw)
+        for i, dev in enumerate(self._devices):
+            if wanted == dev.uuid or wanted in dev.instance_uuids:
                 if dev.lost_at(t):
-                    raise _err(pynvml.NVML_ERROR_GPU_IS_LOST)
-                instance = dev.instance_uuids.index(uuid) if uuid != dev.uuid else None
-                return _Handle(dev, dev.generation_at(t), instance)
-        raise _err(pynvml.NVML_ERROR_NOT_FOUND)
+                    raise NvmlStatus(_P.NVML_ERROR_GPU_IS_LOST)
+                instance = dev.instance_uuids.index(wanted) if wanted != dev.uuid else None
+                _set_pointer(_out(ref), self._handle(i, dev.generation_at(t), instance))
+                return
+        raise NvmlStatus(_P.NVML_ERROR_NOT_FOUND)
 
-    @api
-    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:
-        dev = self._dev(handle, self._t(), mig_ok=True)
-        return dev.uuid if handle.instance is None else dev.instance_uuids[handle.instance]
+    @entry
+    def nvmlDeviceGetUUID(self, handle: Any, buf: Any, length: Any) -> None:
+        dev, _, instance = self._resolve(handle, self._t())
+        _put_str(buf, length, dev.uuid if instance is None else dev.instance_uuids[instance])
 
-    @api
-    def nvmlDeviceGetName(self, handle: _Handle) -> str:
-        dev = self._dev(handle, self._t(), mig_ok=True)
-        if handle.instance is None:
-            return dev.spec.model
-        return f"{dev.spec.model} MIG {dev.spec.instances[handle.instance].profile}"
+    @entry
+    def nvmlDeviceGetName(self, handle: Any, buf: Any, length: Any) -> None:
+        dev, _, instance = self._resolve(handle, self._t())
+        name = dev.spec.model if instance is None else \
+            f"{dev.spec.model} MIG {dev.spec.instances[instance].profile}"
+        _put_str(buf, length, name)
 
-    @api
-    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
-        return self._index[id(self._dev(handle, self._t()))]
+    @entry
+    def nvmlDeviceGetIndex(self, handle: Any, ref: Any) -> None:
+        _out(ref).value = self._index[id(self._dev(handle))]
 
-    @api
-    def nvmlDeviceGetPciInfo(self, handle: _Handle) -> Any:
-        dev = self._dev(handle, self._t())
-        info = pynvml.nvmlPciInfo_t()
-        info.busId = dev.pci_bus_id.encode()
-        info.busIdLegacy = dev.pci_bus_id[4:].encode()
+    @entry
+    def nvmlDeviceGetPciInfo_v3(self, handle: Any, ref: Any) -> None:
+        dev = self._dev(handle)
+        info = _out(ref)
+        bus_id = dev.pci_bus_id
+        info.busId = bus_id.encode()
+        info.busIdLegacy = bus_id[4:].encode()
+        domain, bus, rest = bus_id.split(":")
+        info.domain, info.bus, info.device = int(domain, 16), int(bus, 16), int(rest[:2], 16)
         info.pciDeviceId = 0x233010DE
-        return info
+        info.pciSubSystemId = 0x16C110DE
 
-    @api
-    def nvmlDeviceGetSerial(self, handle: _Handle) -> str:
-        return self._dev(handle, self._t()).spec.serial
+    @entry
+    def nvmlDeviceGetSerial(self, handle: Any, buf: Any, length: Any) -> None:
+        _put_str(buf, length, self._dev(handle).spec.serial)
 
-    @api
-    def nvmlDeviceGetVbiosVersion(self, handle: _Handle) -> str:
-        self._dev(handle, self._t())
-        return "96.00.99.00.01"
+    @entry
+    def nvmlDeviceGetVbiosVersion(self, handle: Any, buf: Any, length: Any) -> None:
+        self._dev(handle)
+        _put_str(buf, length, "96.00.99.00.01")
 
-    @api
-    def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle) -> tuple[int, int]:
-        dev = self._dev(handle, self._t())
-        return _COMPUTE_CAPABILITY.get(dev.spec.architecture, (9, 0))
+    @entry
+    def nvmlDeviceGetCudaComputeCapability(self, handle: Any, major: Any, minor: Any) -> None:
+        cc = _COMPUTE_CAPABILITY.get(self._dev(handle).spec.architecture, (9, 0))
+        _out(major).value, _out(minor).value = cc
 
-    @api
-    def nvmlDeviceGetArchitecture(self, handle: _Handle) -> int:
-        return _ARCH_CODES.get(self._dev(handle, self._t()).spec.architecture, 0xFFFFFFFF)
+    @entry
+    def nvmlDeviceGetArchitecture(self, handle: Any, ref: Any) -> None:
+        _out(ref).value = _ARCH_CODES.get(self._dev(handle).spec.architecture, 0xFFFFFFFF)
 
-    @api
-    def nvmlDeviceGetComputeMode(self, handle: _Handle) -> int:
-        mode = self._dev(handle, self._t()).spec.compute_mode
-        return {"default": pynvml.NVML_COMPUTEMODE_DEFAULT,
-                "exclusive_process": pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
-                "prohibited": pynvml.NVML_COMPUTEMODE_PROHIBITED}[mode]
+    @entry
+    def nvmlDeviceGetComputeMode(self, handle: Any, ref: Any) -> None:
+        mode = self._dev(handle).spec.compute_mode
+        _out(ref).value = {"default": _P.NVML_COMPUTEMODE_DEFAULT,
+                           "exclusive_process": _P.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
+                           "prohibited": _P.NVML_COMPUTEMODE_PROHIBITED}[mode]
 
     # -- MIG -------------------------------------------------------------------------------------
 
-    @api
-    def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:
-        dev = self._dev(handle, self._t())
+    @entry
+    def nvmlDeviceGetMigMode(self, handle: Any, current: Any, pending: Any) -> None:
+        dev = self._dev(handle)
         if dev.spec.architecture not in ("ampere", "hopper", "blackwell"):
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
         mode = 1 if dev.spec.instances else 0
-        return [mode, mode]
+        _out(current).value = _out(pending).value = mode
 
-    @api
-    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:
-        return 7 if self._dev(handle, self._t()).spec.instances else 0
+    @entry
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, ref: Any) -> None:
+        _out(ref).value = 7 if self._dev(handle).spec.instances else 0
 
-    @api
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, index: int) -> _Handle:
-        dev = self._dev(handle, self._t())
+    @entry
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: Any, ref: Any) -> None:
+        t = self._t()
+        dev = self._dev(handle, t)
+        _, gen, _ = self._resolve(handle, t)
+        index = int(_v(index))
         if not 0 <= index < len(dev.spec.instances):
-            raise _err(pynvml.NVML_ERROR_NOT_FOUND)
-        return _Handle(dev, handle.gen, index)
+            raise NvmlStatus(_P.NVML_ERROR_NOT_FOUND)
+        _set_pointer(_out(ref), self._handle(self._index[id(dev)], gen, index))
 
-    @api
-    def nvmlDeviceGetGpuInstanceId(self, handle: _Handle) -> int:
-        self._dev(handle, self._t(), mig_ok=True)
-        if handle.instance is None:
-            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return handle.instance + 1
+    @entry
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any, ref: Any) -> None:
+        _, _, instance = self._resolve(handle, self._t())
+        if instance is None:
+            raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+        _out(ref).value = instance + 1
 
     # -- memory ----------------------------------------------------------------------------------
 
-    @api
-    def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: int | None = None) -> Any:
+    def _memory(self, handle: Any) -> tuple[float, float, float]:
         t = self._t()
-        dev = self._dev(handle, t, mig_ok=True)
+        dev, _, instance = self._resolve(handle, t)
         st = dev.state(t)
-        if handle.instance is not None:
-            total = dev.spec.instances[handle.instance].memory
-            used, reserved = st.instance_used[handle.instance], 0.0
-        else:
-            total, used, reserved = dev.spec.memory, st.used, dev.spec.reserved
-        if version:
-            m = pynvml.c_nvmlMemory_v2_t()
-            m.version, m.total, m.reserved = version, int(total), int(reserved)
-            m.used = int(used)
-            m.free = int(total - reserved - used)
-            return m
-        m = pynvml.c_nvmlMemory_t()
+        if instance is not None:
+            return dev.spec.instances[instance].memory, st.instance_used[instance], 0.0
+        return dev.spec.memory, st.used, dev.spec.reserved
+
+    @entry
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, ref: Any) -> None:
+        total, used, reserved = self._memory(handle)
+        m = _out(ref)  # v1: the driver's reservation counts as used
         m.total, m.used = int(total), int(used + reserved)
         m.free = int(total - used - reserved)
-        return m
 
-    @api
-    def nvmlDeviceGetBAR1MemoryInfo(self, handle: _Handle) -> Any:
+    @entry
+    def nvmlDeviceGetMemoryInfo_v2(self, handle: Any, ref: Any) -> None:
+        m = _out(ref)
+        if m.version != _P.nvmlMemory_v2:
+            raise NvmlStatus(_P.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        total, used, reserved = self._memory(handle)
+        m.total, m.reserved, m.used = int(total), int(reserved), int(used)
+        m.free = int(total - reserved - used)
+
+    @entry
+    def nvmlDeviceGetBAR1MemoryInfo(self, handle: Any, ref: Any) -> None:
         t = self._t()
         dev = self._dev(handle, t)
         self._supports(dev, "bar1")
-        b = pynvml.c_nvmlBAR1Memory_t()
+        b = _out(ref)
         b.bar1Total = 128 * 1024 * MIB if dev.spec.architecture == "hopper" else 64 * 1024 * MIB
         b.bar1Used = int(2 * MIB + dev.state(t).used * 0.001)
         b.bar1Free = b.bar1Total - b.bar1Used
-        return b
 
     # -- thermal, power, clocks -----------------------------------------------------------------
 
-    @api
-    def nvmlDeviceGetTemperatureV(self, handle: _Handle, sensor: int,
-                                  version: int = pynvml.nvmlTemperature_v1) -> int:
-        if sensor != pynvml.NVML_TEMPERATURE_GPU:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return round(self._state(handle).temperature)
-
-    @api
-    def nvmlDeviceGetTemperature(self, handle: _Handle, sensor: int) -> int:
-        return round(self._state(handle).temperature)
-
-    @api
-    def nvmlDeviceGetTemperatureThreshold(self, handle: _Handle, threshold: int) -> int:
-        spec = self._dev(handle, self._t()).spec
-        values = {pynvml.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: spec.shutdown_celsius,
-                  pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: spec.slowdown_celsius,
-                  pynvml.NVML_TEMPERATURE_THRESHOLD_GPU_MAX: spec.max_operating_celsius}
-        if spec.architecture in _HBM_ARCHES and "memory_temperature" not in spec.unsupported:
-            values[pynvml.NVML_TEMPERATURE_THRESHOLD_MEM_MAX] = 95.0
-        if threshold not in values:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return int(values[threshold])
-
-    @api
-    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
-        return int(self._state(handle).power_watts * 1000)
-
-    @api
-    def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:
-        dev = self._dev(handle, self._t())
-        self._supports(dev, "power_limit")
-        return int(dev.spec.limit_watts * 1000)
-
-    @api
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:
+    @entry
+    def nvmlDeviceGetTemperatureV(self, handle: Any, ref: Any) -> None:
+        temp = _out(ref)
+        if temp.version != _P.nvmlTemperature_v1:
+            raise NvmlStatus(_P.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        if temp.sensorType != _P.NVML_TEMPERATURE_GPU:
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
         t = self._t()
-        dev = self._dev(handle, t)
-        self._supports(dev, "energy")
-        return int(dev.totals(t)["energy_j"] * 1000)
+        temp.temperature = round(self._dev(handle, t).state(t).temperature)
 
-    @api
-    def nvmlDeviceGetClockInfo(self, handle: _Handle, clock: int) -> int:
-        st = self._state(handle)
-        hz = {pynvml.NVML_CLOCK_GRAPHICS: st.sm_hz, pynvml.NVML_CLOCK_SM: st.sm_hz,
-              pynvml.NVML_CLOCK_MEM: st.memory_hz, pynvml.NVML_CLOCK_VIDEO: st.sm_hz * 0.85}
-        return int(hz[clock] / 1e6)
+    @entry
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: Any, ref: Any) -> None:
+        if _v(sensor) != _P.NVML_TEMPERATURE_GPU:
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
+        self._uint(handle, ref, lambda d, t: round(d.state(t).temperature))
 
-    @api
-    def nvmlDeviceGetMaxClockInfo(self, handle: _Handle, clock: int) -> int:
-        spec = self._dev(handle, self._t()).spec
-        hz = {pynvml.NVML_CLOCK_GRAPHICS: spec.sm_max_hz, pynvml.NVML_CLOCK_SM: spec.sm_max_hz,
-              pynvml.NVML_CLOCK_MEM: spec.memory_hz, pynvml.NVML_CLOCK_VIDEO: spec.sm_max_hz * 0.85}
-        return int(hz[clock] / 1e6)
+    @entry
+    def nvmlDeviceGetTemperatureThreshold(self, handle: Any, threshold: Any, ref: Any) -> None:
+        spec = self._dev(handle).spec
+        values = {_P.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: spec.shutdown_celsius,
+                  _P.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: spec.slowdown_celsius,
+                  _P.NVML_TEMPERATURE_THRESHOLD_GPU_MAX: spec.max_operating_celsius}
+        if spec.architecture in _HBM_ARCHES and "memory_temperature" not in spec.unsupported:
+            values[_P.NVML_TEMPERATURE_THRESHOLD_MEM_MAX] = 95.0
+        which = _v(threshold)
+        if which not in values:
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
+        _out(ref).value = int(values[which])
 
-    @api
-    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:
-        mask = 0
-        for reason in self._state(handle).throttle:
-            mask |= _THROTTLE_BITS[reason]
-        return mask
+    @entry
+    def nvmlDeviceGetPowerUsage(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.state(t).power_watts * 1000)
 
-    @api
-    def nvmlDeviceGetSupportedClocksEventReasons(self, handle: _Handle) -> int:
-        self._dev(handle, self._t())
-        return 0x1FF  # as the H100 answers (docs/hardware/), display clocks included
+    @entry
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.spec.limit_watts * 1000, "power_limit")
 
-    @api
-    def nvmlDeviceGetPerformanceState(self, handle: _Handle) -> int:
-        return self._state(handle).pstate
+    @entry
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.totals(t)["energy_j"] * 1000, "energy")
+
+    @entry
+    def nvmlDeviceGetClockInfo(self, handle: Any, clock: Any, ref: Any) -> None:
+        def read(d: SimDevice, t: float) -> float:
+            st = d.state(t)
+            return {_P.NVML_CLOCK_GRAPHICS: st.sm_hz, _P.NVML_CLOCK_SM: st.sm_hz,
+                    _P.NVML_CLOCK_MEM: st.memory_hz,
+                    _P.NVML_CLOCK_VIDEO: st.sm_hz * 0.85}[_v(clock)] / 1e6
+        self._uint(handle, ref, read)
+
+    @entry
+    def nvmlDeviceGetMaxClockInfo(self, handle: Any, clock: Any, ref: Any) -> None:
+        def read(d: SimDevice, t: float) -> float:
+            s = d.spec
+            return {_P.NVML_CLOCK_GRAPHICS: s.sm_max_hz, _P.NVML_CLOCK_SM: s.sm_max_hz,
+                    _P.NVML_CLOCK_MEM: s.memory_hz,
+                    _P.NVML_CLOCK_VIDEO: s.sm_max_hz * 0.85}[_v(clock)] / 1e6
+        self._uint(handle, ref, read)
+
+    @entry
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any, ref: Any) -> None:
+        def read(d: SimDevice, t: float) -> int:
+            mask = 0
+            for reason in d.state(t).throttle:
+                mask |= _THROTTLE_BITS[reason]
+            return mask
+        self._uint(handle, ref, read)
+
+    @entry
+    def nvmlDeviceGetSupportedClocksEventReasons(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: 0x1FF)  # as the H100 (docs/hardware/)
+
+    @entry
+    def nvmlDeviceGetPerformanceState(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.state(t).pstate)
 
     # -- PCIe ------------------------------------------------------------------------------------
 
-    @api
-    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: _Handle) -> int:
-        return self._state(handle).generation
+    @entry
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.state(t).generation)
 
-    @api
-    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: _Handle) -> int:
-        return self._state(handle).width
+    @entry
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.state(t).width)
 
-    @api
-    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: _Handle) -> int:
-        return self._dev(handle, self._t()).spec.max_generation
+    @entry
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.spec.max_generation)
 
-    @api
-    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: _Handle) -> int:
-        return self._dev(handle, self._t()).spec.max_width
+    @entry
+    def nvmlDeviceGetMaxPcieLinkWidth(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.spec.max_width)
 
     # -- utilization -----------------------------------------------------------------------------
 
-    @api
-    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> Any:
+    @entry
+    def nvmlDeviceGetUtilizationRates(self, handle: Any, ref: Any) -> None:
         t = self._t()
         dev = self._dev(handle, t)
         self._supports(dev, "utilization")
         if dev.spec.instances:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)  # as on a MIG-enabled GPU
-        u = pynvml.c_nvmlUtilization_t()
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)  # as on a MIG-enabled GPU
+        u = _out(ref)
         util = dev.state(t).utilization
         u.gpu, u.memory = round(util * 100), round(util * 45)
-        return u
 
-    def _codec_utilization(self, handle: _Handle) -> list[int]:
-        """The encoder's or decoder's: idle, over a sampling period of 167 ms."""
-        dev = self._dev(handle, self._t())
+    def _codec(self, handle: Any, util: Any, period: Any) -> None:
+        """The encoder's or decoder's: idle, over a sampling period of 100 ms (the H100's)."""
+        dev = self._dev(handle)
         self._supports(dev, "encoder")
         if dev.spec.instances:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return [0, 167000]
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
+        _out(util).value, _out(period).value = 0, 100000
 
-    @api
-    def nvmlDeviceGetEncoderUtilization(self, handle: _Handle) -> list[int]:
-        return self._codec_utilization(handle)
+    @entry
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any, util: Any, period: Any) -> None:
+        self._codec(handle, util, period)
 
-    @api
-    def nvmlDeviceGetDecoderUtilization(self, handle: _Handle) -> list[int]:
-        return self._codec_utilization(handle)
+    @entry
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any, util: Any, period: Any) -> None:
+        self._codec(handle, util, period)
 
     # -- field values ----------------------------------------------------------------------------
 
@@ -408,9 +551,9 @@ class SimNvml(Face):
         """(valueType, value) of a field, or None when the device does not have it."""
         spec, arch = dev.spec, dev.spec.architecture
         u = spec.unsupported
-        ull, uint = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+        ull, uint = _P.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, _P.NVML_VALUE_TYPE_UNSIGNED_INT
         ecc_ok = spec.ecc and "ecc" not in u
-        if fid == pynvml.NVML_FI_DEV_ECC_CURRENT and "ecc" not in u:
+        if fid == _P.NVML_FI_DEV_ECC_CURRENT and "ecc" not in u:
             return ull, 1 if spec.ecc else 0  # unsigned long long, as the H100 answers
         if fid in (3, 4, 5, 6) and ecc_ok:
             corrected, uncorrected = dev.ecc(t)
@@ -423,19 +566,19 @@ class SimNvml(Face):
         if fid in throttle and "throttle_counters" not in u:
             key = throttle[fid]
             return ull, int(dev.totals(t)[key] * 1e9) if key else 0
-        if fid == pynvml.NVML_FI_DEV_MEMORY_TEMP and arch in _HBM_ARCHES \
+        if fid == _P.NVML_FI_DEV_MEMORY_TEMP and arch in _HBM_ARCHES \
                 and "memory_temperature" not in u:
             return uint, round(dev.state(t).memory_temperature)
-        if fid == pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION and "energy" not in u:
+        if fid == _P.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION and "energy" not in u:
             return ull, int(dev.totals(t)["energy_j"] * 1000)
-        if fid == pynvml.NVML_FI_DEV_PCIE_REPLAY_COUNTER:
+        if fid == _P.NVML_FI_DEV_PCIE_REPLAY_COUNTER:
             return uint, dev.replays(t)
         if fid in (142, 143, 144, 145) and ecc_ok and arch not in ("volta", "turing") \
                 and "remapped_rows" not in u:
             cor, unc, pending = dev.remapped_rows(t)
             return ull, {142: cor, 143: unc, 144: int(pending), 145: 0}[fid]
-        if fid == 169:
-            return uint, dev.replays(t) // 8
+        if fid == 169:  # nonzero on a clean link; grows only with link errors
+            return uint, RECOVERY_BASELINE + 3 * dev.index + dev.replays(t) // 8
         if fid in (174, 177):
             return uint, dev.replays(t) // (2 if fid == 174 else 3)
         if fid in (197, 198) and "pcie_counters" not in u:
@@ -443,120 +586,137 @@ class SimNvml(Face):
             return uint, int(dev.totals(t)["pcie_tx" if fid == 197 else "pcie_rx"]) % 2**32
         return None
 
-    @api
-    def nvmlDeviceGetFieldValues(self, handle: _Handle, field_ids: list) -> Any:
+    @entry
+    def nvmlDeviceGetFieldValues(self, handle: Any, count: Any, ref: Any) -> None:
         t = self._t()
         dev = self._dev(handle, t)
-        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        values = _out(ref)
         now_us = int(time.time() * 1e6)
-        for i, fid in enumerate(field_ids):
-            fid, scope = fid if isinstance(fid, tuple) else (fid, 0)
+        for i in range(int(_v(count))):
             v = values[i]
-            v.fieldId, v.scopeId, v.timestamp, v.latencyUsec = fid, scope, now_us, 1
-            got = self._field(dev, t, fid)
+            v.timestamp, v.latencyUsec = now_us, 1
+            got = self._field(dev, t, v.fieldId)
             if got is None:
-                v.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                v.nvmlReturn = _P.NVML_ERROR_NOT_SUPPORTED
                 continue
             vtype, value = got
-            v.valueType, v.nvmlReturn = vtype, pynvml.NVML_SUCCESS
-            if vtype == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
+            v.valueType, v.nvmlReturn = vtype, SUCCESS
+            if vtype == _P.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
                 v.value.ullVal = int(value)
             else:
                 v.value.uiVal = int(value)
-        return values
 
     # -- processes -------------------------------------------------------------------------------
 
-    def _processes(self, handle: _Handle) -> list[Any]:
+    def _process_list(self, handle: Any, count_ref: Any, infos: Any,
+                      listed: list[tuple[int, int, int, int]]) -> int | None:
+        """The two-call protocol of nvmlDevice*RunningProcesses_v3: too small an array
+        (the first call passes none) gets INSUFFICIENT_SIZE and the count needed."""
+        count = _out(count_ref)
+        room = count.value
+        count.value = len(listed)
+        if not listed:
+            return None
+        if infos is None or room < len(listed):
+            return _P.NVML_ERROR_INSUFFICIENT_SIZE
+        for i, (pid, used, gi, ci) in enumerate(listed):
+            info = infos[i]
+            info.pid, info.usedGpuMemory = pid, used
+            info.gpuInstanceId, info.computeInstanceId = gi, ci
+        return None
+
+    @entry
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, handle: Any, count: Any,
+                                                infos: Any) -> int | None:
         t = self._t()
-        dev = self._dev(handle, t, mig_ok=True)
+        dev, _, instance = self._resolve(handle, t)
         self._world.sync_processes(t)
-        out = []
+        hidden = "process_memory" in dev.spec.unsupported
+        listed = []
         for p in dev.state(t).processes:
             inst = p.spec.instance if dev.spec.instances else None
-            if handle.instance is not None and inst != handle.instance:
+            if instance is not None and inst != instance:
                 continue
             if p.memory <= 0 and p.spec.memory.free_at is None:
                 continue
             gi = 0xFFFFFFFF if inst is None else inst + 1
-            out.append(pynvml.nvmlFriendlyObject({
-                "pid": p.pid, "usedGpuMemory": int(p.memory),
-                "gpuInstanceId": gi, "computeInstanceId": 0 if inst is not None else gi}))
-        return out
+            listed.append((p.pid, NOT_AVAILABLE_ULL if hidden else int(p.memory), gi,
+                           0 if inst is not None else gi))
+        return self._process_list(handle, count, infos, listed)
 
-    @api
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
-        return self._processes(handle)
+    @entry
+    def nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle: Any, count: Any,
+                                                 infos: Any) -> int | None:
+        self._resolve(handle, self._t())
+        return self._process_list(handle, count, infos, [])
 
-    @api
-    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: _Handle) -> list[Any]:
-        self._dev(handle, self._t(), mig_ok=True)
-        return []
-
-    @api
-    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: _Handle) -> list[Any]:
-        self._dev(handle, self._t(), mig_ok=True)
-        return []
+    @entry
+    def nvmlDeviceGetMPSComputeRunningProcesses_v3(self, handle: Any, count: Any,
+                                                   infos: Any) -> int | None:
+        self._resolve(handle, self._t())
+        return self._process_list(handle, count, infos, [])
 
     # -- GPM -------------------------------------------------------------------------------------
 
-    @api
-    def nvmlGpmQueryDeviceSupport(self, handle: _Handle) -> Any:
-        dev = self._dev(handle, self._t())
-        s = pynvml.c_nvmlGpmSupport_t()
-        s.version = pynvml.NVML_GPM_SUPPORT_VERSION
+    @entry
+    def nvmlGpmQueryDeviceSupport(self, handle: Any, ref: Any) -> None:
+        dev = self._dev(handle)
+        s = _out(ref)
+        if s.version != _P.NVML_GPM_SUPPORT_VERSION:
+            raise NvmlStatus(_P.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
         s.isSupportedDevice = int(dev.spec.architecture in _GPM_ARCHES
                                   and "gpm" not in dev.spec.unsupported)
-        return s
 
-    @api
-    def nvmlGpmSampleAlloc(self) -> Any:
-        buf = ctypes.create_string_buffer(16)
-        sample = ctypes.cast(buf, pynvml.c_nvmlGpmSample_t)
+    @entry
+    def nvmlGpmSampleAlloc(self, ref: Any) -> None:
+        address = next(_ADDRESSES)
         with self._lock:
-            self._gpm[ctypes.addressof(buf)] = (buf, None)
-        return sample
+            self._gpm[address] = None
+        _set_pointer(_out(ref), address)
 
-    @api
+    @entry
     def nvmlGpmSampleFree(self, sample: Any) -> None:
         with self._lock:
-            if self._gpm.pop(ctypes.cast(sample, ctypes.c_void_p).value, None) is None:
-                raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+            address = _addr(sample)
+            if address not in self._gpm:
+                raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+            del self._gpm[address]
 
-    def _take(self, sample: Any, dev: SimDevice, instance: int | None) -> Any:
+    def _take(self, sample: Any, dev: SimDevice, instance: int | None) -> None:
         t = self._t()
-        key = ctypes.cast(sample, ctypes.c_void_p).value
+        address = _addr(sample)
         with self._lock:
-            if key not in self._gpm:
-                raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-            buf = self._gpm[key][0]
-            self._gpm[key] = (buf, (id(dev), instance, t, dev.totals(t, instance),
-                                    time.monotonic()))
-        return sample
+            if address not in self._gpm:
+                raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+            self._gpm[address] = (id(dev), instance, t, dev.totals(t, instance),
+                                  time.monotonic())
 
-    @api
-    def nvmlGpmSampleGet(self, handle: _Handle, sample: Any) -> Any:
-        dev = self._dev(handle, self._t())
+    @entry
+    def nvmlGpmSampleGet(self, handle: Any, sample: Any) -> None:
+        dev = self._dev(handle)
         if dev.spec.architecture not in _GPM_ARCHES or "gpm" in dev.spec.unsupported:
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return self._take(sample, dev, None)
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
+        self._take(sample, dev, None)
 
-    @api
-    def nvmlGpmMigSampleGet(self, handle: _Handle, gpu_instance_id: int, sample: Any) -> Any:
-        dev = self._dev(handle, self._t())
-        if dev.spec.architecture not in _GPM_ARCHES or not 1 <= gpu_instance_id <= len(
-                dev.spec.instances):
-            raise _err(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return self._take(sample, dev, gpu_instance_id - 1)
+    @entry
+    def nvmlGpmMigSampleGet(self, handle: Any, gpu_instance_id: Any, sample: Any) -> None:
+        dev = self._dev(handle)
+        gi = int(_v(gpu_instance_id))
+        if dev.spec.architecture not in _GPM_ARCHES or not 1 <= gi <= len(dev.spec.instances):
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
+        self._take(sample, dev, gi - 1)
 
-    @api
-    def nvmlGpmMetricsGet(self, get: Any) -> Any:
+    @entry
+    def nvmlGpmMetricsGet(self, ref: Any) -> None:
+        get = _out(ref)
+        if get.version != _P.NVML_GPM_METRICS_GET_VERSION:
+            raise NvmlStatus(_P.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
         with self._lock:
-            a = self._gpm.get(ctypes.cast(get.sample1, ctypes.c_void_p).value)
-            b = self._gpm.get(ctypes.cast(get.sample2, ctypes.c_void_p).value)
-        if a is None or b is None or a[1] is None or b[1] is None or a[1][:2] != b[1][:2]:
-            raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        (_, _, t1, tot1, wall1), (_, _, t2, tot2, wall2) = a[1], b[1]
+            a = self._gpm.get(_addr(get.sample1) or 0)
+            b = self._gpm.get(_addr(get.sample2) or 0)
+        if a is None or b is None or a[:2] != b[:2]:
+            raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+        (_, _, t1, tot1, wall1), (_, _, t2, tot2, wall2) = a, b
         dt = t2 - t1
         # Byte rates per wall-clock second, as a real GPU's would be; under time
         # acceleration the bytes are scenario bytes, like every other simulated counter.
@@ -567,64 +727,105 @@ class SimNvml(Face):
             m = get.metrics[k]
             name = names.get(m.metricId)
             if name is None or dt <= 0:
-                m.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                m.nvmlReturn = _P.NVML_ERROR_NOT_SUPPORTED
                 continue
             if name.startswith("pcie"):
                 m.value = (tot2[name] - tot1[name]) / wall / MIB
             else:
                 m.value = (tot2[name] - tot1[name]) / dt * 100.0
-            m.nvmlReturn = pynvml.NVML_SUCCESS
-        return get
+            m.nvmlReturn = SUCCESS
 
     # -- events ----------------------------------------------------------------------------------
 
-    @api
-    def nvmlEventSetCreate(self) -> _EventSet:
-        return _EventSet()
+    @entry
+    def nvmlEventSetCreate(self, ref: Any) -> None:
+        address = next(_ADDRESSES)
+        with self._lock:
+            self._event_sets[address] = _EventSet()
+        _set_pointer(_out(ref), address)
 
-    @api
-    def nvmlDeviceGetSupportedEventTypes(self, handle: _Handle) -> int:
-        dev = self._dev(handle, self._t())
-        if "xid_events" in dev.spec.unsupported:
-            return 0
-        return 0xFF9F  # as the H100 answers (docs/hardware/): XIDs among many others
+    def _event_set(self, ptr: Any) -> _EventSet:
+        found = self._event_sets.get(_addr(ptr) or 0)
+        if found is None:
+            raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+        return found
 
-    @api
-    def nvmlDeviceRegisterEvents(self, handle: _Handle, mask: int, event_set: _EventSet) -> None:
+    @entry
+    def nvmlDeviceGetSupportedEventTypes(self, handle: Any, ref: Any) -> None:
+        # as the H100 answers (docs/hardware/): XIDs among many others
+        self._uint(handle, ref,
+                   lambda d, t: 0 if "xid_events" in d.spec.unsupported else 0xFF9F)
+
+    @entry
+    def nvmlDeviceRegisterEvents(self, handle: Any, mask: Any, event_set: Any) -> None:
         t = self._t()
         dev = self._dev(handle, t)
-        if mask & pynvml.nvmlEventTypeXidCriticalError:
-            event_set.registered[self._index[id(dev)]] = [handle, t, 0]
+        es = self._event_set(event_set)
+        if _v(mask) & _P.nvmlEventTypeXidCriticalError:
+            es.registered[self._index[id(dev)]] = [_addr(handle), t, 0]
 
-    @api
-    def nvmlEventSetWait(self, event_set: _EventSet, timeout_ms: int) -> Any:
-        give_up = time.monotonic() + timeout_ms / 1000.0
+    @entry
+    def nvmlEventSetWait_v2(self, event_set: Any, ref: Any, timeout_ms: Any) -> None:
+        es = self._event_set(event_set)
+        data = _out(ref)
+        give_up = time.monotonic() + _v(timeout_ms) / 1000.0
         while True:
             t = self._world.clock.now()
             best = None
-            for entry in event_set.registered.values():
-                handle, since, delivered = entry
-                events = handle.dev.xids_between(since, t)
+            for index, entry_ in es.registered.items():
+                _, since, delivered = entry_
+                events = self._devices[index].xids_between(since, t)
                 if len(events) > delivered and (best is None or
                                                 events[delivered][0] < best[2][0]):
-                    best = (entry, events, events[delivered])
+                    best = (entry_, events, events[delivered])
             if best is not None:
-                entry, events, (te, code) = best
-                entry[2] += 1
-                if entry[2] == len(events) or events[entry[2]][0] > te:
+                entry_, events, (te, code) = best
+                entry_[2] += 1
+                if entry_[2] == len(events) or events[entry_[2]][0] > te:
                     # every event up to te delivered: look on from te, so that later calls
                     # do not list every event since the set was registered
-                    entry[1], entry[2] = te, 0
-                handle = entry[0]
-                return pynvml.nvmlFriendlyObject({
-                    "device": handle, "eventType": pynvml.nvmlEventTypeXidCriticalError,
-                    "eventData": code, "gpuInstanceId": 0xFFFFFFFF,
-                    "computeInstanceId": 0xFFFFFFFF})
+                    entry_[1], entry_[2] = te, 0
+                _set_pointer(data, entry_[0], type(data).device.offset)
+                data.eventType = _P.nvmlEventTypeXidCriticalError
+                data.eventData = code
+                data.gpuInstanceId = data.computeInstanceId = 0xFFFFFFFF
+                return
             remaining = give_up - time.monotonic()
             if remaining <= 0:
-                raise _err(pynvml.NVML_ERROR_TIMEOUT)
+                raise NvmlStatus(_P.NVML_ERROR_TIMEOUT)
             time.sleep(min(0.05, remaining))
 
-    @api
-    def nvmlEventSetFree(self, event_set: _EventSet) -> None:
-        event_set.registered.clear()
+    @entry
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        with self._lock:
+            es = self._event_sets.pop(_addr(event_set) or 0, None)
+        if es is None:
+            raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+
+
+_copies = itertools.count()
+
+
+def load_pynvml(library: SimNvmlLibrary) -> ModuleType:
+    """A private copy of the installed pynvml whose ``CDLL`` loads ``library``: one
+    process's NVML, sharing no state (loaded library, function cache, refcount) with the
+    real module or another copy."""
+    path = _pynvml.__file__
+    assert path is not None
+    name = f"_gpuprobe_sim_pynvml_{next(_copies)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # pynvml looks itself up in sys.modules while it loads (to add its NVMLError_*
+    # classes); under its unique name, and only for that long.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+
+    def cdll(_name: str, *args: Any, **kwargs: Any) -> SimNvmlLibrary:
+        return library.load()
+
+    module.CDLL = cdll  # type: ignore[attr-defined]
+    return module

@@ -30,7 +30,7 @@ EVENT_KINDS = ("xid", "thermal_throttle", "power_cap", "fall_off_bus", "ecc", "r
 FEATURES = ("power_limit", "memory_temperature", "gpm", "ecc", "bar1", "encoder",
             "throttle_counters", "pcie_counters", "remapped_rows", "energy", "utilization",
             "edge_temperature", "fan", "gtt", "pcie_throughput", "violation_status",
-            "process_engine_time", "xid_events")
+            "process_engine_time", "xid_events", "process_memory")
 
 
 class ScenarioError(ValueError):
@@ -146,6 +146,7 @@ class DeviceSpec:
     idle_downtrain: bool
     replay_rate: float  # replays per second
     idle_watts: float
+    idle_pstate: int  # NVIDIA: the P-state of an idle GPU
     max_watts: float
     limit_watts: float
     idle_celsius: float
@@ -419,6 +420,7 @@ _MODELS = {
     "nvidia": ("hopper", "80GiB", 5, 16, 70.0, 700.0, 1980e6, 2619e6),
     "amd": ("cdna3", "192GiB", 5, 16, 140.0, 750.0, 2100e6, 1300e6),
 }
+_IDLE_AT_FULL_SPEED = ("hopper", "blackwell")
 MAX_WATTS = 10_000.0
 CELSIUS = (-100.0, 300.0)
 _PCI_BUS_ID = re.compile(r"(?:[0-9A-Fa-f]{4}|[0-9A-Fa-f]{8}):[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}"
@@ -436,11 +438,13 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
     arch, mem, gen, width, idle_w, max_w, sm_hz, mem_hz = _MODELS[vendor]
     pcie = r.reader("pcie", ("max_generation", "max_width", "generation", "width",
                              "idle_downtrain", "replays_per_minute"))
-    power = r.reader("power", ("idle", "max", "limit"))
+    power = r.reader("power", ("idle", "max", "limit", "idle_pstate"))
     thermal = r.reader("thermal", ("idle", "busy", "slowdown", "shutdown", "max_operating",
                                    "memory_offset"))
     clocks = r.reader("clocks", ("sm_max", "sm_idle", "memory"))
     max_gen = pcie.int_("max_generation", gen, 1, 6)
+    # The H100 of docs/hardware/ idles at P0 on a Gen5 link; older parts drop to P8, Gen1.
+    full_speed_idle = (r.str_("architecture", arch) or arch) in _IDLE_AT_FULL_SPEED
     max_width = pcie.int_("max_width", width, 1, 32)
     unsupported = r.get("unsupported") or []
     if not isinstance(unsupported, list) or any(not isinstance(u, str) or u not in FEATURES
@@ -486,9 +490,10 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
         max_width=max_width,
         generation=pcie.int_("generation", max_gen, 1, max_gen),
         width=pcie.int_("width", max_width, 1, max_width),
-        idle_downtrain=pcie.bool_("idle_downtrain", True),
+        idle_downtrain=pcie.bool_("idle_downtrain", not full_speed_idle),
         replay_rate=pcie.num("replays_per_minute", 0.0, 0.0, 1e6) / 60.0,
         idle_watts=power.num("idle", idle_w, 0.0, MAX_WATTS),
+        idle_pstate=power.int_("idle_pstate", 0 if full_speed_idle else 8, 0, 15),
         max_watts=max_watts,
         limit_watts=limit,
         idle_celsius=thermal.num("idle", 32.0, *CELSIUS),

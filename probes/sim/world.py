@@ -213,7 +213,7 @@ class SimDevice:
             temperature=temp, memory_temperature=temp + spec.memory_offset_celsius,
             power_watts=power, sm_hz=sm, memory_hz=spec.memory_hz,
             throttle=frozenset(throttle), generation=gen, width=spec.width,
-            pstate=0 if util > 0 else 8)
+            pstate=0 if util > 0 else spec.idle_pstate)
 
     # -- counters -------------------------------------------------------------------------------
 
