@@ -410,3 +410,61 @@ def test_a_process_counts_only_on_the_gpu_it_uses() -> None:
 
     listed = list_processes(Session(), Dev(), lambda dev, what, fn, *a: fn(*a))
     assert listed == {1: (4 * GIB, 1e9), 3: (0, 5e8)}  # 3 ran here without memory
+
+
+def _mi300(partition_memory: str, memory_partition: str = "NPS1", used: str = "30GiB"):
+    return {"vendor": "amd", "model": "AMD Instinct MI300X", "architecture": "cdna3",
+            "memory": "192GiB", "reserved": "1GiB", "partition": "QPX",
+            "memory_partition": memory_partition, "partition_memory": partition_memory,
+            "instances": [{"profile": "QPX", "memory": "48GiB"} for _ in range(4)],
+            "processes": [{"pid": 4001, "name": "llm", "instance": 0, "utilization": 0.5,
+                           "memory": {"pattern": "constant", "size": used}}]}
+
+
+@pytest.mark.parametrize(("reporting", "mode", "total", "used"), [
+    # every partition shows the whole pool (ROCm/ROCm#4750): the pool once, not 4x
+    ("pool", "NPS1", 192 * GIB, 31 * GIB),
+    # each partition its own share (amdsmi#97; NPS4 splits memory): the sum
+    ("split", "NPS1", 192 * GIB, 30 * GIB),
+    ("split", "NPS4", 192 * GIB, 30 * GIB),
+])
+def test_partition_memory_never_counts_the_pool_twice(reporting, mode, total, used) -> None:
+    """Issue 13, defect 4: the backend summed partitions, so a GPU whose partitions each
+    report the whole pool read 4 x 192 GiB."""
+    d = make_daemon({"seed": 7, "devices": [_mi300(reporting, mode)]}, AMD_FAST,
+                    ManualClock(60.0))
+    try:
+        cycle(d)
+        cycle(d)
+        amd = devices(d)
+        assert {"0", "0/0", "0/1", "0/2", "0/3"} <= set(amd)
+        gpu = amd["0"]
+        assert gpu.identity.memory_partition == mode
+        assert (gpu.memory.total_bytes, gpu.memory.used_bytes) == (total, used)
+        assert gpu.memory.free_bytes == total - used
+        exported = {s.labels["gpu"]: s.value
+                    for fam in text_string_to_metric_families(generate_latest(d.registry).decode())
+                    for s in fam.samples if s.name == "gpuprobe_memory_total_bytes"}
+        assert exported["0"] == total
+    finally:
+        d.stop()
+
+
+def test_pooled_rule() -> None:
+    from gpuprobe.daemon.core.model import DeviceIdentity, DeviceSample, Memory
+    from gpuprobe.probes.amd.telemetry import pooled
+
+    def kids(*pairs):
+        return [DeviceSample(identity=DeviceIdentity(str(i), "amd", f"0/{i}"), up=True,
+                             memory=Memory(total_bytes=t, used_bytes=u))
+                for i, (t, u) in enumerate(pairs)]
+    own = Memory(gtt_total_bytes=5)
+    pool = kids((100, 40), (100, 40.5), (100, 40))
+    assert pooled(own, pool, "NPS1").total_bytes == 100  # the pool repeated: once
+    assert pooled(own, pool, "NPS1").used_bytes == 40.5
+    assert pooled(own, pool, None).total_bytes == 100  # mode unknown: as NPS1
+    assert pooled(own, pool, "NPS4").total_bytes == 300  # a memory split: each its own
+    assert pooled(own, kids((50, 10), (50, 30)), "NPS1").total_bytes == 100  # even shares
+    assert pooled(own, kids((60, 10), (40, 10)), "NPS1").total_bytes == 100
+    assert pooled(own, kids((50, None), (50, 3)), "NPS1").used_bytes is None
+    assert pooled(own, pool, "NPS1").gtt_total_bytes == 5

@@ -141,6 +141,8 @@ def test_every_number_is_checked(path, bad):
     ("devices.0.unsupported", [["gpm"]], "unknown feature(s) [['gpm']]"),
     ("devices.0.unsupported", "gpm", "unknown feature(s) 'gpm'"),
     ("devices.0.pci_bus_id", "x" * 40, "expected a PCI address"),
+    ("devices.0.memory_partition", "NPS3", "must be one of NPS1, NPS2, NPS4, NPS8"),
+    ("devices.0.partition_memory", "shared", "must be one of split, pool"),
     ("devices.0.pcie", "fast", "devices[0].pcie: expected a mapping, got 'fast'"),
     ("devices.0.instances", [{}] * 9, "instances: at most 8 entries"),
     ("devices.0.events", [{"at": 0, "kind": "ecc"}] * 257, "events: at most 256 entries"),

@@ -314,15 +314,18 @@ CATALOG: tuple[MetricSpec, ...] = (
     M("gpuprobe_memory_total_bytes", "gauge", "Total device memory in bytes.", "bytes",
       "device", "nvmlDeviceGetMemoryInfo (v2) .total", values=one(lambda d: d.memory.total_bytes),
       amd=(
-      'amdsmi_get_gpu_memory_total(VRAM) (bytes); a partitioned GPU: the sum of its '
-      "partitions'")),
+      'amdsmi_get_gpu_memory_total(VRAM) (bytes), per partition as its handle reports it; '
+      "the GPU (gpu=\"0\"): its pool once, never summed when its partitions all show the "
+      "same figures in NPS1 (each may be the whole pool: docs/hardware/amd.md), else the "
+      "sum of its partitions'")),
     M("gpuprobe_memory_used_bytes", "gauge",
       "Device memory allocated by processes and the driver in bytes, excluding memory "
       "reserved by the driver and firmware.", "bytes", "device",
       "nvmlDeviceGetMemoryInfo (v2) .used", values=one(lambda d: d.memory.used_bytes),
       amd=(
       "amdsmi_get_gpu_memory_usage(VRAM) (bytes; includes the driver's own "
-      "allocations); a partitioned GPU: the sum of its partitions'")),
+      "allocations), per partition as its handle reports it; the GPU: as for "
+      "gpuprobe_memory_total_bytes, the pool once or the partitions' sum")),
     M("gpuprobe_memory_free_bytes", "gauge", "Device memory free for allocation in bytes.",
       "bytes", "device", "nvmlDeviceGetMemoryInfo (v2) .free",
       values=one(lambda d: d.memory.free_bytes),

@@ -121,6 +121,34 @@ def xcc_busy(metrics: Mapping[str, Any] | None, partition: int) -> dict[str, flo
     return out
 
 
+def pooled(own: Memory, children: list[DeviceSample], mode: str | None) -> Memory:
+    """The physical GPU's memory from its partitions' figures, never counting the pool twice.
+
+    In NPS1 (one memory pool; or the mode unknown) partitions may each show the whole pool
+    (ROCm/ROCm#4750) or an even share of it (amdsmi#97); the library does not say which.
+    Partitions that all report the same total and the same used figure (within 1 % of the
+    total: the reads are a few ms apart) are read as the pool repeated, and the pool is taken
+    once (the common total, the largest used figure); otherwise each partition's figures are
+    its own and are summed, as they are in a memory split (NPS2/4/8). An idle host that
+    splits evenly can thus show one share for a while (an undercount, never a double count).
+    Host-side figures (BAR, GTT) stay partition 0's.
+    """
+    totals = [c.memory.total_bytes for c in children]
+    used = [c.memory.used_bytes for c in children]
+    shared = (mode in (None, "NPS1") and None not in totals and None not in used
+              and len(set(totals)) == 1
+              and max(used) - min(used) <= 0.01 * totals[0])  # type: ignore[operator,type-var]
+    total = None if None in totals else (
+        totals[0] if shared else sum(totals))  # type: ignore[arg-type]
+    in_use = None if None in used else (
+        max(used) if shared else sum(used))  # type: ignore[arg-type,type-var]
+    return Memory(total_bytes=total, used_bytes=in_use,
+                  free_bytes=total - in_use if total is not None and in_use is not None
+                  else None,
+                  bar1_total_bytes=own.bar1_total_bytes, bar1_used_bytes=own.bar1_used_bytes,
+                  gtt_total_bytes=own.gtt_total_bytes, gtt_used_bytes=own.gtt_used_bytes)
+
+
 class Reader:
     """Reads one physical GPU (and its partitions) for one poll."""
 
@@ -176,19 +204,8 @@ class Reader:
     def physical(self, dev: AmdDevice, children: list[DeviceSample]) -> DeviceSample:
         lib, q, h = self.lib, self.q, dev.handle
         s = dev.static
-        if children:  # partition handles report their own share of memory
-            memory = self._memory(dev)
-            totals = [c.memory.total_bytes for c in children]
-            used = [c.memory.used_bytes for c in children]
-            total = sum(totals) if None not in totals else None  # type: ignore[arg-type]
-            in_use = sum(used) if None not in used else None  # type: ignore[arg-type]
-            memory = Memory(total_bytes=total, used_bytes=in_use,
-                            free_bytes=total - in_use if total is not None
-                            and in_use is not None else None,
-                            bar1_total_bytes=memory.bar1_total_bytes,
-                            bar1_used_bytes=memory.bar1_used_bytes,
-                            gtt_total_bytes=memory.gtt_total_bytes,
-                            gtt_used_bytes=memory.gtt_used_bytes)
+        if children:
+            memory = pooled(self._memory(dev), children, dev.identity.memory_partition)
         else:
             memory = self._memory(dev)
 

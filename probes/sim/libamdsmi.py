@@ -357,7 +357,7 @@ class SimLibAmdSmi(Face):
         target = self._target(handle)
         if not self._cdna(target.dev):
             raise _Status(NOT_SUPPORTED)
-        buf.value = b"NPS1"
+        buf.value = target.dev.spec.memory_partition.encode()  # scenario knob, default NPS1
 
     def c_amdsmi_get_gpu_xcd_counter(self, handle: Any, count: Any) -> None:
         target = self._target(handle)
@@ -542,9 +542,8 @@ class SimLibAmdSmi(Face):
     def _vram(self, target: _Target, t: float) -> tuple[int, int]:
         dev = target.dev
         s = dev.state(t)
-        if target.partition is not None:
-            total = dev.spec.instances[target.partition].memory
-            return int(total), int(s.instance_used[target.partition])
+        if target.partition is not None:  # own share or the whole pool: world.py decides
+            return dev.partition_memory(t, target.partition)
         return int(dev.spec.memory), int(min(dev.spec.memory, s.used + dev.spec.reserved))
 
     def _memory(self, handle: Any, mem_type: Any) -> tuple[int, int]:

@@ -163,6 +163,10 @@ class DeviceSpec:
     events: tuple[EventSpec, ...] = ()
     instances: tuple[InstanceSpec, ...] = ()
     partition: str | None = None  # AMD compute partition mode, e.g. "CPX"
+    memory_partition: str = "NPS1"  # AMD memory partition mode: NPS1 one pool, NPS4 split
+    # How a partition's handle reports memory: "split" (its own share, as amdsmi#97's
+    # MI300A) or "pool" (the whole GPU's pool on every partition, as in ROCm/ROCm#4750)
+    partition_memory: str = "split"
     compute_mode: str = "default"  # or exclusive_process, prohibited
     unsupported: frozenset[str] = frozenset()
 
@@ -439,7 +443,7 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
     r = _Reader(data, key, ("vendor", "model", "architecture", "memory", "reserved", "serial",
                             "uuid", "pci_bus_id", "pcie", "power", "thermal", "clocks", "ecc",
                             "processes", "events", "instances", "partition", "unsupported",
-                            "compute_mode"))
+                            "compute_mode", "memory_partition", "partition_memory"))
     vendor = r.get("vendor", "nvidia")
     if not isinstance(vendor, str) or vendor not in _MODELS:
         raise ScenarioError(f"{r.sub('vendor')}: must be nvidia or amd, got {short(vendor)}")
@@ -518,6 +522,8 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
         events=tuple(_event(e, k) for k, e in r.items("events", MAX_EVENTS)),
         instances=tuple(instances),
         partition=r.str_("partition"),
+        memory_partition=r.choice("memory_partition", MEMORY_PARTITIONS, "NPS1"),
+        partition_memory=r.choice("partition_memory", PARTITION_MEMORY, "split"),
         compute_mode=r.choice("compute_mode", COMPUTE_MODES, "default"),
         unsupported=frozenset(unsupported),
     )
@@ -540,6 +546,8 @@ def _amd_software(r: _Reader) -> AmdSoftware:
                                 f"got {short(v)}")
         found[name] = v
     return AmdSoftware(**found)
+MEMORY_PARTITIONS = ("NPS1", "NPS2", "NPS4", "NPS8")
+PARTITION_MEMORY = ("split", "pool")
 
 
 def parse(data: Any, source: str = "scenario", base_dir: Path | None = None) -> Scenario:

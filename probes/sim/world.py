@@ -163,6 +163,14 @@ class SimDevice:
             self._state_cache = s
             return s
 
+    def partition_memory(self, t: float, index: int) -> tuple[int, int]:
+        """(total, used) bytes an AMD partition's handle reports: its own share, or, with
+        ``partition_memory: pool``, the whole GPU's pool on every partition (ROCm/ROCm#4750)."""
+        s = self.state(t)
+        if self.spec.partition_memory == "pool":
+            return int(self.spec.memory), int(min(self.spec.memory, s.used + self.spec.reserved))
+        return int(self.spec.instances[index].memory), int(s.instance_used[index])
+
     def _compute(self, t: float) -> DeviceState:
         spec = self.spec
         _, local = self._cycle(t)
