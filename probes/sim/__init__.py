@@ -39,7 +39,7 @@ class Simulation:
         self.amdsmi = load_amdsmi(self.libamdsmi) if package_dir() is not None else None
         if self.amdsmi is not None and scenario.amdsmi.binding:
             # as the copy ROCm installs, whose version file its build writes
-            self.amdsmi.__version__ = scenario.amdsmi.binding
+            setattr(self.amdsmi, "__version__", scenario.amdsmi.binding)  # noqa: B010
 
     @classmethod
     def from_file(cls, path: str | Path | None,
