@@ -5,13 +5,16 @@ from __future__ import annotations
 import gzip
 import math
 import time
+import zlib
 
 import pytest
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from gpuprobe.daemon.export.exposition import Encoder, encode, render
+from gpuprobe.daemon.core.state import CollectorHealth
+from gpuprobe.daemon.export.exporter import SnapshotCollector
+from gpuprobe.daemon.export.exposition import Encoder, Exposition, encode, render
 
 from .conftest import make_daemon
 
@@ -80,3 +83,140 @@ def test_render_headers_gzip_and_name_filter(gz):
     assert dict(headers)["Content-Type"].startswith("text/plain; version=0.0.4")
     assert ("Content-Encoding", "gzip") in headers if gz else len(headers) == 1
     assert "process_open_fds" in text and "process_cpu_seconds_total" not in text
+
+
+# -- encoded once per snapshot ---------------------------------------------------------------
+
+@pytest.fixture
+def polled():
+    """A simulated daemon polled twice, its store not published to again unless a test does."""
+    d = make_daemon()
+    for _ in range(2):
+        d.scheduler.run_once()
+        time.sleep(0.12)
+        d.simulation.world.clock.advance(5)
+    yield d
+    d.stop()
+
+
+def snapshot_registry(d, volatile_first: bool = False):
+    """The exporter's collector and a gauge beside it (standing for the HTTP server's
+    counters, which change on every scrape); no process_* metrics, whose CPU time moves
+    between two renders."""
+    r = CollectorRegistry(auto_describe=True)
+    if volatile_first:
+        g = Gauge("gpuprobe_test_volatile", "Changes between scrapes.", registry=r)
+    r.register(SnapshotCollector(d.store, d.config.exporter))
+    if not volatile_first:
+        g = Gauge("gpuprobe_test_volatile", "Changes between scrapes.", registry=r)
+    g.set(1)
+    return r, g
+
+
+def publish_health(d, name: str, duration: float) -> None:
+    d.store.publish(name, None, CollectorHealth(name, 5.0, up=True, runs=1,
+                                                last_duration=duration))
+
+
+def one_gzip_member(data: bytes) -> bytes:
+    z = zlib.decompressobj(31)
+    out = z.decompress(data)
+    assert z.eof and z.unused_data == b"", "not exactly one gzip member"
+    return out
+
+
+def test_many_scrapes_of_one_snapshot_encode_and_compress_it_once(polled):
+    r, g = snapshot_registry(polled)
+    e = Exposition(r)
+    plain = [e.render()[0] for _ in range(5)]
+    zipped = [e.render(None, "gzip")[0] for _ in range(5)]
+    assert e.encodes == 1 and e.compressions == 1
+    assert plain == [generate_latest(r)] * 5
+    assert [one_gzip_member(z) for z in zipped] == plain
+    assert gzip.decompress(zipped[0]) == plain[0]
+    g.set(2)  # what is not the snapshot's is encoded on every scrape
+    body, _ = e.render()
+    assert b"gpuprobe_test_volatile 2.0" in body and body == generate_latest(r)
+    assert one_gzip_member(e.render(None, "gzip")[0]) == body
+    assert e.encodes == 1 and e.compressions == 1
+
+
+def test_a_publish_makes_the_next_scrape_encode_the_new_snapshot(polled):
+    r, _ = snapshot_registry(polled)
+    e = Exposition(r)
+    publish_health(polled, "extra", 0.25)
+    before, _ = e.render()
+    assert b'gpuprobe_collector_duration_seconds{collector="extra"} 0.25' in before
+    publish_health(polled, "extra", 0.5)
+    after, _ = e.render()
+    assert b'gpuprobe_collector_duration_seconds{collector="extra"} 0.5' in after
+    assert after == generate_latest(r) and e.encodes == 2
+    assert one_gzip_member(e.render(None, "gzip")[0]) == after and e.compressions == 1
+
+
+def test_gzip_holds_when_the_cached_part_is_not_first(polled):
+    r, g = snapshot_registry(polled, volatile_first=True)
+    e = Exposition(r)
+    for value in (1, 2):
+        g.set(value)
+        body, _ = e.render()
+        assert body == generate_latest(r)
+        assert one_gzip_member(e.render(None, "gzip")[0]) == body
+    assert e.encodes == 1 and e.compressions == 1
+
+
+def blocks(text: bytes) -> set[bytes]:
+    """The families of an exposition, in no order (a restricted registry's order of
+    collectors is a set's)."""
+    return {b"# HELP" + b for b in text.split(b"# HELP") if b}
+
+
+def test_name_filter_picks_from_the_cached_families(polled):
+    r, _ = snapshot_registry(polled)
+    e = Exposition(r)
+    e.render()
+    for names in (["gpuprobe_device_up"],
+                  ["gpuprobe_device_up", "gpuprobe_collector_errors_total"],
+                  ["gpuprobe_device_up", "gpuprobe_test_volatile", "no_such_metric"],
+                  ["gpuprobe_test_volatile"], ["no_such_metric"],
+                  ["gpuprobe_collector_errors"]):  # a family name picks no sample
+        want = generate_latest(r.restricted_registry(names))
+        for gz in (None, "gzip"):
+            body, _ = e.render(names, gz)
+            got = gzip.decompress(body) if gz else body
+            assert blocks(got) == blocks(want), names
+            if len(blocks(want)) <= 1 or "gpuprobe_test_volatile" not in names:
+                assert got == want, names
+    assert e.encodes == 1  # filtered from the cached families, not encoded again
+    assert e.render(["gpuprobe_device_up"])[0].count(b"\ngpuprobe_device_up{") == 5
+
+
+class Versioned:
+    """A snapshot collector of its own: a counter with ``_created`` samples, whose family
+    has two sample names."""
+
+    def __init__(self) -> None:
+        self.version, self.collects = object(), 0
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily("v", "v")]
+
+    def snapshot(self) -> object:
+        return self.version
+
+    def collect(self, snapshot: object = None) -> list[Metric]:
+        self.collects += 1
+        c = CounterMetricFamily("v", "v", labels=["k"], created=1700000000.5)
+        c.add_metric(["a"], 3, created=1700000001.0)
+        return [c]
+
+
+def test_a_family_only_partly_wanted_is_encoded_anew_from_its_snapshot():
+    r = CollectorRegistry(auto_describe=True)
+    v = Versioned()
+    r.register(v)
+    e = Exposition(r)
+    assert e.render()[0] == generate_latest(r)
+    for names in (["v_total"], ["v_created"], ["v_total", "v_created"]):
+        assert e.render(names)[0] == generate_latest(r.restricted_registry(names)), names
+    assert e.encodes == 1

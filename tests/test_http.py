@@ -6,6 +6,7 @@ real sockets."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import socket
 import threading
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily
 
 from gpuprobe.daemon.core.config import HttpConfig
 from gpuprobe.daemon.service.http import HttpServer, raise_fd_limit
@@ -205,6 +207,54 @@ def test_concurrent_scrapes_share_one_render(server):
     assert statuses == [200] * 20
     # 20 scrapes during one 0.5 s render: far fewer renders than scrapes
     assert counting.renders - before <= 4
+
+
+class Snapshotted:
+    """A collector whose families are a function of a snapshot it names, as the exporter's."""
+
+    def __init__(self) -> None:
+        self.version, self.value, self.collects = object(), 1.0, 0
+
+    def describe(self) -> Iterator:
+        yield GaugeMetricFamily("gpuprobe_test_snapshot", "From the snapshot.")
+
+    def snapshot(self) -> object:
+        return self.version
+
+    def collect(self, snapshot: object = None) -> Iterator:
+        self.collects += 1
+        yield GaugeMetricFamily("gpuprobe_test_snapshot", "From the snapshot.", value=self.value)
+
+
+def test_scrapes_of_one_snapshot_share_one_encode_and_the_counters_stay_fresh():
+    registry = CollectorRegistry(auto_describe=True)
+    snap = Snapshotted()
+    registry.register(snap)
+    s = HttpServer("127.0.0.1", 0, registry, lambda: (True, {}), lambda: (True, {}),
+                   lambda: "")
+    registry.register(s.stats)
+    s.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=5)
+        for i in range(6):
+            gz = i % 2 == 1
+            conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"} if gz else {})
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200 and (r.getheader("Content-Encoding") == "gzip") == gz
+            text = (gzip.decompress(body) if gz else body).decode()
+            assert "gpuprobe_test_snapshot 1.0" in text
+            # the server's own counters are encoded fresh: each scrape sees those before it
+            count = f'gpuprobe_http_requests_total{{code="200",handler="metrics"}} {i}.0'
+            assert (count in text) == (i > 0), text
+        assert snap.collects == 1 and s.exposition.encodes == 1
+        assert s.exposition.compressions == 1
+        snap.version, snap.value = object(), 2.0  # a publish
+        conn.request("GET", "/metrics")
+        assert b"gpuprobe_test_snapshot 2.0" in conn.getresponse().read()
+        assert snap.collects == 2
+    finally:
+        s.stop()
 
 
 def test_at_the_cap_a_new_connection_evicts_the_oldest_that_sent_no_request():

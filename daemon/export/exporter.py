@@ -1,7 +1,8 @@
 """The one prometheus_client collector: renders the latest published view, never a library.
 
-Families are built fresh on every scrape from the immutable view, so concurrent scrapes
-cannot race and series of vanished processes or devices cannot linger. Which series a metric
+Families are built from the immutable view alone, so concurrent scrapes cannot race and
+series of vanished processes or devices cannot linger; the exposition (exposition.py)
+encodes them once per published view, however many scrapes read it. Which series a metric
 has is its catalogue entry's business (catalog.py: each MetricSpec carries its extractor);
 this is the loop over the catalogue. Labels that a device or process does not have
 (``parent_uuid`` on a whole GPU, ``container_id`` outside a container) are left out rather
@@ -17,7 +18,7 @@ from importlib import metadata
 from prometheus_client.metrics_core import Metric
 
 from gpuprobe.daemon.core.config import ExporterConfig
-from gpuprobe.daemon.core.state import Store
+from gpuprobe.daemon.core.state import Store, View
 from gpuprobe.daemon.export.catalog import CATALOG, MetricSpec, Scrape
 
 
@@ -44,8 +45,13 @@ class SnapshotCollector:
         for m, _ in self._specs:
             yield Metric(m.family, m.help, m.type)
 
-    def collect(self) -> Iterator[Metric]:
-        scrape = Scrape(self.store.view(), self.config.process_metrics,
+    def snapshot(self) -> View:
+        """What :meth:`collect` renders from: the families are a function of it alone (and
+        of settings fixed at start), and every publish makes a new one."""
+        return self.store.view()
+
+    def collect(self, view: View | None = None) -> Iterator[Metric]:
+        scrape = Scrape(self.store.view() if view is None else view, self.config.process_metrics,
                         self.config.max_processes_per_device, self.build)
         for spec, sample_name in self._specs:
             family = Metric(spec.family, spec.help, spec.type)

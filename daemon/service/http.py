@@ -13,7 +13,9 @@ thread, and one that sends a byte a second holds nothing but its socket:
   not sent a whole request, else the oldest idle kept-alive one, else it is refused with
   503 at once;
 - ``/metrics`` renders on a small pool of threads, one render per distinct request at a time
-  shared by every client asking for it meanwhile, and not at all for a client that left;
+  shared by every client asking for it meanwhile, and not at all for a client that left; a
+  render encodes (and compresses) the store's families once per published snapshot and
+  otherwise copies them (exposition.py), with the server's own counters encoded fresh;
 - TLS, client certificates and basic auth come from a Prometheus web config file
   (webconfig.py), re-read when it changes.
 
@@ -47,7 +49,7 @@ from prometheus_client.metrics_core import Metric
 
 from gpuprobe.daemon.core.config import HttpConfig
 from gpuprobe.daemon.export.catalog import BY_NAME, CATALOG
-from gpuprobe.daemon.export.exposition import Encoder, render
+from gpuprobe.daemon.export.exposition import Exposition
 from gpuprobe.daemon.service.webconfig import WebConfig, WebConfigSource, peer_allowed
 
 log = logging.getLogger("gpuprobe.http")
@@ -246,7 +248,7 @@ class HttpServer:
         # most, and beyond AUTH_QUEUE checks waiting the next is refused (busy), not queued
         self._auth_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-auth")
         self._auth_waiting = 0
-        self._encoder = Encoder()
+        self.exposition = Exposition(registry)
         self._throttled = _Throttled()
         self._tokens: tuple[float, float] | None = None  # rate limit: (tokens, when)
         self._closing: set[asyncio.Task[None]] = set()  # refused, still being answered
@@ -602,8 +604,6 @@ class HttpServer:
                 self.stats.refuse("busy")
                 return 503, b"busy\n", [*_TEXT, ("Retry-After", "1")], handler
             shared = _Render([conn])
-            encoder = self._encoder if names is None else None
-
             queued = time.monotonic()
 
             def job() -> tuple[bytes, list[tuple[str, str]]]:
@@ -612,7 +612,7 @@ class HttpServer:
                 # after its request, as `nc -N` does, still gets its answer.)
                 if time.monotonic() - queued > 0.05 and all(c.gone() for c in shared.waiters):
                     raise ConnectionResetError("every client of this render left")
-                return render(self.registry, names, accept, encoder)
+                return self.exposition.render(names, accept)
 
             shared.future = asyncio.get_running_loop().run_in_executor(self._pool, job)
             self._renders[key] = shared
