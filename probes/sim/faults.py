@@ -9,7 +9,6 @@ face decides what an error code becomes (an ``NVMLError``, an ``AmdSmiLibraryExc
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections import Counter
@@ -60,34 +59,19 @@ class Faults:
     def trigger(self, function: str, device: int | None,
                 error: Callable[[int], Exception]) -> None:
         """Apply the first matching rule: hang, then raise ``error(code)``."""
-        rule = self.match(function, device)
-        if rule is None:
-            return
-        if isinstance(rule.hang, threading.Event):
-            rule.hang.wait()
-        elif rule.hang:
-            time.sleep(rule.hang)
-        if rule.error is not None:
-            raise error(rule.error)
+        fire(self.match(function, device), error)
 
 
-def api(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a face method as a library function: counted and subject to faults through the
-    face's ``_enter(name, args)`` before it runs."""
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        self._enter(name, args)
-        return fn(self, *args, **kwargs)
-
-    wrapper._sim_api = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-def api_functions(cls: type) -> list[str]:
-    """The library functions a face implements."""
-    return sorted(n for n, v in vars(cls).items() if getattr(v, "_sim_api", False))
+def fire(rule: Fault | None, error: Callable[[int], Exception]) -> None:
+    """What a matched rule does to its call: hang, then raise ``error(code)``."""
+    if rule is None:
+        return
+    if isinstance(rule.hang, threading.Event):
+        rule.hang.wait()
+    elif rule.hang:
+        time.sleep(rule.hang)
+    if rule.error is not None:
+        raise error(rule.error)
 
 
 class Face:
@@ -117,10 +101,6 @@ class Face:
     def _device_of(self, name: str, args: tuple) -> int | None:
         """The GPU call ``name`` with ``args`` is about, None for none."""
         raise NotImplementedError
-
-    @classmethod
-    def api_functions(cls) -> list[str]:
-        return api_functions(cls)
 
     def _enter(self, name: str, args: tuple) -> None:
         self.calls[name] += 1

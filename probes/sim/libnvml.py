@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import pynvml as _pynvml  # the installed copy: its path, and its constants here
 
-from gpuprobe.probes.sim.faults import Faults
+from gpuprobe.probes.sim.faults import Faults, fire
 from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
 _ARCH_CODES = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7,
@@ -173,14 +173,7 @@ class SimNvmlLibrary:
             rule = self.faults.match(n, device)
             if rule is not None:
                 break
-        if rule is None:
-            return
-        if isinstance(rule.hang, threading.Event):
-            rule.hang.wait()
-        elif rule.hang:
-            time.sleep(rule.hang)
-        if rule.error is not None:
-            raise NvmlStatus(rule.error)
+        fire(rule, NvmlStatus)
 
     def _device_of(self, name: str, args: tuple) -> int | None:
         if name == "nvmlDeviceGetHandleByIndex_v2" and args:
