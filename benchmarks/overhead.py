@@ -33,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -55,7 +56,7 @@ GPUS, PROCS = 8, 32
 def scenario(gpus: int = GPUS, procs: int = PROCS) -> dict:
     return {"name": f"bench-{gpus}x{procs}", "seed": 9, "time_acceleration": 1, "devices": [
         {"vendor": "nvidia", "model": "NVIDIA H100 80GB HBM3", "architecture": "hopper",
-         "processes": [{"pid": 10000 + g * 100 + p, "name": f"worker{p}",
+         "processes": [{"pid": 10000 + g * 1000 + p, "name": f"worker{p}",
                         "container": f"{g:02x}{p:02x}" * 16, "utilization": 0.02,
                         "memory": {"pattern": "constant", "size": f"{256 + p}MiB"}}
                        for p in range(procs)]}
@@ -193,16 +194,22 @@ def cpu_of(fn) -> float:
     return time.process_time() - t0
 
 
-def measure_cycles(cycles: int) -> dict:
+def compare_poll(gpus: int, procs: int, cycles: int,
+                 then: Callable[[Daemon, ManualClock], dict] | None = None) -> dict:
+    """CPU time of gpuprobe's poll cycle (telemetry and process collectors, in process, over
+    ``gpus`` simulated GPUs with ``procs`` processes each) against :func:`bare_cycle` over a
+    simulation of its own, medians of ``cycles`` interleaved cycles; raises SystemExit if one
+    steady cycle of each does not make exactly the same library calls. ``then(daemon,
+    clock)``, called before the daemon stops, adds its results to the returned dict."""
     from gpuprobe.probes.nvidia.telemetry import FIELD_IDS as ids
 
     cfg = config_mod.from_mapping(CONFIG)
     ours_clock, bare_clock = ManualClock(start=60.0), ManualClock(start=60.0)
-    ours = Daemon(cfg, Simulation(parse(scenario()), ours_clock))
-    bare_sim = Simulation(parse(scenario()), bare_clock)
+    ours = Daemon(cfg, Simulation(parse(scenario(gpus, procs)), ours_clock))
+    bare_sim = Simulation(parse(scenario(gpus, procs)), bare_clock)
     nvml = bare_sim.nvml
     nvml.nvmlInit()
-    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(GPUS)]
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(gpus)]
     samples = [(nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()) for _ in handles]
     for h, (s, _) in zip(handles, samples, strict=True):
         nvml.nvmlGpmSampleGet(h, s)
@@ -230,6 +237,28 @@ def measure_cycles(cycles: int) -> dict:
             time.sleep(0.11)  # GPM samples more than 100 ms apart, as in service
             ours_cpu.append(cpu_of(ours.scheduler.run_once))
             bare_cpu.append(cpu_of(lambda: bare_cycle(nvml, handles, list(ids), samples)))
+        r = {"gpus": gpus, "procs": procs, "cycles": cycles,
+             "calls_per_cycle": sum(a.values()), "same_calls": a == b,
+             "ours_cpu_ms": statistics.median(ours_cpu) * 1e3,
+             "bare_cpu_ms": statistics.median(bare_cpu) * 1e3,
+             "ratio": statistics.median(ours_cpu) / statistics.median(bare_cpu)}
+        by_function: Counter = Counter()
+        for (name, _device), n in a.items():
+            by_function[name] += n
+        r["calls_by_function"] = dict(sorted(by_function.items()))
+        if then is not None:
+            r.update(then(ours, ours_clock))
+    finally:
+        ours.stop()
+        bare_sim.close()
+    return r
+
+
+def measure_cycles(cycles: int) -> dict:
+    """compare_poll at 8 x 32, then the leak detector's CPU and the render times."""
+
+    def leaks_and_render(ours: Daemon, ours_clock: ManualClock) -> dict:
+        cfg = ours.config
         leaks = MemoryLeaks(cfg.leaks, ours.store.view)
         leak_cpu = []
         health = CollectorHealth("memory_leaks", 5.0, up=True)
@@ -256,24 +285,19 @@ def measure_cycles(cycles: int) -> dict:
             # the first scrape after a publish encodes the snapshot; the others copy it
             (fresh if i % 10 == 0 else cached).append(took)
         series = sum(1 for line in body.decode().splitlines() if line and line[0] != "#")
-    finally:
-        ours.stop()
-        bare_sim.close()
-    render.sort()
-    return {
-        "calls_per_cycle": sum(a.values()),
-        "ours_cpu_ms": statistics.median(ours_cpu) * 1e3,
-        "bare_cpu_ms": statistics.median(bare_cpu) * 1e3,
-        "ratio": statistics.median(ours_cpu) / statistics.median(bare_cpu),
-        "render_p50_ms": render[len(render) // 2] * 1e3,
-        "render_p99_ms": render[int(len(render) * 0.99)] * 1e3,
-        "render_after_publish_p50_ms": statistics.median(fresh) * 1e3,
-        "render_same_snapshot_p50_ms": statistics.median(cached) * 1e3,
-        "series": series,
-        "leak_cpu_ms": statistics.median(leak_cpu) * 1e3,
-        "leak_series": len(leaks.devices.series) + len(leaks.processes.series),
-        "bytes": len(body),
-    }
+        render.sort()
+        return {
+            "render_p50_ms": render[len(render) // 2] * 1e3,
+            "render_p99_ms": render[int(len(render) * 0.99)] * 1e3,
+            "render_after_publish_p50_ms": statistics.median(fresh) * 1e3,
+            "render_same_snapshot_p50_ms": statistics.median(cached) * 1e3,
+            "series": series,
+            "leak_cpu_ms": statistics.median(leak_cpu) * 1e3,
+            "leak_series": len(leaks.devices.series) + len(leaks.processes.series),
+            "bytes": len(body),
+        }
+
+    return compare_poll(GPUS, PROCS, cycles, then=leaks_and_render)
 
 
 def measure_rss(warmup: float, real: bool = False) -> dict:
