@@ -55,7 +55,7 @@ GPUS, PROCS = 8, 32
 def scenario(gpus: int = GPUS, procs: int = PROCS) -> dict:
     return {"name": f"bench-{gpus}x{procs}", "seed": 9, "time_acceleration": 1, "devices": [
         {"vendor": "nvidia", "model": "NVIDIA H100 80GB HBM3", "architecture": "hopper",
-         "processes": [{"pid": 10000 + g * 100 + p, "name": f"worker{p}",
+         "processes": [{"pid": 10000 + g * 1000 + p, "name": f"worker{p}",
                         "container": f"{g:02x}{p:02x}" * 16, "utilization": 0.02,
                         "memory": {"pattern": "constant", "size": f"{256 + p}MiB"}}
                        for p in range(procs)]}

@@ -165,11 +165,11 @@ def test_duration_bounds_repeats_per_wall_second():
 
 
 def test_too_many_processes_in_all():
-    procs = [{"pid": 10_000 + i, "memory": {"pattern": "constant"}} for i in range(4100)]
-    data = {"devices": [{"processes": procs[i:4096:4]} for i in range(4)]}
-    assert sum(len(d.processes) for d in parse(data).devices) == 4096
-    data["devices"].append({"processes": procs[4096:]})
-    with pytest.raises(ScenarioError, match="at most 4096 processes in all"):
+    procs = [{"pid": 10_000 + i, "memory": {"pattern": "constant"}} for i in range(8200)]
+    data = {"devices": [{"processes": procs[i:8192:8]} for i in range(8)]}
+    assert sum(len(d.processes) for d in parse(data).devices) == 8192
+    data["devices"].append({"processes": procs[8192:]})
+    with pytest.raises(ScenarioError, match="at most 8192 processes in all"):
         parse(data)
 
 
@@ -235,7 +235,7 @@ def test_the_documented_bounds_are_the_module_s():
             scenario_mod.MAX_INSTANCES, scenario_mod.MAX_EVENT_COUNT,
             scenario_mod.MIN_SPACING, scenario_mod.MIN_CYCLE,
             scenario_mod.MAX_CYCLES_PER_SECOND, scenario_mod.MAX_POINTS) == (
-        64, 1024, 4096, 256, 8, 10_000, 1.0, 1.0, 10, 100_000)
+        64, 1024, 8192, 256, 8, 10_000, 1.0, 1.0, 10, 100_000)
 
 
 def test_xid_repeats_are_listed_without_walking_all_of_them():

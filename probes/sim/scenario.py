@@ -41,7 +41,7 @@ class ScenarioError(ValueError):
 # memory (docs/simulation.md lists them).
 MAX_DEVICES = 64
 MAX_PROCESSES = 1024  # per device
-MAX_ALL_PROCESSES = 4096  # over all devices
+MAX_ALL_PROCESSES = 8192  # over all devices: 64 GPUs x 128, the largest benchmarks/scale.py size
 MAX_EVENTS = 256  # per device
 MAX_INSTANCES = 8  # MIG allows 7 instances, an AMD CPX partition 8
 MAX_EVENT_COUNT = 10_000  # repeats of one xid event, row remaps of one event
