@@ -226,7 +226,7 @@ def test_a_replay_file_that_never_ends(tmp_path):
 def test_the_documented_bounds_are_the_module_s():
     text = (scenario_mod.Path(__file__).resolve().parent.parent / "docs" /
             "simulation.md").read_text()
-    for figure in ("64 devices", "1,024 processes", "4,096", "256 events", "8 instances",
+    for figure in ("64 devices", "1,024 processes", "8,192", "256 events", "8 instances",
                    "10,000", "1 s apart", "one second", "10 times", "100,000 points",
                    "16 MiB", "1 PiB", "1 TiB/s", "a year"):
         assert figure in text, figure
