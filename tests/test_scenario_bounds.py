@@ -173,6 +173,18 @@ def test_too_many_processes_in_all():
         parse(data)
 
 
+def test_the_largest_host_fits_in_a_file(tmp_path):
+    """64 GPUs with 128 named, containerised processes each (benchmarks/scale.py's largest
+    size) load from a file: more than a configuration's 1 MiB and 100,000 values."""
+    data = {"devices": [{"processes": [
+        {"pid": 10_000 + g * 1000 + p, "name": f"worker{p}", "container": f"{g:02x}{p:02x}" * 16,
+         "utilization": 0.02, "memory": {"pattern": "constant", "size": f"{256 + p}MiB"}}
+        for p in range(128)]} for g in range(64)]}
+    path = write_yaml(tmp_path / "big.yaml", data)
+    assert path.stat().st_size > 2**20
+    assert sum(len(d.processes) for d in load(path).devices) == 8192
+
+
 def test_an_unknown_huge_key_is_cut():
     refused({"devices": [{"x" * 100_000: 1}]}, "unknown key")
 
@@ -186,7 +198,7 @@ def test_files(tmp_path):
     lol.write_text(BILLION_LAUGHS)
     with pytest.raises(ScenarioError, match=r"lol.yaml: not valid YAML .*aliases are expanded"):
         load(lol)
-    with pytest.raises(ScenarioError, match=r"^scenario file /dev/zero: larger than 1 MiB$"):
+    with pytest.raises(ScenarioError, match=r"^scenario file /dev/zero: larger than 4 MiB$"):
         load("/dev/zero")
     deep = tmp_path / "deep.yaml"
     deep.write_text("devices: " + "[" * 10_000)
