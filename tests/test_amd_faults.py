@@ -24,6 +24,7 @@ from .faultcheck import (
     gpu_answering_nothing,
     no_internal_errors,
     renders,
+    settle,
     unsupported,
 )
 from .test_amd_backend import AMD_FAST, AMD_SCENARIO, amd_daemon, cycle
@@ -108,6 +109,7 @@ def test_device_gone_takes_down_only_that_gpu(fn):
     d = amd_daemon()
     try:
         d.simulation.libamdsmi.faults.add(fn, target, error=31)
+        settle(d.scheduler.run_once, lambda: _others_fine(d, target, fn))
         for _ in range(3):
             cycle(d)
             _others_fine(d, target, fn)
@@ -125,6 +127,7 @@ def test_retry_is_transient_and_values_come_back(fn):
         for _ in range(4):
             cycle(clean)
         d.simulation.libamdsmi.faults.add(fn, target, error=9, times=1)
+        settle(d.scheduler.run_once, lambda: _others_fine(d, target, fn))
         cycle(d)
         _others_fine(d, target, fn)
         for _ in range(3):
@@ -155,6 +158,7 @@ def test_hung_call_costs_only_its_gpu(fn):
     release = threading.Event()
     try:
         d.simulation.libamdsmi.faults.add(fn, target, hang=release)
+        settle(d.scheduler.run_once, lambda: _others_fine(d, target, fn))
         cycles_end_in_time(lambda: cycle(d, advance=5.0), 2.5,
                            lambda: _others_fine(d, target, fn))
         renders(d)

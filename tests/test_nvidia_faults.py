@@ -22,6 +22,7 @@ from .faultcheck import (
     gpu_answering_nothing,
     no_internal_errors,
     renders,
+    settle,
     unsupported,
 )
 
@@ -129,6 +130,7 @@ def test_gpu_lost_takes_down_only_that_gpu(fn, daemon):
     target = CALLS[fn]
     d = daemon
     d.simulation.libnvml.faults.add(fn, target, error=pynvml.NVML_ERROR_GPU_IS_LOST)
+    settle(d.scheduler.run_once, lambda: _others_fine(d, target))
     for _ in range(3):
         _cycle(d)
         _others_fine(d, target)
@@ -147,6 +149,7 @@ def test_transient_error_is_retried_next_cycle(fn):
             _cycle(clean)
         expected = _shape(_by_index(clean)[str(target)])
         d.simulation.libnvml.faults.add(fn, target, error=pynvml.NVML_ERROR_UNKNOWN, times=1)
+        settle(d.scheduler.run_once, lambda: _others_fine(d, target))
         _cycle(d)
         _others_fine(d, target)
         for _ in range(3):
@@ -168,6 +171,7 @@ def test_hung_call_costs_only_its_gpu(fn, daemon):
     release = threading.Event()
     try:
         d.simulation.libnvml.faults.add(fn, target, hang=release)
+        settle(d.scheduler.run_once, lambda: _others_fine(d, target))
         # Collections end at their deadline (0.5 s) whatever the hung GPU does.
         cycles_end_in_time(lambda: _cycle(d, sleep=0.0), 1.5, lambda: _others_fine(d, target))
         renders(d)

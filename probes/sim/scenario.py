@@ -41,7 +41,11 @@ class ScenarioError(ValueError):
 # memory (docs/simulation.md lists them).
 MAX_DEVICES = 64
 MAX_PROCESSES = 1024  # per device
-MAX_ALL_PROCESSES = 4096  # over all devices
+# A file that describes the largest host (64 GPUs, 8,192 processes with names and containers)
+# is about 1.3 MiB and 100,000 values: a scenario may be four times a configuration's bounds.
+SCENARIO_FILE_BYTES = 4 * safeyaml.MAX_BYTES
+SCENARIO_FILE_NODES = 4 * safeyaml.MAX_NODES
+MAX_ALL_PROCESSES = 8192  # over all devices: 64 GPUs x 128, the largest benchmarks/scale.py size
 MAX_EVENTS = 256  # per device
 MAX_INSTANCES = 8  # MIG allows 7 instances, an AMD CPX partition 8
 MAX_EVENT_COUNT = 10_000  # repeats of one xid event, row remaps of one event
@@ -595,7 +599,8 @@ def load(path: str | Path | None) -> Scenario:
             text = resources.files(__package__).joinpath("scenarios/default.yaml").read_text()
             return parse(safeyaml.loads(text, "built-in default scenario"),
                          "built-in default scenario")
-        data = safeyaml.load_file(path, label="scenario file")
+        data = safeyaml.load_file(path, label="scenario file", max_bytes=SCENARIO_FILE_BYTES,
+                                  max_nodes=SCENARIO_FILE_NODES)
     except safeyaml.YamlFileError as e:
         raise ScenarioError(str(e)) from None
     return parse(data, f"scenario file {display_path(path)}", Path(path).parent)
