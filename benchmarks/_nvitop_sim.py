@@ -15,6 +15,7 @@ whenever a new one appears, so the benchmark can say which of nvitop's readings 
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import threading
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
     nvml = sim.nvml
     missing: set[str] = set()
     lock = threading.Lock()
-    lookup = nvml._nvmlGetFunctionPointer
+    lookup = getattr(nvml, "_nvmlGetFunctionPointer")  # noqa: B009
     not_found = nvml.NVML_ERROR_FUNCTION_NOT_FOUND
 
     def recorded(name: str) -> Any:
@@ -52,13 +53,14 @@ def main(argv: list[str]) -> int:
                         missing_path.write_text(json.dumps(sorted(missing)))
             raise
 
-    nvml._nvmlGetFunctionPointer = recorded  # pynvml's wrappers look it up as a global
+    # pynvml's wrappers look it up as a module global
+    setattr(nvml, "_nvmlGetFunctionPointer", recorded)  # noqa: B010
     missing_path.write_text("[]")
     sys.modules["pynvml"] = nvml  # before nvitop imports it
-    from nvitop_exporter.cli import main as exporter_main
+    cli = importlib.import_module("nvitop_exporter.cli")  # imports nvitop, hence pynvml
 
     sys.argv = ["nvitop-exporter", *rest]
-    return exporter_main()
+    return int(cli.main())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -237,7 +238,7 @@ def compare_poll(gpus: int, procs: int, cycles: int,
             time.sleep(0.11)  # GPM samples more than 100 ms apart, as in service
             ours_cpu.append(cpu_of(ours.scheduler.run_once))
             bare_cpu.append(cpu_of(lambda: bare_cycle(nvml, handles, list(ids), samples)))
-        r = {"gpus": gpus, "procs": procs, "cycles": cycles,
+        r: dict[str, Any] = {"gpus": gpus, "procs": procs, "cycles": cycles,
              "calls_per_cycle": sum(a.values()), "same_calls": a == b,
              "ours_cpu_ms": statistics.median(ours_cpu) * 1e3,
              "bare_cpu_ms": statistics.median(bare_cpu) * 1e3,
@@ -271,7 +272,9 @@ def measure_cycles(cycles: int) -> dict:
             ours.scheduler.run_once()
             leak_cpu.append(cpu_of(detect))
         leak_cpu = leak_cpu[-20:]
-        render, fresh, cached = [], [], []
+        render: list[float] = []
+        fresh: list[float] = []
+        cached: list[float] = []
         served = exposition.Exposition(ours.registry)  # what the HTTP server renders with
         for i in range(1000):
             if i % 10 == 0:  # new readings, as when the collectors publish between scrapes

@@ -72,10 +72,17 @@ from gpuprobe.probes.sim.scenario import MAX_ALL_PROCESSES, MAX_DEVICES, MAX_PRO
 DEFAULT_SIZES = "1x0,8x32,16x128,64x128"
 BEGIN, END = "<!-- BEGIN scale.py -->", "<!-- END scale.py -->"
 HEADING = "## Scaling with the host (`benchmarks/scale.py`)"
-INTERVAL = "1s"  # gpuprobe's collectors; nvitop-exporter's default interval is 1 s too
-DAEMON_CONFIG = {"collectors": {"nvidia": {"interval": INTERVAL},
-                                "nvidia_processes": {"interval": INTERVAL},
-                                "nvidia_events": {"interval": INTERVAL}}}
+# Both exporters poll at --interval: gpuprobe's default, 5 s. (At 1 s, nvitop-exporter's
+# default, gpuprobe's 0.8 s deadline is missed at 64 x 128 on a 2-CPU machine, and its
+# process collector never completes.)
+INTERVAL = 5.0
+
+
+def daemon_config(interval: float) -> dict[str, Any]:
+    """gpuprobe's defaults, with the NVIDIA telemetry and process collectors at ``interval``
+    (their deadline follows, at 0.8 of it)."""
+    return {"collectors": {"nvidia": {"interval": f"{interval:g}s"},
+                           "nvidia_processes": {"interval": f"{interval:g}s"}}}
 LAUNCHER = Path(__file__).resolve().parent / "_nvitop_sim.py"
 NVITOP_GPU_RE = re.compile(r'^gpu_utilization_Percentage\{[^}]*uuid="([^"]+)"', re.M)
 NVITOP_PID_RE = re.compile(r'^process_info_info\{[^}]*pid="(\d+)"', re.M)
@@ -163,27 +170,38 @@ def _ms(seconds: float | None) -> float | None:
 
 # -- children -------------------------------------------------------------------------------
 
-def gpuprobe_ready(gpus: int, procs: int) -> Callable[[str], bool]:
-    def ready(text: str) -> bool:
-        return (len(device_up(text)) == gpus
-                and len(set(PID_RE.findall(text))) >= gpus * procs)
+Ready = Callable[[str], "str | None"]  # None: settled; else what is still missing
+
+
+def _missing(gpus_seen: int, gpus: int, pids_seen: int, procs: int) -> str | None:
+    if gpus_seen == gpus and pids_seen >= procs:
+        return None
+    return f"{gpus_seen} of {gpus} GPUs' series, {pids_seen} of {procs} processes'"
+
+
+def gpuprobe_ready(gpus: int, procs: int) -> Ready:
+    """Every GPU has its gpuprobe_device_up series, every process a pid-labelled one."""
+    def ready(text: str) -> str | None:
+        return _missing(len(device_up(text)), gpus, len(set(PID_RE.findall(text))),
+                        gpus * procs)
     return ready
 
 
-def nvitop_ready(gpus: int, procs: int) -> Callable[[str], bool]:
-    def ready(text: str) -> bool:
-        return (len(set(NVITOP_GPU_RE.findall(text))) == gpus
-                and len(set(NVITOP_PID_RE.findall(text))) >= gpus * procs)
+def nvitop_ready(gpus: int, procs: int) -> Ready:
+    """Every GPU has its gpu_utilization series, every process its process_info."""
+    def ready(text: str) -> str | None:
+        return _missing(len(set(NVITOP_GPU_RE.findall(text))), gpus,
+                        len(set(NVITOP_PID_RE.findall(text))), gpus * procs)
     return ready
 
 
-def settle(port: int, proc: subprocess.Popen, ready: Callable[[str], bool],
+def settle(port: int, proc: subprocess.Popen, ready: Ready,
            timeout: float) -> tuple[float, int]:
     """Until ``ready`` holds of the body and two scrapes a second apart count the same
     series: (seconds it took, series). Raises RuntimeError on timeout or if the child dies."""
     client = Scraper(port)
     start = time.monotonic()
-    last, series = -1, 0
+    last, series, why = -1, 0, "no answer"
     try:
         while time.monotonic() - start < timeout:
             if proc.poll() is not None:
@@ -191,13 +209,14 @@ def settle(port: int, proc: subprocess.Popen, ready: Callable[[str], bool],
             _, status, body = client.get()
             if status == 200:
                 series = count_series(body)
-                if ready(body.decode("utf-8", "replace")) and series == last:
+                missing = ready(body.decode("utf-8", "replace"))
+                if missing is None and series == last:
                     return time.monotonic() - start, series
-                last = series
+                why, last = missing or "series count still changing", series
             time.sleep(1.0)
     finally:
         client.close()
-    raise RuntimeError(f"not settled within {timeout:.0f} s ({series} series so far)")
+    raise RuntimeError(f"not settled within {timeout:.0f} s: {series} series, {why}")
 
 
 def cpu_seconds(p: psutil.Process) -> float:
@@ -205,7 +224,7 @@ def cpu_seconds(p: psutil.Process) -> float:
     return t.user + t.system
 
 
-def measure_child(cmd: list[str], port: int, ready: Callable[[str], bool] | None,
+def measure_child(cmd: list[str], port: int, ready: Ready | None,
                   args: argparse.Namespace, log: Path) -> dict[str, Any]:
     """Start ``cmd`` (serving on ``port``), settle it, then an idle window and a scrape
     window: the figures, and the last body under the key ``body``."""
@@ -215,8 +234,11 @@ def measure_child(cmd: list[str], port: int, ready: Callable[[str], bool] | None
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         wait_http(url, proc, timeout=args.settle_timeout)
-        settled_s, _ = (settle(port, proc, ready, args.settle_timeout) if ready
-                        else (0.0, 0))
+        try:
+            settled_s, _ = (settle(port, proc, ready, args.settle_timeout) if ready
+                            else (0.0, 0))
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; its last log line: {_last_line(log)}") from None
         p = psutil.Process(proc.pid)
         c0, t0 = cpu_seconds(p), time.monotonic()
         time.sleep(args.idle)
@@ -236,6 +258,14 @@ def measure_child(cmd: list[str], port: int, ready: Callable[[str], bool] | None
     if ready is not None and r["series"]:  # not of the static server, which polls nothing
         r["cpu_ms_per_min_per_series"] = round(r["cpu_s_per_min_idle"] * 1e3 / r["series"], 4)
     return r
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "-"
+    return lines[-1][:240] if lines else "-"
 
 
 def nvitop_available() -> bool:
@@ -277,7 +307,7 @@ def serve_static(body_path: str, port: int) -> int:
     server = HttpServer("127.0.0.1", port, CollectorRegistry(auto_describe=True),
                         health=lambda: (True, {}), ready=lambda: (True, {}),
                         landing=lambda: "static\n")
-    server.exposition = Static()  # type: ignore[assignment]
+    server.exposition = Static()  # type: ignore[assignment]  # render() as Exposition's
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     server.start()
@@ -295,19 +325,23 @@ def measure_size(gpus: int, procs: int, args: argparse.Namespace) -> dict[str, A
         scen = tmp / "scenario.yaml"
         scen.write_text(yaml.safe_dump(scenario(gpus, procs)))
         conf = tmp / "config.yaml"
-        conf.write_text(yaml.safe_dump(DAEMON_CONFIG))
+        conf.write_text(yaml.safe_dump(daemon_config(args.interval)))
         port = free_port()
-        ours = measure_child(
-            [sys.executable, "-m", "gpuprobe.daemon", "run", "--simulate", str(scen),
-             "--config", str(conf), "--listen", f"127.0.0.1:{port}"],
-            port, gpuprobe_ready(gpus, procs), args, tmp / "gpuprobe.log")
-        body = ours.pop("body")
+        try:
+            ours = measure_child(
+                [sys.executable, "-m", "gpuprobe.daemon", "run", "--simulate", str(scen),
+                 "--config", str(conf), "--listen", f"127.0.0.1:{port}"],
+                port, gpuprobe_ready(gpus, procs), args, tmp / "gpuprobe.log")
+        except RuntimeError as e:
+            ours = {"error": str(e)}
+            print(f"{gpus}x{procs}: gpuprobe not measured: {e}", file=sys.stderr)
         out["gpuprobe"] = ours
-        static = measure_static(body, args, tmp)
-        static.pop("body")
-        out["static"] = static
-        if ours["p99_ms"] and static["p99_ms"]:
-            out["static_ratio"] = round(ours["p99_ms"] / static["p99_ms"], 2)
+        if "error" not in ours:
+            static = measure_static(ours.pop("body"), args, tmp)
+            static.pop("body")
+            out["static"] = static
+            if ours["p99_ms"] and static["p99_ms"]:
+                out["static_ratio"] = round(ours["p99_ms"] / static["p99_ms"], 2)
         if args.nvitop and nvitop_available():
             port = free_port()
             missing = tmp / "missing.json"
@@ -315,12 +349,13 @@ def measure_size(gpus: int, procs: int, args: argparse.Namespace) -> dict[str, A
                 nv = measure_child(
                     [sys.executable, str(LAUNCHER), str(scen), str(missing), "--",
                      "--bind-address", "127.0.0.1", "--port", str(port),
-                     "--hostname", "bench", "--interval", "1"],
+                     "--hostname", "bench", "--interval", f"{args.interval:g}"],
                     port, nvitop_ready(gpus, procs), args, tmp / "nvitop.log")
                 nv.pop("body")
                 nv["function_not_found"] = json.loads(missing.read_text() or "[]")
             except RuntimeError as e:
                 nv = {"error": str(e)}
+                print(f"{gpus}x{procs}: nvitop-exporter not measured: {e}", file=sys.stderr)
             out["nvitop"] = nv
         else:
             why = ("--no-nvitop" if not args.nvitop
@@ -343,6 +378,8 @@ def verdicts(sizes: list[dict[str, Any]]) -> list[tuple[str, bool | None]]:
     for s in sizes:
         name = f"{s['gpus']} x {s['procs']}"
         ours = s["gpuprobe"]
+        if "error" in ours:
+            out.append((f"{name}: gpuprobe measured ({ours['error']})", None))
         ratio = s.get("static_ratio")
         out.append((f"{name}: scrape p99 within {STATIC_RATIO:g}x of the static server",
                     None if ratio is None else ratio <= STATIC_RATIO))
@@ -356,8 +393,9 @@ def verdicts(sizes: list[dict[str, Any]]) -> list[tuple[str, bool | None]]:
             p99 = ours.get("p99_ms")
             out.append((f"{name}: scrape p99 at most {P99_64X128_MS:g} ms",
                         None if p99 is None else p99 <= P99_64X128_MS))
+            rss = ours.get("rss_mb")
             out.append((f"{name}: RSS under {RSS_64X128_MB:g} MB",
-                        ours["rss_mb"] < RSS_64X128_MB))
+                        None if rss is None else rss < RSS_64X128_MB))
         nv = s.get("nvitop", {})
         if "skipped" in nv:
             continue
@@ -387,7 +425,8 @@ def render_table(result: dict[str, Any]) -> str:
         BEGIN,
         f"Measured by `{result['command']}` on {result['machine']}, "
         f"{result['date']} (load average {result['load_before']} before, "
-        f"{result['load_after']} after). Collectors at {INTERVAL}; each arm scraped "
+        f"{result['load_after']} after). Both exporters poll every {result['interval']:g} s; "
+        f"each arm scraped "
         f"{result['scrapes']} times {result['gap_ms']:g} ms apart on one connection (at most "
         f"{result['max_scrape_seconds']:g} s) after {result['idle_s']:g} s idle; CPU is the "
         f"process's, all threads, per minute of the idle window and of the scrape window.",
@@ -397,10 +436,14 @@ def render_table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sizes:
-        o, st, poll = s["gpuprobe"], s["static"], s["poll"]
+        o, st, poll = s["gpuprobe"], s.get("static", {}), s["poll"]
         poll_text = (f"{poll['ours_cpu_ms']:.1f} / {poll['bare_cpu_ms']:.1f} ms = "
                      f"{poll['ratio']:.2f}x ({poll['calls_per_cycle']} calls)"
                      if "ratio" in poll else f"failed: {poll.get('error', '?')[:60]}")
+        if "error" in o:
+            lines.append(f"| {s['gpus']} x {s['procs']} | not measured: {o['error']} "
+                         f"| | | | | {poll_text} | | | |")
+            continue
         lines.append(
             f"| {s['gpus']} x {s['procs']} | {o['series']:,} | {_kb(o['bytes'])} "
             f"| {_f(o['p50_ms'])} / {_f(o['p99_ms'])} ms | {_f(st['p99_ms'])} ms "
@@ -453,6 +496,7 @@ def run(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any
         "command": ".venv/bin/python benchmarks/scale.py" + "".join(
             f" {a}" for a in sys.argv[1:]),
         "machine": machine(), "date": time.strftime("%Y-%m-%d"), "load_before": load(),
+        "interval": args.interval,
         "scrapes": args.scrapes, "gap_ms": args.gap * 1e3, "idle_s": args.idle,
         "max_scrape_seconds": args.max_scrape_seconds, "cycles": args.cycles, "sizes": []}
     for gpus, procs in sizes:
@@ -469,12 +513,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=DEFAULT_SIZES,
                     help=f"GPUSxPROCS,... (default {DEFAULT_SIZES})")
     ap.add_argument("--scrapes", type=int, default=300, help="scrapes per arm (default 300)")
-    ap.add_argument("--gap", type=float, default=0.01,
-                    help="seconds between scrapes (default 0.01)")
-    ap.add_argument("--idle", type=float, default=10.0,
-                    help="seconds of the idle CPU window (default 10)")
-    ap.add_argument("--max-scrape-seconds", type=float, default=60.0,
-                    help="cut an arm's scrape window short after this (default 60)")
+    ap.add_argument("--interval", type=float, default=INTERVAL,
+                    help=f"both exporters' poll interval, seconds (default {INTERVAL:g})")
+    ap.add_argument("--gap", type=float, default=None,
+                    help="seconds between scrapes (default: 3 intervals over the scrapes, "
+                         "at least 0.01)")
+    ap.add_argument("--idle", type=float, default=None,
+                    help="seconds of the idle CPU window (default 3 intervals)")
+    ap.add_argument("--max-scrape-seconds", type=float, default=90.0,
+                    help="cut an arm's scrape window short after this (default 90)")
     ap.add_argument("--settle-timeout", type=float, default=180.0)
     ap.add_argument("--cycles", type=int, default=20, help="poll cycles compared (default 20)")
     ap.add_argument("--no-nvitop", dest="nvitop", action="store_false",
@@ -491,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("scrapes", "cycles"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
+        if not 0.25 <= args.interval <= 60:  # nvitop-exporter refuses under 0.25 s
+            raise ValueError("--interval must be 0.25 to 60 seconds")
+        if args.gap is None:
+            args.gap = max(0.01, 3 * args.interval / args.scrapes)
+        if args.idle is None:
+            args.idle = 3 * args.interval
         for name in ("gap", "idle", "max_scrape_seconds", "settle_timeout"):
             if not getattr(args, name) >= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")

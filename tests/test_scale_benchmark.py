@@ -1,0 +1,121 @@
+"""benchmarks/scale.py at tiny sizes, with few scrapes: the figures' structure, the static
+server serving the daemon's byte count, the poll arms making the same calls, the table and
+its --write section, and the nvitop-exporter arm (skipped cleanly where it is absent, run
+at 1 x 2 where it is installed). No timing is asserted: these are checks of the benchmark,
+not of the daemon's speed."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+scale = _load("scale")
+FAST = ["--scrapes", "5", "--gap", "0.005", "--idle", "0.3", "--cycles", "1",
+        "--interval", "1", "--settle-timeout", "60"]
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = {"scrapes": 5, "gap": 0.005, "idle": 0.3, "max_scrape_seconds": 10.0,
+            "settle_timeout": 60.0, "cycles": 1, "nvitop": True, "interval": 1.0}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_parse_sizes() -> None:
+    assert scale.parse_sizes("1x0, 8x32,64x128") == [(1, 0), (8, 32), (64, 128)]
+    for bad in ("8", "0x2", "65x1", "1x1025", "64x129", "8x-1", ""):
+        with pytest.raises(ValueError):
+            scale.parse_sizes(bad)
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert scale.main(["--sizes", "8by32"]) == 2
+    assert scale.main(["--scrapes", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("scale.py: ") for line in err)
+
+
+def test_tiny_run_without_nvitop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(scale, "nvitop_available", lambda: False)
+    out, doc = tmp_path / "out.json", tmp_path / "perf.md"
+    doc.write_text("# Performance\n\nprose\n")
+    rc = scale.main(["--sizes", "1x0,2x2", *FAST, "--json", str(out), "--write", str(doc)])
+    assert rc in (0, 1)  # 1: a target missed, which at these sizes proves nothing
+    captured = capsys.readouterr()
+    r = json.loads(out.read_text())
+    assert [(s["gpus"], s["procs"]) for s in r["sizes"]] == [(1, 0), (2, 2)]
+    assert r["ok"] == (rc == 0)
+    for s in r["sizes"]:
+        ours, static, poll = s["gpuprobe"], s["static"], s["poll"]
+        for arm in (ours, static):
+            assert arm["scrapes"] == 5 and arm["errors"] == 0
+            assert arm["p50_ms"] > 0 and arm["p99_ms"] >= arm["p50_ms"]
+            assert arm["rss_mb"] > 0 and arm["cpu_s_per_min_scraping"] >= 0
+        assert ours["series"] > 100 and ours["cpu_ms_per_min_per_series"] >= 0
+        # the static server served the daemon's body, byte for byte the same size
+        assert static["bytes"] == ours["bytes"] and static["same_bytes"]
+        assert static["series"] == ours["series"]
+        assert s["static_ratio"] == pytest.approx(ours["p99_ms"] / static["p99_ms"], abs=0.01)
+        # the poll arms made the same calls, process queries included
+        assert poll["same_calls"] and poll["ratio"] > 0
+        assert poll["calls_by_function"]["nvmlDeviceGetComputeRunningProcesses"] >= s["gpus"]
+        assert s["nvitop"] == {"skipped": "nvitop-exporter is not installed "
+                                          "(pip install -e '.[bench]')"}
+    assert "nvitop-exporter arm skipped" in captured.err
+    names = [name for name, _ in r["verdicts"]]
+    assert "2 x 2: scrape p99 within 2x of the static server" in names
+    assert not any("nvitop" in n for n in names)
+    text = doc.read_text()
+    assert text.startswith("# Performance\n\nprose\n")
+    assert scale.HEADING in text and scale.BEGIN in text and scale.END in text
+    assert "| 2 x 2 | " in text and "nvitop-exporter arm skipped" in text
+    # a second --write replaces the section rather than appending another
+    scale.write_section(doc, scale.BEGIN, scale.END, f"{scale.BEGIN}\nnew\n{scale.END}")
+    assert doc.read_text().count(scale.BEGIN) == 1 and "\nnew\n" in doc.read_text()
+
+
+def test_nvitop_arm_at_1x2(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("nvitop_exporter")
+    monkeypatch.setattr(scale, "compare_poll",
+                        lambda g, p, c: {"same_calls": True, "ratio": 1.0})
+    s = scale.measure_size(1, 2, _args())
+    nv = s["nvitop"]
+    assert "error" not in nv, nv
+    assert nv["scrapes"] == 5 and nv["errors"] == 0 and nv["series"] > 0
+    assert nv["p99_ms"] >= nv["p50_ms"] > 0 and nv["rss_mb"] > 0
+    # the simulated NVML's gaps, answered FUNCTION_NOT_FOUND, are listed
+    assert isinstance(nv["function_not_found"], list)
+    assert all(name.startswith("nvml") for name in nv["function_not_found"])
+    names = [n for n, _ in scale.verdicts([s])]
+    assert "1 x 2: gpuprobe ahead of nvitop-exporter on scrape p99" in names
+
+
+def test_nvitop_ready_needs_every_gpu_and_process() -> None:
+    line = ('gpu_utilization_Percentage{devicename="H100",hostname="h",index="{i}",'
+            'uuid="GPU-{i}"} 1.0\n')
+    proc = 'process_info_info{{command="x",index="0",pid="{p}",uuid="GPU-0"}} 1.0\n'
+    gpus = "".join(line.replace("{i}", str(i)) for i in range(2))
+    ready = scale.nvitop_ready(2, 1)
+    assert ready(line.replace("{i}", "0")) == "1 of 2 GPUs' series, 0 of 2 processes'"
+    assert ready(gpus + proc.format(p=10000)) is not None
+    assert ready(gpus + proc.format(p=10000) + proc.format(p=11000)) is None
