@@ -67,6 +67,7 @@ from _harness import (
 )
 from overhead import compare_poll, scenario
 
+from gpuprobe.daemon.core import config as config_mod
 from gpuprobe.probes.sim.scenario import MAX_ALL_PROCESSES, MAX_DEVICES, MAX_PROCESSES
 
 DEFAULT_SIZES = "1x0,8x32,16x128,64x128"
@@ -78,11 +79,23 @@ HEADING = "## Scaling with the host (`benchmarks/scale.py`)"
 INTERVAL = 5.0
 
 
-def daemon_config(interval: float) -> dict[str, Any]:
+def daemon_config(interval: float, max_processes: int | None = None) -> dict[str, Any]:
     """gpuprobe's defaults, with the NVIDIA telemetry and process collectors at ``interval``
-    (their deadline follows, at 0.8 of it)."""
-    return {"collectors": {"nvidia": {"interval": f"{interval:g}s"},
-                           "nvidia_processes": {"interval": f"{interval:g}s"}}}
+    (their deadline follows, at 0.8 of it) and, where given,
+    exporter.max_processes_per_device."""
+    conf: dict[str, Any] = {"collectors": {"nvidia": {"interval": f"{interval:g}s"},
+                                           "nvidia_processes": {"interval": f"{interval:g}s"}}}
+    if max_processes is not None:
+        conf["exporter"] = {"max_processes_per_device": max_processes}
+    return conf
+
+
+def exported_processes(procs: int, max_processes: int | None) -> int:
+    """How many of a GPU's ``procs`` processes gpuprobe exports: at most
+    exporter.max_processes_per_device (the largest by memory)."""
+    cap = (config_mod.from_mapping({}).exporter.max_processes_per_device
+           if max_processes is None else max_processes)
+    return min(procs, cap)
 LAUNCHER = Path(__file__).resolve().parent / "_nvitop_sim.py"
 NVITOP_GPU_RE = re.compile(r'^gpu_utilization_Percentage\{[^}]*uuid="([^"]+)"', re.M)
 NVITOP_PID_RE = re.compile(r'^process_info_info\{[^}]*pid="(\d+)"', re.M)
@@ -180,7 +193,8 @@ def _missing(gpus_seen: int, gpus: int, pids_seen: int, procs: int) -> str | Non
 
 
 def gpuprobe_ready(gpus: int, procs: int) -> Ready:
-    """Every GPU has its gpuprobe_device_up series, every process a pid-labelled one."""
+    """Every GPU has its gpuprobe_device_up series, ``procs`` processes on each (those
+    exported) a pid-labelled one."""
     def ready(text: str) -> str | None:
         return _missing(len(device_up(text)), gpus, len(set(PID_RE.findall(text))),
                         gpus * procs)
@@ -319,19 +333,21 @@ def serve_static(body_path: str, port: int) -> int:
 # -- one size -------------------------------------------------------------------------------
 
 def measure_size(gpus: int, procs: int, args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"gpus": gpus, "procs": procs}
+    out: dict[str, Any] = {"gpus": gpus, "procs": procs,
+                           "gpuprobe_exports_procs": exported_processes(procs, args.max_processes)}
     with tempfile.TemporaryDirectory(prefix="gpuprobe-scale-") as tmp_name:
         tmp = Path(tmp_name)
         scen = tmp / "scenario.yaml"
         scen.write_text(yaml.safe_dump(scenario(gpus, procs)))
         conf = tmp / "config.yaml"
-        conf.write_text(yaml.safe_dump(daemon_config(args.interval)))
+        conf.write_text(yaml.safe_dump(daemon_config(args.interval, args.max_processes)))
         port = free_port()
         try:
             ours = measure_child(
                 [sys.executable, "-m", "gpuprobe.daemon", "run", "--simulate", str(scen),
                  "--config", str(conf), "--listen", f"127.0.0.1:{port}"],
-                port, gpuprobe_ready(gpus, procs), args, tmp / "gpuprobe.log")
+                port, gpuprobe_ready(gpus, exported_processes(procs, args.max_processes)),
+                args, tmp / "gpuprobe.log")
         except RuntimeError as e:
             ours = {"error": str(e)}
             print(f"{gpus}x{procs}: gpuprobe not measured: {e}", file=sys.stderr)
@@ -379,7 +395,7 @@ def verdicts(sizes: list[dict[str, Any]]) -> list[tuple[str, bool | None]]:
         name = f"{s['gpus']} x {s['procs']}"
         ours = s["gpuprobe"]
         if "error" in ours:
-            out.append((f"{name}: gpuprobe measured ({ours['error']})", None))
+            out.append((f"{name}: gpuprobe measured ({_short(ours['error'])})", None))
         ratio = s.get("static_ratio")
         out.append((f"{name}: scrape p99 within {STATIC_RATIO:g}x of the static server",
                     None if ratio is None else ratio <= STATIC_RATIO))
@@ -400,7 +416,7 @@ def verdicts(sizes: list[dict[str, Any]]) -> list[tuple[str, bool | None]]:
         if "skipped" in nv:
             continue
         if "error" in nv:
-            out.append((f"{name}: nvitop-exporter measured ({nv['error']})", None))
+            out.append((f"{name}: nvitop-exporter measured ({_short(nv['error'])})", None))
             continue
         a, b = ours.get("cpu_ms_per_min_per_series"), nv.get("cpu_ms_per_min_per_series")
         out.append((f"{name}: gpuprobe ahead of nvitop-exporter on idle CPU per series",
@@ -409,6 +425,12 @@ def verdicts(sizes: list[dict[str, Any]]) -> list[tuple[str, bool | None]]:
         out.append((f"{name}: gpuprobe ahead of nvitop-exporter on scrape p99",
                     None if a is None or b is None else a < b))
     return out
+
+
+def _short(text: str, n: int = 100) -> str:
+    """An error for the table: its first ``n`` characters (the JSON keeps it whole)."""
+    text = text.replace("|", "/")
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:
@@ -429,7 +451,10 @@ def render_table(result: dict[str, Any]) -> str:
         f"each arm scraped "
         f"{result['scrapes']} times {result['gap_ms']:g} ms apart on one connection (at most "
         f"{result['max_scrape_seconds']:g} s) after {result['idle_s']:g} s idle; CPU is the "
-        f"process's, all threads, per minute of the idle window and of the scrape window.",
+        f"process's, all threads, per minute of the idle window and of the scrape window. "
+        f"gpuprobe exports at most {result['max_processes_per_device']} processes per GPU "
+        f"(exporter.max_processes_per_device; it polls them all), nvitop-exporter every "
+        f"process. Poll CPU: medians of {result['cycles']} interleaved cycles.",
         "",
         "| GPUs x procs | series | body | scrape p50 / p99 | static p99 | ratio "
         "| poll CPU ours / bare | CPU s/min idle / scraping | CPU ms/min per series | RSS |",
@@ -441,7 +466,7 @@ def render_table(result: dict[str, Any]) -> str:
                      f"{poll['ratio']:.2f}x ({poll['calls_per_cycle']} calls)"
                      if "ratio" in poll else f"failed: {poll.get('error', '?')[:60]}")
         if "error" in o:
-            lines.append(f"| {s['gpus']} x {s['procs']} | not measured: {o['error']} "
+            lines.append(f"| {s['gpus']} x {s['procs']} | not measured: {_short(o['error'])} "
                          f"| | | | | {poll_text} | | | |")
             continue
         lines.append(
@@ -464,7 +489,8 @@ def render_table(result: dict[str, Any]) -> str:
         for s in nv_rows:
             nv = s["nvitop"]
             if "error" in nv:
-                lines.append(f"| {s['gpus']} x {s['procs']} | not measured: {nv['error']} "
+                lines.append(f"| {s['gpus']} x {s['procs']} | not measured: "
+                             f"{_short(nv['error'])} "
                              "| | | | | | |")
                 continue
             missing.update(nv.get("function_not_found", []))
@@ -497,6 +523,7 @@ def run(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any
             f" {a}" for a in sys.argv[1:]),
         "machine": machine(), "date": time.strftime("%Y-%m-%d"), "load_before": load(),
         "interval": args.interval,
+        "max_processes_per_device": exported_processes(4096, args.max_processes),
         "scrapes": args.scrapes, "gap_ms": args.gap * 1e3, "idle_s": args.idle,
         "max_scrape_seconds": args.max_scrape_seconds, "cycles": args.cycles, "sizes": []}
     for gpus, procs in sizes:
@@ -524,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="cut an arm's scrape window short after this (default 90)")
     ap.add_argument("--settle-timeout", type=float, default=180.0)
     ap.add_argument("--cycles", type=int, default=20, help="poll cycles compared (default 20)")
+    ap.add_argument("--max-processes-per-device", dest="max_processes", type=int,
+                    default=None, help="gpuprobe's exporter.max_processes_per_device (default: "
+                    "its own default, 32; nvitop-exporter exports every process)")
     ap.add_argument("--no-nvitop", dest="nvitop", action="store_false",
                     help="skip the nvitop-exporter arm")
     ap.add_argument("--write", metavar="FILE", help="put the table in this markdown file")
@@ -538,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("scrapes", "cycles"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
+        if args.max_processes is not None and not 0 <= args.max_processes <= 4096:
+            raise ValueError("--max-processes-per-device must be 0 to 4096")
         if not 0.25 <= args.interval <= 60:  # nvitop-exporter refuses under 0.25 s
             raise ValueError("--interval must be 0.25 to 60 seconds")
         if args.gap is None:

@@ -36,7 +36,8 @@ FAST = ["--scrapes", "5", "--gap", "0.005", "--idle", "0.3", "--cycles", "1",
 
 def _args(**kw) -> argparse.Namespace:
     base = {"scrapes": 5, "gap": 0.005, "idle": 0.3, "max_scrape_seconds": 10.0,
-            "settle_timeout": 60.0, "cycles": 1, "nvitop": True, "interval": 1.0}
+            "settle_timeout": 60.0, "cycles": 1, "nvitop": True, "interval": 1.0,
+            "max_processes": None}
     return argparse.Namespace(**{**base, **kw})
 
 
