@@ -220,3 +220,141 @@ def test_a_family_only_partly_wanted_is_encoded_anew_from_its_snapshot():
     for names in (["v_total"], ["v_created"], ["v_total", "v_created"]):
         assert e.render(names)[0] == generate_latest(r.restricted_registry(names)), names
     assert e.encodes == 1
+
+
+# -- encoded ahead of scrapes ---------------------------------------------------------------
+
+class Gated:
+    """A snapshot collector whose snapshot changes on ``publish()``; its collect waits for
+    ``gate`` (an encode that takes as long as the test wants)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.version, self.value, self.collects = object(), 1.0, 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.in_collect = threading.Event()
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("gpuprobe_test_versioned", "From the snapshot.")]
+
+    def snapshot(self) -> object:
+        return self.version
+
+    def collect(self, snapshot: object = None) -> list[Metric]:
+        self.collects += 1
+        value = self.value
+        self.in_collect.set()
+        self.gate.wait(10)
+        return [GaugeMetricFamily("gpuprobe_test_versioned", "From the snapshot.", value=value)]
+
+    def publish(self, value: float) -> None:
+        self.version, self.value = object(), value
+
+
+def _gated(max_stale: float = 5.0) -> tuple[Gated, Exposition]:
+    registry = CollectorRegistry(auto_describe=True)
+    v = Gated()
+    registry.register(v)
+    return v, Exposition(registry, max_stale=max_stale)
+
+
+def test_a_published_snapshot_is_encoded_before_any_scrape_asks():
+    from .conftest import wait_for
+
+    v, ex = _gated()
+    ex.start()
+    try:
+        ex.render(accept_encoding="gzip")  # a gzip scraper has been seen: compress ahead too
+        assert (ex.encodes, ex.compressions) == (1, 1)
+        for value in (2.0, 3.0):
+            v.publish(value)
+            ex.changed()
+            wait_for(lambda value=value: ex.encodes == value, timeout=5)
+            wait_for(lambda value=value: ex.compressions == value, timeout=5)
+            body, _ = ex.render(accept_encoding="gzip")
+            assert f"gpuprobe_test_versioned {value}".encode() in gzip.decompress(body)
+            assert (ex.encodes, ex.compressions) == (value, value)  # the scrape only copied
+    finally:
+        ex.stop()
+
+
+def test_publishes_close_together_are_encoded_once():
+    from .conftest import wait_for
+
+    v, ex = _gated()
+    ex.render()
+    v.in_collect.clear()
+    ex.start()
+    try:
+        v.gate.clear()
+        v.publish(2.0)
+        ex.changed()
+        assert v.in_collect.wait(5)  # the refresher is encoding 2.0 ...
+        v.in_collect.clear()
+        for value in (3.0, 4.0, 5.0):  # ... while three more publishes come
+            v.publish(value)
+            ex.changed()
+        v.gate.set()
+        wait_for(lambda: ex.encodes == 3, timeout=5)
+        assert b"gpuprobe_test_versioned 5.0" in ex.render()[0]
+        assert ex.encodes == 3  # 1.0, 2.0, then 5.0 for the three publishes during 2.0's
+    finally:
+        v.gate.set()
+        ex.stop()
+
+
+def test_while_the_new_snapshot_is_encoded_a_scrape_gets_the_previous_at_once():
+    import threading
+
+    v, ex = _gated(max_stale=5.0)
+    ex.render()
+    v.in_collect.clear()
+    ex.start()
+    try:
+        v.gate.clear()
+        v.publish(2.0)
+        ex.changed()
+        assert v.in_collect.wait(5)  # the refresher is inside 2.0's encode, and stays there
+        done = threading.Event()
+        got: list[bytes] = []
+        threading.Thread(target=lambda: (got.append(ex.render()[0]), done.set())).start()
+        assert done.wait(5), "a scrape waited for the encode under way"
+        assert b"gpuprobe_test_versioned 1.0" in got[0]
+    finally:
+        v.gate.set()
+        ex.stop()
+    assert b"gpuprobe_test_versioned 2.0" in ex.render()[0]
+
+
+def test_past_max_stale_or_without_a_refresher_a_scrape_encodes_the_new_snapshot():
+    v, ex = _gated(max_stale=0.0)
+    ex.render()
+    v.in_collect.clear()
+    ex.start()
+    try:
+        v.gate.clear()
+        v.publish(2.0)
+        ex.changed()
+        assert v.in_collect.wait(5)
+        v.gate.set()
+        assert b"gpuprobe_test_versioned 2.0" in ex.render()[0]  # waited for it, not stale
+    finally:
+        ex.stop()
+    v.publish(3.0)
+    ex.changed()  # no refresher running: the scrape itself encodes
+    assert b"gpuprobe_test_versioned 3.0" in ex.render()[0]
+
+
+def test_the_daemon_encodes_each_publish_ahead(tmp_path):
+    """Wired: the store tells the HTTP server's exposition of every publish."""
+    from .conftest import free_port, wait_for
+
+    d = make_daemon(config={"listen": f"127.0.0.1:{free_port()}"})
+    d.start()
+    try:
+        ex = d.http.exposition
+        wait_for(lambda: ex.encodes >= 2, timeout=15)  # collectors published; nobody scraped
+    finally:
+        d.stop()

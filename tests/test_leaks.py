@@ -9,7 +9,7 @@ from importlib import resources
 import pytest
 import yaml
 
-from gpuprobe.daemon.analysis.leaks import LeakDetector, robust_slope
+from gpuprobe.daemon.analysis.leaks import LeakDetector, judge, robust_slope
 from gpuprobe.daemon.analysis.memory_leaks import MemoryLeaks
 from gpuprobe.daemon.core.config import LeaksConfig, from_mapping
 from gpuprobe.daemon.core.model import (
@@ -100,6 +100,23 @@ def test_a_flagged_leak_clears_when_memory_is_freed():
         suspected.append(a is not None and a.suspected)
     assert any(suspected[:540])
     assert not any(suspected[-100:])  # a pause longer than max_pause ends it
+
+
+@pytest.mark.parametrize("settings", [{}, {"min_rate": 0.0, "min_snr": 0.0, "min_samples": 2}])
+def test_a_flat_series_is_never_leak_like_the_shortcut_agrees_with_judge(settings):
+    """Series.assess skips judging a series that never moved; judge() itself, under the
+    laxest settings too, finds no window of it leak-like."""
+    cfg = LeaksConfig(**{**LeaksConfig().__dict__, **settings})
+    t = [60.0 * i for i in range(60)]
+    for level in (0.0, 5 * 2**30):
+        v = [level] * len(t)
+        for past in (None, level - 2**30):
+            assert not judge(t, v, past, cfg).leaky
+        det = LeakDetector(cfg)
+        for ti, vi in zip(t, v, strict=True):
+            det.observe("k", ti, vi)
+            a = det.assess("k")
+        assert a is not None and (a.slope, a.suspected, a.confidence) == (0.0, False, 0.0)
 
 
 def test_the_history_is_bounded_by_the_window():

@@ -113,10 +113,10 @@ def test_fake_proc_tree_matches_the_processes():
          "memory": {"pattern": "constant", "size": GIB}}]}]}), ManualClock())
     try:
         world, root = sim.world, sim.proc_root
-        world.sync_processes(10.0)
+        world.sync_processes(10.0, world.devices[0])
         proc = ProcessResolver(root).resolve(77)
         assert proc.name == "job" and proc.container_id == "cd" * 32
-        world.sync_processes(120.0)  # it ended
+        world.sync_processes(120.0, world.devices[0])  # it ended
         assert not os.path.exists(os.path.join(root, "77"))
     finally:
         sim.close()
@@ -226,5 +226,24 @@ def test_a_library_missing_at_load_is_not_found_and_found_once_installed():
         sim.libnvml.library_missing = True  # gone while loaded: every call fails
         with pytest.raises(sim.nvml.NVMLError_Uninitialized):
             sim.nvml.nvmlDeviceGetCount()
+    finally:
+        sim.close()
+
+
+def test_fake_proc_tree_syncs_the_asking_device_only():
+    """A process list of one GPU writes and removes that GPU's entries, never another's."""
+    sim = Simulation(parse({"devices": [
+        {"processes": [{"pid": 70, "end": "1m", "memory": {"pattern": "constant"}}]},
+        {"processes": [{"pid": 80, "memory": {"pattern": "constant"}}]}]}), ManualClock())
+    try:
+        world, root = sim.world, sim.proc_root
+        first, second = world.devices
+        world.sync_processes(10.0, first)
+        assert os.path.exists(os.path.join(root, "70"))
+        assert not os.path.exists(os.path.join(root, "80"))
+        world.sync_processes(10.0, second)
+        world.sync_processes(120.0, first)  # 70 ended; 80 is the second GPU's to keep
+        assert not os.path.exists(os.path.join(root, "70"))
+        assert os.path.exists(os.path.join(root, "80"))
     finally:
         sim.close()

@@ -56,3 +56,12 @@ def test_a_supplement_without_its_device_adds_no_device():
     store = Store()
     publish(store, "amd_slow", slow())
     assert store.view().devices() == []
+
+
+def test_every_publish_tells_the_subscribers_after_the_view_is_swapped():
+    store = Store()
+    seen: list[tuple[str, ...]] = []
+    store.subscribe(lambda: seen.append(tuple(store.view().health)))
+    store.publish("a", None, CollectorHealth("a", 1.0))
+    store.publish("b", None, CollectorHealth("b", 1.0))
+    assert seen == [("a",), ("a", "b")]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -113,9 +113,15 @@ class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._view = View()
+        self._listeners: list[Callable[[], None]] = []
 
     def view(self) -> View:
         return self._view
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every publish, on the publishing thread; it must return
+        at once (the exposition only notes that there is a new view to encode)."""
+        self._listeners.append(listener)
 
     def publish(self, name: str, result: CollectorResult | None, health: CollectorHealth) -> None:
         with self._lock:
@@ -125,3 +131,5 @@ class Store:
             healths = dict(self._view.health)
             healths[name] = health
             self._view = View(MappingProxyType(results), MappingProxyType(healths))
+        for listener in self._listeners:
+            listener()

@@ -12,17 +12,25 @@ served: Prometheus accepts it whatever it asks for first.
 
 :class:`Exposition` is what ``/metrics`` serves. A collector whose families are a function of
 a snapshot it names (``snapshot()``; the exporter's, of the store's published view) is encoded
-and compressed once per snapshot, on the first scrape that sees it, however many scrapers ask;
-the rest of the registry (the HTTP server's counters, ``process_*``) is small and encoded on
-every scrape. The gzip body is one gzip member: the cached part's deflate blocks, flushed to a
-byte boundary, followed by the blocks of the part compressed now.
+and compressed once per snapshot, however many scrapers ask; the rest of the registry (the
+HTTP server's counters, ``process_*``) is small and encoded on every scrape. The gzip body is
+one gzip member: the cached part's deflate blocks, flushed to a byte boundary, followed by the
+blocks of the part compressed now.
+
+Told of each publish (:meth:`Exposition.changed`), the exposition encodes the new snapshot
+on a thread of its own, a few milliseconds later (publishes of one poll cycle come together
+and are encoded once), so a scrape hands out bytes already made. A scrape that arrives in
+between is served the previous snapshot's bytes while the new one is at most ``max_stale``
+seconds old; past that, or with no refresher running, it encodes the new snapshot itself.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,7 +42,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+log = logging.getLogger("gpuprobe.exposition")
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+COALESCE_SECONDS = 0.02  # publishes this close together are encoded once
+MAX_STALE_SECONDS = 5.0  # a scrape may be served the previous snapshot while the latest is this
+# young: no older than a default poll interval, while an encode on a busy host can take 0.5 s
+GZIP_WANTED_SECONDS = 600.0  # after a gzip scrape, compress each new snapshot ahead of scrapes
 _TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram",
           "unknown": "untyped"}
 _SUFFIX = {"counter": "_total", "info": "_info"}
@@ -182,14 +196,86 @@ class Exposition:
     blocks, compressed once. Other collectors are collected and encoded on every scrape.
     ``encodes`` and ``compressions`` count the snapshot encodes and compressions done."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, max_stale: float = MAX_STALE_SECONDS
+                 ) -> None:
         self.registry = registry
+        self.max_stale = max_stale
         self.encodes = 0
         self.compressions = 0
         self._lock = threading.Lock()  # one snapshot encode at a time, shared by its waiters
         self._encoded: dict[Any, _Encoded] = {}
         self._encoder = Encoder()  # used under the lock only
         self._volatile = Encoder()
+        self._changed = threading.Event()
+        self._published: float | None = None  # when the oldest publish not yet encoded came
+        self._publishes = 0
+        self._gzip_until = 0.0  # compress ahead of scrapes until then (a gzip scrape was seen)
+        self._refresher: threading.Thread | None = None
+        self._stopping = False
+
+    # -- ahead of scrapes -------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """A snapshot has been published (the store calls this from the publishing thread):
+        encode it soon, off the scrape path."""
+        self._publishes += 1
+        if self._published is None:
+            self._published = time.monotonic()
+        self._changed.set()
+
+    def start(self) -> None:
+        """Encode each published snapshot on a thread of its own from now on."""
+        self._stopping = False
+        self._refresher = threading.Thread(target=self._refresh_loop, name="exposition",
+                                           daemon=True)
+        self._refresher.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._changed.set()
+        if self._refresher is not None:
+            self._refresher.join(5)
+            self._refresher = None
+
+    def _refresh_loop(self) -> None:
+        while True:
+            self._changed.wait()
+            if self._stopping:
+                return
+            time.sleep(COALESCE_SECONDS)
+            self._changed.clear()
+            try:
+                self.refresh()
+            except Exception:  # a collector's bug must not end the refreshing
+                log.exception("encoding the published snapshot failed; scrapes encode it")
+
+    def refresh(self) -> None:
+        """Encode (and, while gzip scrapes come, compress) every snapshot collector's latest
+        snapshot now."""
+        publishes = self._publishes
+        compress = time.monotonic() < self._gzip_until
+        with self.registry._lock:
+            collectors = list(self.registry._collector_to_names)
+        for c in collectors:
+            if callable(getattr(c, "snapshot", None)):
+                self._snapshot(c, compress, refreshing=True)
+        # scrapes meanwhile were served the previous snapshot; one published during this
+        # encode is the next refresh's, and may be served stale from now
+        self._published = None if self._publishes == publishes else time.monotonic()
+
+    def _servable(self, collector: Any) -> _Encoded | None:
+        """The encoding a scrape may be served without encoding: the current snapshot's, or
+        the previous one while the refresher is at most ``max_stale`` behind."""
+        encoded = self._encoded.get(collector)
+        if encoded is None:
+            return None
+        if encoded.snapshot is collector.snapshot():
+            return encoded
+        published = self._published
+        if (self._refresher is not None and published is not None
+                and time.monotonic() - published < self.max_stale):
+            return encoded
+        return None
 
     def render(self, names: list[str] | None = None, accept_encoding: str | None = None
                ) -> tuple[bytes, Headers]:
@@ -200,6 +286,8 @@ class Exposition:
         if getattr(registry, "_target_info", None):
             return render(registry, names, accept_encoding)  # not ours to cache
         gz = gzip_accepted(accept_encoding or "")
+        if gz:
+            self._gzip_until = time.monotonic() + GZIP_WANTED_SECONDS
         wanted = frozenset(names) if names else None
         # the registry's own bookkeeping: its collectors in order, and who declares each name
         with registry._lock:
@@ -228,7 +316,11 @@ class Exposition:
             return gzip.compress(b"".join(p for _, p in parts)), headers
         return self._gzip(parts), headers
 
-    def _snapshot(self, collector: Any, compress: bool) -> _Encoded:
+    def _snapshot(self, collector: Any, compress: bool, refreshing: bool = False) -> _Encoded:
+        if not refreshing:
+            encoded = self._servable(collector)  # without the lock: the refresher may hold it
+            if encoded is not None and (not compress or encoded.deflated is not None):
+                return encoded
         with self._lock:
             snapshot = collector.snapshot()
             encoded = self._encoded.get(collector)

@@ -52,6 +52,7 @@ class Daemon:
             self.http = HttpServer(host, port, self.registry, self.health, self.ready,
                                    self.landing, self.web, self.config.http)
             self.registry.register(self.http.stats)
+            self.store.subscribe(self.http.exposition.changed)  # encoded ahead of scrapes
             self.http.start()
         self.scheduler.start()
 

@@ -276,6 +276,7 @@ class HttpServer:
         self._thread = threading.Thread(target=run, name="http", daemon=True)
         self._thread.start()
         started.wait(5)
+        self.exposition.start()
 
     def stop(self) -> None:
         def shutdown() -> None:
@@ -285,6 +286,7 @@ class HttpServer:
                 conn.abort()
             self._loop.stop()
 
+        self.exposition.stop()
         if self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(shutdown)
             self._thread.join(5)

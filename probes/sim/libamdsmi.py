@@ -635,7 +635,8 @@ class SimLibAmdSmi(Face):
         """(device index, process, when its counters stopped) of every KFD process: the
         live ones, and the exited ones while any process is still alive (7.0.2 forgets
         exited processes only once the list has run empty)."""
-        self._world.sync_processes(t)
+        for dev in self._devices:
+            self._world.sync_processes(t, dev)
         out, alive = [], set()
         for index, dev in enumerate(self._devices):
             for p in dev.state(t).processes:

@@ -623,7 +623,7 @@ class SimNvmlLibrary:
                                                 infos: Any) -> int | None:
         t = self._t()
         dev, _, instance = self._resolve(handle, t)
-        self._world.sync_processes(t)
+        self._world.sync_processes(t, dev)
         hidden = "process_memory" in dev.spec.unsupported
         listed = []
         for p in dev.state(t).processes:
