@@ -299,19 +299,20 @@ def measure_static(body: bytes, args: argparse.Namespace, tmp: Path) -> dict[str
 
 
 def serve_static(body_path: str, port: int) -> int:
-    """The static arm's child: gpuprobe's HttpServer, its exposition replaced by one that
-    hands out a fixed body (and its gzip, compressed once); until SIGTERM."""
+    """The static arm's child: gpuprobe's HttpServer, its exposition replaced by one (a
+    subclass of gpuprobe's, so the server's calls on it stay valid) whose render hands out a
+    fixed body (and its gzip, compressed once); until SIGTERM."""
     import gzip
 
     from prometheus_client import CollectorRegistry
 
-    from gpuprobe.daemon.export.exposition import CONTENT_TYPE
+    from gpuprobe.daemon.export.exposition import CONTENT_TYPE, Exposition
     from gpuprobe.daemon.service.http import HttpServer
 
     body = Path(body_path).read_bytes()
     zipped = gzip.compress(body)
 
-    class Static:
+    class Static(Exposition):
         def render(self, names: list[str] | None = None, accept_encoding: str | None = None
                    ) -> tuple[bytes, list[tuple[str, str]]]:
             if accept_encoding and "gzip" in accept_encoding:
@@ -321,7 +322,7 @@ def serve_static(body_path: str, port: int) -> int:
     server = HttpServer("127.0.0.1", port, CollectorRegistry(auto_describe=True),
                         health=lambda: (True, {}), ready=lambda: (True, {}),
                         landing=lambda: "static\n")
-    server.exposition = Static()  # type: ignore[assignment]  # render() as Exposition's
+    server.exposition = Static(server.registry)  # an empty registry: nothing to encode
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     server.start()
