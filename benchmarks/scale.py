@@ -333,6 +333,39 @@ def serve_static(body_path: str, port: int) -> int:
 
 # -- one size -------------------------------------------------------------------------------
 
+# A child that builds the simulation the daemon runs over, and nothing of the daemon, and
+# prints its resident memory once every device's memory and process list have been read:
+# the part of `run --simulate`'s RSS that is the simulation's, not gpuprobe's.
+_SIM_ONLY = """
+import gc, sys, psutil
+from gpuprobe.probes.sim import Simulation
+from gpuprobe.probes.sim.scenario import load
+import gpuprobe.daemon.service.app, prometheus_client  # the daemon's imports, for a fair base
+sim = Simulation(load(sys.argv[1]))
+nvml = sim.nvml
+nvml.nvmlInit()
+for i in range(nvml.nvmlDeviceGetCount()):
+    h = nvml.nvmlDeviceGetHandleByIndex(i)
+    nvml.nvmlDeviceGetMemoryInfo(h)
+    nvml.nvmlDeviceGetComputeRunningProcesses(h)
+gc.collect()
+print(psutil.Process().memory_info().rss)
+sim.close()
+"""
+
+
+def measure_sim_rss(scen: Path) -> float | None:
+    """MB resident in a process holding only the imports and the warmed simulation."""
+    done = subprocess.run([sys.executable, "-c", _SIM_ONLY, str(scen)], capture_output=True,
+                          text=True, timeout=300, env=child_env())
+    try:
+        return round(int(done.stdout.split()[-1]) / 1e6, 1)
+    except (IndexError, ValueError):
+        print(f"simulation-only RSS not measured: {done.stderr.strip()[-200:]}",
+              file=sys.stderr)
+        return None
+
+
 def measure_size(gpus: int, procs: int, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"gpus": gpus, "procs": procs,
                            "gpuprobe_exports_procs": exported_processes(procs, args.max_processes)}
@@ -353,6 +386,7 @@ def measure_size(gpus: int, procs: int, args: argparse.Namespace) -> dict[str, A
             ours = {"error": str(e)}
             print(f"{gpus}x{procs}: gpuprobe not measured: {e}", file=sys.stderr)
         out["gpuprobe"] = ours
+        out["sim_only_rss_mb"] = measure_sim_rss(scen)
         if "error" not in ours:
             static = measure_static(ours.pop("body"), args, tmp)
             static.pop("body")
@@ -458,8 +492,9 @@ def render_table(result: dict[str, Any]) -> str:
         f"process. Poll CPU: medians of {result['cycles']} interleaved cycles.",
         "",
         "| GPUs x procs | series | body | scrape p50 / p99 | static p99 | ratio "
-        "| poll CPU ours / bare | CPU s/min idle / scraping | CPU ms/min per series | RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| poll CPU ours / bare | CPU s/min idle / scraping | CPU ms/min per series | RSS "
+        "| of which the simulation's |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sizes:
         o, st, poll = s["gpuprobe"], s.get("static", {}), s["poll"]
@@ -468,14 +503,15 @@ def render_table(result: dict[str, Any]) -> str:
                      if "ratio" in poll else f"failed: {poll.get('error', '?')[:60]}")
         if "error" in o:
             lines.append(f"| {s['gpus']} x {s['procs']} | not measured: {_short(o['error'])} "
-                         f"| | | | | {poll_text} | | | |")
+                         f"| | | | | {poll_text} | | | | |")
             continue
         lines.append(
             f"| {s['gpus']} x {s['procs']} | {o['series']:,} | {_kb(o['bytes'])} "
             f"| {_f(o['p50_ms'])} / {_f(o['p99_ms'])} ms | {_f(st['p99_ms'])} ms "
             f"| {_f(s.get('static_ratio'))}x | {poll_text} "
             f"| {o['cpu_s_per_min_idle']:.2f} / {o['cpu_s_per_min_scraping']:.2f} "
-            f"| {_f(o.get('cpu_ms_per_min_per_series'), '{:.3f}')} | {o['rss_mb']:.0f} MB |")
+            f"| {_f(o.get('cpu_ms_per_min_per_series'), '{:.3f}')} | {o['rss_mb']:.0f} MB "
+            f"| {_f(s.get('sim_only_rss_mb'), '{:.0f}')} MB |")
     nv_rows = [s for s in sizes if "skipped" not in s.get("nvitop", {"skipped": 1})]
     if nv_rows:
         lines += [

@@ -73,6 +73,8 @@ def test_tiny_run_without_nvitop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             assert arm["p50_ms"] > 0 and arm["p99_ms"] >= arm["p50_ms"]
             assert arm["rss_mb"] > 0 and arm["cpu_s_per_min_scraping"] >= 0
         assert ours["series"] > 100 and ours["cpu_ms_per_min_per_series"] >= 0
+        # the simulation's own share of the daemon's memory, measured in a process of its own
+        assert 0 < s["sim_only_rss_mb"] < ours["rss_mb"] + 20
         # the static server served the daemon's body, byte for byte the same size
         assert static["bytes"] == ours["bytes"] and static["same_bytes"]
         assert static["series"] == ours["series"]
