@@ -472,6 +472,10 @@ def _f(v: Any, fmt: str = "{:.2f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _less(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 def _kb(n: int) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
 
@@ -493,8 +497,8 @@ def render_table(result: dict[str, Any]) -> str:
         "",
         "| GPUs x procs | series | body | scrape p50 / p99 | static p99 | ratio "
         "| poll CPU ours / bare | CPU s/min idle / scraping | CPU ms/min per series | RSS "
-        "| of which the simulation's |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| imports + simulation alone | RSS less that |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sizes:
         o, st, poll = s["gpuprobe"], s.get("static", {}), s["poll"]
@@ -503,7 +507,7 @@ def render_table(result: dict[str, Any]) -> str:
                      if "ratio" in poll else f"failed: {poll.get('error', '?')[:60]}")
         if "error" in o:
             lines.append(f"| {s['gpus']} x {s['procs']} | not measured: {_short(o['error'])} "
-                         f"| | | | | {poll_text} | | | | |")
+                         f"| | | | | {poll_text} | | | | | |")
             continue
         lines.append(
             f"| {s['gpus']} x {s['procs']} | {o['series']:,} | {_kb(o['bytes'])} "
@@ -511,7 +515,8 @@ def render_table(result: dict[str, Any]) -> str:
             f"| {_f(s.get('static_ratio'))}x | {poll_text} "
             f"| {o['cpu_s_per_min_idle']:.2f} / {o['cpu_s_per_min_scraping']:.2f} "
             f"| {_f(o.get('cpu_ms_per_min_per_series'), '{:.3f}')} | {o['rss_mb']:.0f} MB "
-            f"| {_f(s.get('sim_only_rss_mb'), '{:.0f}')} MB |")
+            f"| {_f(s.get('sim_only_rss_mb'), '{:.0f}')} MB "
+            f"| {_f(_less(o['rss_mb'], s.get('sim_only_rss_mb')), '{:+.0f}')} MB |")
     nv_rows = [s for s in sizes if "skipped" not in s.get("nvitop", {"skipped": 1})]
     if nv_rows:
         lines += [
