@@ -3,9 +3,11 @@
 For each size (GPUs x processes per GPU), over scenarios this script generates
 (overhead.scenario):
 
-1. gpuprobe: a real ``gpuprobe run --simulate`` child (collectors at 1 s), waited on until
-   every simulated GPU has its ``gpuprobe_device_up`` series and every process its series;
-   then an idle window (no scrapes: the daemon's own polling CPU) and a scrape window
+1. gpuprobe: a real ``gpuprobe run --simulate`` child (the NVIDIA collectors at
+   ``--interval``, 5 s by default), waited on until every simulated GPU has its
+   ``gpuprobe_device_up`` series and every process it exports (at most
+   exporter.max_processes_per_device a GPU) its series; then an idle window (no scrapes: the
+   daemon's own polling CPU) and a scrape window
    (``--scrapes`` GETs of /metrics, ``--gap`` apart, on one kept-alive connection, so that
    the window spans several poll cycles and some scrapes meet a fresh snapshot). Reported:
    series, body bytes, scrape p50/p99, CPU seconds per minute in each window (psutil, all
@@ -16,8 +18,8 @@ For each size (GPUs x processes per GPU), over scenarios this script generates
 3. poll: overhead.compare_poll at the same size: CPU of gpuprobe's poll cycle against the
    bare pynvml calls it makes (checked to be the same calls, process queries included).
 4. nvitop-exporter (``pip install -e '.[bench]'``), the Python peer, over the same simulated
-   GPUs (benchmarks/_nvitop_sim.py: its pynvml is the simulation's binding copy), at its
-   default 1 s interval, waited on until every GPU's and every process's series are
+   GPUs (benchmarks/_nvitop_sim.py: its pynvml is the simulation's binding copy), at the
+   same ``--interval``, waited on until every GPU's and every process's series are
    exported, then measured as (1). Skipped, with a line saying so, where it is not installed.
 
 Targets (issue 14): scrape p99 within 2x of the static server at every size and at most
