@@ -243,8 +243,7 @@ def test_hung_init_is_abandoned_and_retried() -> None:
 def test_library_going_away_while_running_and_coming_back() -> None:
     d = amd_daemon()
     try:
-        cycle(d)
-        assert _backend(d).up
+        _started(d)
         rule = d.simulation.libamdsmi.faults.add("*", error=32)  # NOT_INIT from every call
         cycle(d)
         cycle(d)
@@ -267,8 +266,7 @@ def test_device_vanishing_and_returning() -> None:
     scenario["devices"][2]["events"] = [scenario_fall]
     d = make_daemon(scenario, AMD_FAST, ManualClock(start=60.0))
     try:
-        cycle(d)
-        assert _devices(d)[("amd", "1")].up
+        _started(d)
         d.simulation.world.clock.t = 150.0
         cycle(d, advance=1.0)
         cycle(d, advance=1.0)
@@ -285,6 +283,17 @@ def _amd_collector(d):
     return next(c for c in d.scheduler.collectors if c.name == "amd")
 
 
+def _started(d) -> None:
+    """The collectors run (at the clock's present time) until the AMD library is up and all
+    four AMD devices read up with their values: the first cycle on a loaded machine can end
+    with the preflight or the first discovery still under way (see faultcheck.settle)."""
+    def all_up() -> None:
+        assert _backend(d).up
+        amd = [s for (v, _), s in _devices(d).items() if v == "amd"]
+        assert len(amd) == 4 and all(s.up and s.memory.used_bytes is not None for s in amd)
+    settle(d.scheduler.run_once, all_up)
+
+
 def test_stuck_address_read_does_not_shift_other_gpus_onto_its_handle() -> None:
     """Issue 11, defect 3: while GPU 0's amdsmi_get_gpu_device_bdf hangs, its handles are
     skipped in discovery; GPU 1 must keep its own address, identity and figures (the old
@@ -294,7 +303,7 @@ def test_stuck_address_read_does_not_shift_other_gpus_onto_its_handle() -> None:
     d = amd_daemon()
     release = threading.Event()
     try:
-        cycle(d)
+        _started(d)
         before = {i: s for (v, i), s in _devices(d).items() if v == "amd"}
         assert before["1"].identity.model == "AMD Radeon PRO W7900"
         d.simulation.libamdsmi.faults.add("amdsmi_get_gpu_device_bdf", 0, hang=release)
@@ -327,6 +336,7 @@ def test_gpu_answering_nothing_reads_down_and_comes_back(caplog) -> None:
     reads it down, not up with its static facts; it reads up again when calls answer."""
     d = amd_daemon()
     try:
+        _started(d)
         gpu_answering_nothing(d, d.simulation.libamdsmi.faults, 9, lambda: cycle(d),
                               lambda: _devices(d)[("amd", "1")], lambda: _others_fine(d, 1),
                               caplog)
@@ -343,7 +353,7 @@ def test_a_gpu_hung_through_a_rediscovery_stays_listed_down() -> None:
     d = amd_daemon()
     release = threading.Event()
     try:
-        cycle(d)
+        _started(d)
         uuid = _devices(d)[("amd", "0")].identity.uuid
         d.simulation.libamdsmi.faults.add("amdsmi_get_gpu_memory_usage", 0, hang=release)
         session = _amd_collector(d).session
