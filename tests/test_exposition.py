@@ -260,6 +260,20 @@ def _gated(max_stale: float = 5.0) -> tuple[Gated, Exposition]:
     return v, Exposition(registry, max_stale=max_stale)
 
 
+def _encoding_two(max_stale: float = 5.0) -> tuple[Gated, Exposition]:
+    """An exposition that has served 1.0 and whose refresher is now inside the encode of
+    a published 2.0, held there until ``gate`` is set."""
+    v, ex = _gated(max_stale)
+    ex.render()
+    v.in_collect.clear()
+    ex.start()
+    v.gate.clear()
+    v.publish(2.0)
+    ex.changed()
+    assert v.in_collect.wait(5)
+    return v, ex
+
+
 def test_a_published_snapshot_is_encoded_before_any_scrape_asks():
     from .conftest import wait_for
 
@@ -283,15 +297,8 @@ def test_a_published_snapshot_is_encoded_before_any_scrape_asks():
 def test_publishes_close_together_are_encoded_once():
     from .conftest import wait_for
 
-    v, ex = _gated()
-    ex.render()
-    v.in_collect.clear()
-    ex.start()
+    v, ex = _encoding_two()  # the refresher is encoding 2.0 ...
     try:
-        v.gate.clear()
-        v.publish(2.0)
-        ex.changed()
-        assert v.in_collect.wait(5)  # the refresher is encoding 2.0 ...
         v.in_collect.clear()
         for value in (3.0, 4.0, 5.0):  # ... while three more publishes come
             v.publish(value)
@@ -308,15 +315,8 @@ def test_publishes_close_together_are_encoded_once():
 def test_while_the_new_snapshot_is_encoded_a_scrape_gets_the_previous_at_once():
     import threading
 
-    v, ex = _gated(max_stale=5.0)
-    ex.render()
-    v.in_collect.clear()
-    ex.start()
+    v, ex = _encoding_two(max_stale=5.0)  # and it stays inside 2.0's encode
     try:
-        v.gate.clear()
-        v.publish(2.0)
-        ex.changed()
-        assert v.in_collect.wait(5)  # the refresher is inside 2.0's encode, and stays there
         done = threading.Event()
         got: list[bytes] = []
         threading.Thread(target=lambda: (got.append(ex.render()[0]), done.set())).start()
@@ -329,15 +329,8 @@ def test_while_the_new_snapshot_is_encoded_a_scrape_gets_the_previous_at_once():
 
 
 def test_past_max_stale_or_without_a_refresher_a_scrape_encodes_the_new_snapshot():
-    v, ex = _gated(max_stale=0.0)
-    ex.render()
-    v.in_collect.clear()
-    ex.start()
+    v, ex = _encoding_two(max_stale=0.0)
     try:
-        v.gate.clear()
-        v.publish(2.0)
-        ex.changed()
-        assert v.in_collect.wait(5)
         v.gate.set()
         assert b"gpuprobe_test_versioned 2.0" in ex.render()[0]  # waited for it, not stale
     finally:

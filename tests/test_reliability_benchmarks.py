@@ -3,29 +3,16 @@ pids as intended, and the fault runs' readings of /metrics and of the log are ri
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 from gpuprobe.probes.sim import ManualClock, Simulation
 from gpuprobe.probes.sim.scenario import parse
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from .conftest import load_benchmark
 
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-soak = _load("soak")
-faults = _load("faults")
+soak = load_benchmark("soak")
+faults = load_benchmark("faults")
 harness = sys.modules["_harness"]
 
 

@@ -7,29 +7,14 @@ not of the daemon's speed."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from .conftest import load_benchmark
 
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCH / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-scale = _load("scale")
+scale = load_benchmark("scale")
 FAST = ["--scrapes", "5", "--gap", "0.005", "--idle", "0.3", "--cycles", "1",
         "--interval", "1", "--settle-timeout", "60"]
 
