@@ -340,7 +340,7 @@ def test_past_max_stale_or_without_a_refresher_a_scrape_encodes_the_new_snapshot
     assert b"gpuprobe_test_versioned 3.0" in ex.render()[0]
 
 
-def test_the_daemon_encodes_each_publish_ahead(tmp_path):
+def test_the_daemon_encodes_each_publish_ahead():
     """Wired: the store tells the HTTP server's exposition of every publish."""
     from .conftest import free_port, wait_for
 
