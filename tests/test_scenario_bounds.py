@@ -262,3 +262,19 @@ def test_xid_repeats_are_listed_without_walking_all_of_them():
         assert len(dev.xids_between(-1, 20000)) == 10_000
     finally:
         sim.close()
+
+
+def test_a_file_read_through_the_json_compaction_gives_the_same_scenario(tmp_path):
+    """load() copies a parse through JSON text so that PyYAML's garbage leaves its arenas
+    (scenario._json_text); what comes out is what the YAML said."""
+    path = write_yaml(tmp_path / "s.yaml", BASE)
+    from gpuprobe.daemon.core import safeyaml
+
+    assert scenario_mod._json_text(safeyaml.load_file(path)) is not None
+    assert load(path) == parse(copy.deepcopy(BASE), f"scenario file {path}", tmp_path)
+
+
+@pytest.mark.parametrize("data", [{"at": __import__("datetime").date(2026, 1, 1)},
+                                  {1: "an int key"}, [b"bytes"]])
+def test_what_json_cannot_hold_is_not_compacted(data):
+    assert scenario_mod._json_text(data) is None

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import difflib
+import gc
 import io
 import itertools
+import json
 import math
 import re
 from collections import Counter
@@ -603,4 +605,32 @@ def load(path: str | Path | None) -> Scenario:
                                   max_nodes=SCENARIO_FILE_NODES)
     except safeyaml.YamlFileError as e:
         raise ScenarioError(str(e)) from None
+    as_json = _json_text(data)
+    if as_json is not None:  # compact it: see _json_text
+        del data
+        gc.collect()
+        data = json.loads(as_json)
+        del as_json
     return parse(data, f"scenario file {display_path(path)}", Path(path).parent)
+
+
+def _json_text(data: Any) -> str | None:
+    """``data`` as JSON text, or None if it holds anything JSON has not (a YAML date, a key
+    that is not a string).
+
+    The values PyYAML keeps lie between the garbage of its node tree, so the memory of a
+    large parse stays with the process: at 64 GPUs x 128 processes, 55 MB of RSS. Read
+    back from this text once every object of the parse is gone, the same values take the
+    arenas the parse freed, and the rest goes back to the system."""
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if not all(type(k) is str for k in v):
+                return None
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif not (v is None or type(v) in (str, int, float, bool)):
+            return None
+    return json.dumps(data)
