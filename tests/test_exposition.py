@@ -347,7 +347,8 @@ def test_the_daemon_encodes_each_publish_ahead():
     d = make_daemon(config={"listen": f"127.0.0.1:{free_port()}"})
     d.start()
     try:
-        ex = d.http.exposition
+        ex = d.exposition
+        assert ex is not None
         wait_for(lambda: ex.encodes >= 2, timeout=15)  # collectors published; nobody scraped
     finally:
         d.stop()

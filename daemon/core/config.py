@@ -146,6 +146,10 @@ class HttpConfig:
     idle_timeout: float = field(default=300.0, metadata=_duration(1.0, max=3600.0))
     write_timeout: float = field(default=30.0, metadata=_duration(0.1, max=600.0))
     render_threads: int = field(default=2, metadata={"min": 1, "max": 16})
+    # Serve from a process of its own, forked at start (daemon/service/serving.py), so that
+    # a scrape never waits for the interpreter lock behind the polls; false serves from a
+    # thread of the daemon's one process.
+    separate_process: bool = True
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,14 @@ def _sample_name(spec: MetricSpec) -> str:
     return spec.family + {"counter": "_total", "info": "_info"}.get(spec.type, "")
 
 
+def describe() -> Iterator[Metric]:
+    """The families the exporter declares (what ``?name[]=`` finds it by): the catalogue's,
+    but for the HTTP server's own."""
+    for m in CATALOG:
+        if m.scope != "http":
+            yield Metric(m.family, m.help, m.type)
+
+
 class SnapshotCollector:
     def __init__(self, store: Store, config: ExporterConfig) -> None:
         self.store = store
@@ -42,8 +50,7 @@ class SnapshotCollector:
         self._specs = [(m, _sample_name(m)) for m in CATALOG if m.scope != "http"]
 
     def describe(self) -> Iterator[Metric]:
-        for m, _ in self._specs:
-            yield Metric(m.family, m.help, m.type)
+        return describe()
 
     def snapshot(self) -> View:
         """What :meth:`collect` renders from: the families are a function of it alone (and

@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +176,40 @@ def _deflate(data: bytes) -> bytes:
     return c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
 
 
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """A snapshot collector's families as text: what the daemon's main process sends its
+    serving process (daemon/service/serving.py), which serves them through a
+    :class:`Relayed` collector."""
+
+    body: bytes
+    families: list[tuple[frozenset[str], int, int]]  # sample names, start, end in body
+
+
+class Relayed:
+    """A snapshot collector whose snapshot is an :class:`Encoded` made elsewhere: the
+    exposition serves its bytes as they came (and compresses them once). It declares the
+    names ``describe`` gives, so that ``?name[]=`` finds it."""
+
+    def __init__(self, describe: Callable[[], Iterable[Metric]]) -> None:
+        self._describe = describe
+        self._latest = Encoded(b"", [])
+
+    def describe(self) -> Iterable[Metric]:
+        return self._describe()
+
+    def put(self, encoded: Encoded) -> None:
+        self._latest = encoded
+
+    def snapshot(self) -> Encoded:
+        return self._latest
+
+    def collect(self, snapshot: Encoded | None = None) -> Iterable[Metric]:
+        """No families as objects: only a ``?name[]=`` naming part of a family asks (none
+        of ours has more than one sample name), and gets nothing of it."""
+        return ()
+
+
 @dataclass
 class _Encoded:
     """One snapshot collector's families, encoded for one snapshot."""
@@ -197,10 +231,13 @@ class Exposition:
     blocks, compressed once. Other collectors are collected and encoded on every scrape.
     ``encodes`` and ``compressions`` count the snapshot encodes and compressions done."""
 
-    def __init__(self, registry: CollectorRegistry, max_stale: float = MAX_STALE_SECONDS
-                 ) -> None:
+    def __init__(self, registry: CollectorRegistry, max_stale: float = MAX_STALE_SECONDS,
+                 on_encoded: Callable[[Encoded], None] | None = None) -> None:
+        """``on_encoded`` is handed each snapshot the refresher encodes (the daemon passes
+        it to the serving process)."""
         self.registry = registry
         self.max_stale = max_stale
+        self.on_encoded = on_encoded
         self.encodes = 0
         self.compressions = 0
         self._lock = threading.Lock()  # one snapshot encode at a time, shared by its waiters
@@ -259,7 +296,9 @@ class Exposition:
             collectors = list(self.registry._collector_to_names)
         for c in collectors:
             if callable(getattr(c, "snapshot", None)):
-                self._snapshot(c, compress, refreshing=True)
+                encoded = self._snapshot(c, compress, refreshing=True)
+                if self.on_encoded is not None:
+                    self.on_encoded(Encoded(encoded.body, encoded.families))
         # scrapes meanwhile were served the previous snapshot; one published during this
         # encode is the next refresh's, and may be served stale from now
         self._published = None if self._publishes == publishes else time.monotonic()
@@ -326,12 +365,15 @@ class Exposition:
             snapshot = collector.snapshot()
             encoded = self._encoded.get(collector)
             if encoded is None or encoded.snapshot is not snapshot:
-                chunks = self._encoder.encode_each(collector.collect(snapshot))
-                families, at = [], 0
-                for sample_names, text in chunks:
-                    families.append((sample_names, at, at + len(text)))
-                    at += len(text)
-                encoded = _Encoded(snapshot, b"".join(t for _, t in chunks), families)
+                if isinstance(snapshot, Encoded):  # encoded already, by another process
+                    encoded = _Encoded(snapshot, snapshot.body, snapshot.families)
+                else:
+                    chunks = self._encoder.encode_each(collector.collect(snapshot))
+                    families, at = [], 0
+                    for sample_names, text in chunks:
+                        families.append((sample_names, at, at + len(text)))
+                        at += len(text)
+                    encoded = _Encoded(snapshot, b"".join(t for _, t in chunks), families)
                 self._encoded[collector] = encoded
                 self.encodes += 1
             if compress and encoded.deflated is None:

@@ -12,8 +12,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from gpuprobe.daemon.core.config import Config
 from gpuprobe.daemon.core.state import Store
 from gpuprobe.daemon.export.exporter import SnapshotCollector, version
+from gpuprobe.daemon.export.exposition import Exposition
 from gpuprobe.daemon.service.http import HttpServer, landing_page
 from gpuprobe.daemon.service.scheduler import TICK_SECONDS, Scheduler
+from gpuprobe.daemon.service.serving import ServingProcess, State
 from gpuprobe.daemon.service.webconfig import WebConfigSource
 from gpuprobe.daemon.service.wiring import Sources, build
 
@@ -24,9 +26,12 @@ HEALTH_GRACE = 10.0  # seconds without a scheduler tick before /healthz fails
 
 class Daemon:
     def __init__(self, config: Config, simulation: Any = None, nvml: Any = None,
-                 web: WebConfigSource | None = None) -> None:
+                 web: WebConfigSource | None = None, serving: ServingProcess | None = None
+                 ) -> None:
         """``nvml`` replaces the pynvml module (a wrapper in benchmarks); ``simulation`` brings
-        its own library faces; ``web`` is the loaded web config (TLS, basic auth)."""
+        its own library faces; ``web`` is the loaded web config (TLS, basic auth);
+        ``serving``, a serving process launched already (else :meth:`start` launches one
+        where http.separate_process is true)."""
         self.config = config
         self.web = web or WebConfigSource(None)
         self.simulation = simulation
@@ -37,9 +42,12 @@ class Daemon:
                                     for c in build(self.sources, enabled)], self.store)
         # auto_describe lets ?name[]= find the process_* metrics too (ours have describe()).
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(SnapshotCollector(self.store, config.exporter))
+        self._snapshots = SnapshotCollector(self.store, config.exporter)
+        self.registry.register(self._snapshots)
         ProcessCollector(registry=self.registry)
-        self.http: HttpServer | None = None
+        self.http: HttpServer | None = None  # serving here (http.separate_process: false)
+        self.serving = serving  # else the serving process
+        self.exposition: Exposition | None = None  # what encodes each snapshot ahead
 
     def start(self, serve: bool = True) -> None:
         """Bind the port (raises OSError), then start collecting."""
@@ -47,17 +55,45 @@ class Daemon:
         # the process: keep them out of the cyclic GC's full passes, which otherwise made the
         # slowest 1% of /metrics renders twice as slow (benchmarks/overhead.py).
         gc.freeze()
-        if serve:
+        if serve and (self.serving is not None or self.config.http.separate_process):
+            self._serve_from_a_process()
+        elif serve:
             host, port = self.config.listen_address()
             self.http = HttpServer(host, port, self.registry, self.health, self.ready,
                                    self.landing, self.web, self.config.http)
             self.registry.register(self.http.stats)
-            self.store.subscribe(self.http.exposition.changed)  # encoded ahead of scrapes
+            self.exposition = self.http.exposition
+            self.store.subscribe(self.exposition.changed)  # encoded ahead of scrapes
             self.http.start()
         self.scheduler.start()
 
+    def _serve_from_a_process(self) -> None:
+        """Serve from a forked child (serving.py), forked now unless ``gpuprobe run`` did
+        it before building the rest; this process encodes each snapshot and sends it."""
+        if self.serving is None:
+            self.serving = ServingProcess.launch(self.config, self.web)
+        self.exposition = Exposition(self.registry, on_encoded=self.serving.post)
+        self.store.subscribe(self.exposition.changed)
+        self.serving.start(self._state)
+        self.exposition.start()
+        self.exposition.changed()  # what was published before the subscription
+
+    def _state(self) -> State:
+        return State(self.health(), self.ready(), self.landing())
+
+    def reload_web_config(self) -> bool | None:
+        """SIGHUP: re-read the web config now; whether the file's content is in force (None:
+        the serving process did not answer in time)."""
+        if self.serving is not None:
+            return self.serving.reload_web_config()
+        return self.http.reload_web_config() if self.http is not None else True
+
     def stop(self) -> None:
         self.scheduler.stop()
+        if self.serving is not None:  # launched, whether or not start() came
+            self.serving.stop()
+            if self.exposition is not None:
+                self.exposition.stop()
         if self.http is not None:
             self.http.stop()
         for c in self.scheduler.collectors:

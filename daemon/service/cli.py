@@ -103,10 +103,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     setup_logging(cfg.log_level)
     web = _web_config(cfg)
-    sim = _simulation(cfg)
-    from gpuprobe.daemon.service.app import Daemon
+    serving = None
+    if cfg.http.separate_process:  # forked first, small: before the simulation and the
+        from gpuprobe.daemon.service.serving import ServingProcess  # vendor libraries
 
-    daemon = Daemon(cfg, sim, web=web)
+        try:
+            serving = ServingProcess.launch(cfg, web)
+        except OSError as e:
+            raise _Fail(f"cannot listen on {cfg.listen}: {e.strerror or e}",
+                        EXIT_RUNTIME) from None
+    try:
+        sim = _simulation(cfg)
+        from gpuprobe.daemon.service.app import Daemon
+
+        daemon = Daemon(cfg, sim, web=web, serving=serving)
+    except BaseException:
+        if serving is not None:
+            serving.stop()
+        raise
     stop = threading.Event()
     reload = threading.Event()
 

@@ -252,26 +252,29 @@ class HttpServer:
         self._throttled = _Throttled()
         self._tokens: tuple[float, float] | None = None  # rate limit: (tokens, when)
         self._closing: set[asyncio.Task[None]] = set()  # refused, still being answered
-        self._loop = asyncio.new_event_loop()
-        self._loop.set_exception_handler(self._loop_exception)
+        self._loop: asyncio.AbstractEventLoop | None = None  # made by start()
         self._thread: threading.Thread | None = None
         self._accept: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        # Made here, not in __init__: the serving process closes every descriptor it did
+        # not make but the port's (serving.py) before it starts this.
+        loop = self._loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._loop_exception)
         started = threading.Event()
 
         def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._accept = self._loop.create_task(self._accept_loop())
-            self._loop.call_soon(started.set)
-            self._loop.run_forever()
+            asyncio.set_event_loop(loop)
+            self._accept = loop.create_task(self._accept_loop())
+            loop.call_soon(started.set)
+            loop.run_forever()
             # stop() has cancelled every task; let them finish their cleanup
-            pending = asyncio.all_tasks(self._loop)
+            pending = asyncio.all_tasks(loop)
             if pending:
-                self._loop.run_until_complete(asyncio.wait(pending, timeout=2))
-            self._loop.close()
+                loop.run_until_complete(asyncio.wait(pending, timeout=2))
+            loop.close()
 
         self._thread = threading.Thread(target=run, name="http", daemon=True)
         self._thread.start()
@@ -284,15 +287,26 @@ class HttpServer:
                 self._accept.cancel()
             for conn in list(self._conns):
                 conn.abort()
-            self._loop.stop()
+            assert loop is not None
+            loop.stop()
 
         self.exposition.stop()
-        if self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(shutdown)
+        loop = self._loop
+        if loop is not None and self._thread is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(shutdown)
             self._thread.join(5)
         self._sock.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+        return self._sock.fileno()
+
+    def close_socket(self) -> None:
+        """Close the port of a server that was never started here (the one the serving
+        process runs: this process's copy)."""
+        self._sock.close()
 
     def reload_web_config(self) -> bool:
         """Re-read the web config file now (SIGHUP)."""

@@ -15,10 +15,14 @@ log = logging.getLogger("gpuprobe")
 def _reload(daemon: Any, notifier: Notifier) -> None:
     """SIGHUP: re-read the web config file now; the main config needs a restart."""
     notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-    if daemon.http is not None and daemon.config.web_config_file:
-        ok = daemon.http.reload_web_config()
-        log.info("SIGHUP: web config %s %s; other configuration changes take a restart",
-                 daemon.config.web_config_file, "re-read" if ok else "kept (see above)")
+    if daemon.config.web_config_file:
+        ok = daemon.reload_web_config()
+        if ok is None:
+            log.warning("SIGHUP: the serving process did not say within 5 s whether it re-read "
+                        "the web config %s", daemon.config.web_config_file)
+        else:
+            log.info("SIGHUP: web config %s %s; other configuration changes take a restart",
+                     daemon.config.web_config_file, "re-read" if ok else "kept (see above)")
     else:
         log.info("SIGHUP: nothing to reload (no web config file); configuration changes take "
                  "a restart")

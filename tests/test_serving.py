@@ -1,0 +1,152 @@
+"""The serving process (daemon/service/serving.py): /metrics from a forked child that the
+main process feeds with encoded snapshots."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+
+from gpuprobe.daemon.service.serving import Mirror, State
+
+from .conftest import RunningDaemon, free_port, make_daemon, wait_for
+
+
+def _get(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _serving(main: psutil.Process) -> list[psutil.Process]:
+    """The main process's forked serving process (probe children run other commands)."""
+    return [c for c in main.children() if c.cmdline() == main.cmdline()]
+
+
+def _up(port: int) -> bool:
+    try:
+        status, body = _get(port)
+    except OSError:
+        return False
+    return status == 200 and body.count("gpuprobe_device_up{") >= 3
+
+
+def test_metrics_come_from_another_process_that_answers_as_the_daemon_did():
+    port = free_port()
+    d = make_daemon(config={"listen": f"127.0.0.1:{port}"})
+    d.start()
+    try:
+        assert d.serving is not None and d.serving.pid not in (None, os.getpid())
+        assert psutil.Process(d.serving.pid).ppid() == os.getpid()
+        wait_for(lambda: _up(port), timeout=20)
+        status, body = _get(port)
+        assert "# HELP gpuprobe_device_up" in body
+        # process_* describe the daemon's main process, not the one serving
+        pid_start = psutil.Process(os.getpid()).create_time()
+        start = float(next(line.split()[1] for line in body.splitlines()
+                           if line.startswith("process_start_time_seconds")))
+        assert abs(start - pid_start) < 1.5
+        assert 'gpuprobe_http_requests_total{code="200",handler="metrics"}' in body
+        status, only = _get(port, "/metrics?name[]=gpuprobe_device_up")
+        assert status == 200 and "gpuprobe_device_up{" in only
+        assert "gpuprobe_device_memory_used_bytes" not in only
+        assert _get(port, "/healthz")[0] == 200
+        wait_for(lambda: _get(port, "/readyz")[0] == 200, timeout=20)
+    finally:
+        d.stop()
+    assert not psutil.pid_exists(d.serving.pid) or \
+        psutil.Process(d.serving.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_serving_process_that_dies_is_forked_again_with_the_last_snapshot():
+    port = free_port()
+    d = make_daemon(config={"listen": f"127.0.0.1:{port}"})
+    d.start()
+    try:
+        assert d.serving is not None
+        wait_for(lambda: _up(port), timeout=20)
+        first = d.serving.pid
+        r, w = os.pipe()  # the main process's: a probe child's pipe, say
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: d.serving.restarts == 1, timeout=10)
+        assert d.serving.pid != first
+        wait_for(lambda: _up(port), timeout=10)
+        # forked from a busy main process, it keeps none of that process's descriptors
+        pipe = os.readlink(f"/proc/self/fd/{w}")
+        theirs = {os.readlink(f"/proc/{d.serving.pid}/fd/{fd}")
+                  for fd in os.listdir(f"/proc/{d.serving.pid}/fd")}
+        assert pipe.startswith("pipe:") and pipe not in theirs
+        os.close(r)
+        os.close(w)
+    finally:
+        d.stop()
+
+
+def test_separate_process_false_serves_from_the_daemon_itself():
+    port = free_port()
+    d = make_daemon(config={"listen": f"127.0.0.1:{port}",
+                            "http": {"separate_process": False}})
+    d.start()
+    try:
+        assert d.serving is None and d.http is not None
+        wait_for(lambda: _up(port), timeout=20)
+    finally:
+        d.stop()
+
+
+def test_scrapes_are_answered_while_the_main_process_is_stopped():
+    """The main process frozen (SIGSTOP): its serving process still answers /metrics with
+    the last snapshot."""
+    d = RunningDaemon("--simulate")
+    try:
+        d.wait_ready(timeout=30)
+        main = psutil.Process(d.proc.pid)
+        (child,) = _serving(main)
+        os.kill(main.pid, signal.SIGSTOP)
+        try:
+            status, body = d.get("/metrics")
+            assert status == 200 and "gpuprobe_device_up{" in body
+        finally:
+            os.kill(main.pid, signal.SIGCONT)
+        assert child.is_running()
+    finally:
+        d.stop()
+
+
+def test_the_serving_process_ends_with_the_main_process():
+    d = RunningDaemon("--simulate")
+    try:
+        d.wait_ready(timeout=30)
+        (child,) = _serving(psutil.Process(d.proc.pid))
+        d.proc.kill()  # no chance to stop it: the pipe's EOF (or PDEATHSIG) must
+        d.proc.wait(10)
+        child.wait(10)
+        assert not child.is_running()
+    finally:
+        d.stop()
+
+
+def test_health_turns_503_when_the_main_process_goes_silent():
+    m = Mirror(grace=0.05)
+    assert m.health()[0] is False  # nothing heard yet
+    m.put(State((True, {"scheduler_tick_age_seconds": 0.1}), (True, {"ready": True}), "hi"))
+    assert m.health() == (True, {"scheduler_tick_age_seconds": 0.1})
+    assert m.ready()[0] is True and m.landing() == "hi"
+    time.sleep(0.1)
+    ok, data = m.health()
+    assert ok is False and data["error"] == "no word from the daemon's main process"
+    assert m.ready()[0] is False
+
+
+@pytest.mark.parametrize("answer", [(False, {"scheduler_tick_age_seconds": 30.0})])
+def test_health_passes_the_main_process_verdict_on(answer):
+    m = Mirror(grace=10)
+    m.put(State(answer, (True, {}), ""))
+    assert m.health() == answer
