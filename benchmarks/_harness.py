@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 SERIES_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", re.M)
 PID_RE = re.compile(r'[{,]pid="(\d+)"')
@@ -92,16 +94,33 @@ def device_up(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def footprint(pid: int) -> tuple[float, int]:
+    """CPU seconds and resident bytes of a process with its children (gpuprobe's serving
+    process): its RSS plus what each child holds alone (USS: the pages it shares with the
+    process it was forked from are counted once). Raises psutil.NoSuchProcess once gone."""
+    p = psutil.Process(pid)
+    t = p.cpu_times()
+    cpu, rss = t.user + t.system, p.memory_info().rss
+    for c in p.children(recursive=True):
+        try:
+            ct = c.cpu_times()
+            cpu, rss = cpu + ct.user + ct.system, rss + c.memory_full_info().uss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return cpu, rss
+
+
 def proc_sample(pid: int) -> dict[str, int] | None:
-    """RSS (bytes), open fds and threads of a live process, from /proc; None once it is gone."""
+    """Resident bytes (:func:`footprint`'s), open fds and threads of a live process, from
+    /proc; None once it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (FileNotFoundError, ProcessLookupError):
+        _, rss = footprint(pid)
+    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "fds": fds,
-            "threads": int(fields["Threads"])}
+    return {"rss": rss, "fds": fds, "threads": int(fields["Threads"])}
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -37,11 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import write_section
+from _harness import footprint, write_section
 
 from gpuprobe.daemon.analysis.memory_leaks import MemoryLeaks
 from gpuprobe.daemon.core import config as config_mod
@@ -331,7 +330,7 @@ def measure_rss(warmup: float, real: bool = False) -> dict:
                         scrapes += 1
                 except OSError:
                     pass
-            rss = psutil.Process(proc.pid).memory_info().rss
+            rss = footprint(proc.pid)[1]
         finally:
             proc.terminate()
             proc.wait(10)

@@ -11,7 +11,8 @@ For each size (GPUs x processes per GPU), over scenarios this script generates
    (``--scrapes`` GETs of /metrics, ``--gap`` apart, on one kept-alive connection, so that
    the window spans several poll cycles and some scrapes meet a fresh snapshot). Reported:
    series, body bytes, scrape p50/p99, CPU seconds per minute in each window (psutil, all
-   threads), RSS after the window.
+   threads, the serving process included), resident memory after the window (the daemon's
+   RSS plus its serving process's USS: _harness.footprint).
 2. static: gpuprobe's own HttpServer in a child process of its own, its /metrics answering
    the daemon's last body as a fixed byte string; scraped the same way. ratio = gpuprobe
    p99 / static p99: what the daemon adds to serving the bytes.
@@ -49,7 +50,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +58,7 @@ from _harness import (
     ROOT,
     child_env,
     device_up,
+    footprint,
     free_port,
     load,
     machine,
@@ -235,11 +236,6 @@ def settle(port: int, proc: subprocess.Popen, ready: Ready,
     raise RuntimeError(f"not settled within {timeout:.0f} s: {series} series, {why}")
 
 
-def cpu_seconds(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return t.user + t.system
-
-
 def measure_child(cmd: list[str], port: int, ready: Ready | None,
                   args: argparse.Namespace, log: Path) -> dict[str, Any]:
     """Start ``cmd`` (serving on ``port``), settle it, then an idle window and a scrape
@@ -255,13 +251,12 @@ def measure_child(cmd: list[str], port: int, ready: Ready | None,
                             else (0.0, 0))
         except RuntimeError as e:
             raise RuntimeError(f"{e}; its last log line: {_last_line(log)}") from None
-        p = psutil.Process(proc.pid)
-        c0, t0 = cpu_seconds(p), time.monotonic()
+        c0, t0 = footprint(proc.pid)[0], time.monotonic()
         time.sleep(args.idle)
-        c1, t1 = cpu_seconds(p), time.monotonic()
+        c1, t1 = footprint(proc.pid)[0], time.monotonic()
         w = scrape_window(port, args.scrapes, args.gap, args.max_scrape_seconds)
-        c2, t2 = cpu_seconds(p), time.monotonic()
-        rss = p.memory_info().rss
+        c2, rss = footprint(proc.pid)
+        t2 = time.monotonic()
         body = w["body"]
         r = {**w, "settle_s": round(settled_s, 1), "series": count_series(body),
              "bytes": len(body),
