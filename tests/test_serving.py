@@ -136,9 +136,10 @@ def test_the_serving_process_ends_with_the_main_process():
 def test_health_turns_503_when_the_main_process_goes_silent():
     m = Mirror(grace=0.05)
     assert m.health()[0] is False  # nothing heard yet
-    m.put(State((True, {"scheduler_tick_age_seconds": 0.1}), (True, {"ready": True}), "hi"))
+    m.put(State((True, {"scheduler_tick_age_seconds": 0.1}), (True, {"ready": True}),
+                ("1.2.3", ":9400", 2, {"nvidia": True})))
     assert m.health() == (True, {"scheduler_tick_age_seconds": 0.1})
-    assert m.ready()[0] is True and m.landing() == "hi"
+    assert m.ready()[0] is True and "1.2.3" in m.landing() and "nvidia" in m.landing()
     time.sleep(0.1)
     ok, data = m.health()
     assert ok is False and data["error"] == "no word from the daemon's main process"
@@ -148,5 +149,5 @@ def test_health_turns_503_when_the_main_process_goes_silent():
 @pytest.mark.parametrize("answer", [(False, {"scheduler_tick_age_seconds": 30.0})])
 def test_health_passes_the_main_process_verdict_on(answer):
     m = Mirror(grace=10)
-    m.put(State(answer, (True, {}), ""))
+    m.put(State(answer, (True, {}), ("1", ":9400", 0, {})))
     assert m.health() == answer

@@ -11,6 +11,7 @@ than exported empty.
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Iterator
 from importlib import metadata
@@ -22,7 +23,10 @@ from gpuprobe.daemon.core.state import Store, View
 from gpuprobe.daemon.export.catalog import CATALOG, MetricSpec, Scrape
 
 
+@functools.cache
 def version() -> str:
+    """gpuprobe's version (read once: importlib.metadata parses the METADATA file each time,
+    which twice a second for the landing page was a third of the idle daemon's CPU)."""
     try:
         return metadata.version("gpuprobe")
     except metadata.PackageNotFoundError:

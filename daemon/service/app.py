@@ -79,7 +79,7 @@ class Daemon:
         self.exposition.changed()  # what was published before the subscription
 
     def _state(self) -> State:
-        return State(self.health(), self.ready(), self.landing())
+        return State(self.health(), self.ready(), self._landing_facts())
 
     def reload_web_config(self) -> bool | None:
         """SIGHUP: re-read the web config now; whether the file's content is in force (None:
@@ -121,6 +121,9 @@ class Daemon:
                        "collectors": {n: h.up for n, h in view.health.items()}}
 
     def landing(self) -> str:
+        return landing_page(*self._landing_facts())
+
+    def _landing_facts(self) -> tuple[str, str, int, dict[str, bool]]:
         view = self.store.view()
-        return landing_page(version(), self.config.listen, len(view.devices()),
-                            {n: h.up for n, h in view.health.items()})
+        return (version(), self.config.listen, len(view.devices()),
+                {n: h.up for n, h in view.health.items()})

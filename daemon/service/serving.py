@@ -10,7 +10,7 @@ The main process binds the port and builds the :class:`~.http.HttpServer` (so a 
 address or web config fails at start, with exit code 2 as before), then forks. The child runs
 that server and nothing else; it never calls a vendor library. Over a pipe the main process
 sends it each snapshot as encoded text (exposition.Encoded) as soon as its exposition has
-encoded it, and twice a second what ``/healthz``, ``/readyz`` and ``/`` answer. The child
+encoded it, and once a second what ``/healthz``, ``/readyz`` and ``/`` answer. The child
 compresses each snapshot once, picks ``?name[]=`` families, and counts its own requests
 (``gpuprobe_http_*``); ``process_*`` describe the main process.
 
@@ -39,14 +39,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from gpuprobe.daemon.core.config import Config
-from gpuprobe.daemon.export.exporter import describe
+from gpuprobe.daemon.export.exporter import describe, version
 from gpuprobe.daemon.export.exposition import Encoded, Relayed
-from gpuprobe.daemon.service.http import HttpServer
+from gpuprobe.daemon.service.http import HttpServer, landing_page
 from gpuprobe.daemon.service.webconfig import WebConfigSource
 
 log = logging.getLogger("gpuprobe.http")
 
-STATE_EVERY = 0.5  # seconds between the main process's health words
+STATE_EVERY = 1.0  # seconds between the main process's health words
 SILENCE_GRACE = 10.0  # seconds without a word from the main process before /healthz fails
 RESTART_INITIAL, RESTART_MAX = 1.0, 30.0
 _PR_SET_PDEATHSIG = 1
@@ -58,7 +58,7 @@ class State:
 
     health: tuple[bool, dict[str, Any]]
     ready: tuple[bool, dict[str, Any]]
-    landing: str
+    landing: tuple[Any, ...]  # landing_page's arguments: the page is made when asked for
 
 
 class Mirror:
@@ -92,7 +92,9 @@ class Mirror:
         return self._state.ready
 
     def landing(self) -> str:
-        return self._state.landing if self._state is not None else "<html></html>\n"
+        if self._state is None:
+            return landing_page(version(), "", 0, {})
+        return landing_page(*self._state.landing)
 
 
 class ServingProcess:
@@ -139,7 +141,7 @@ class ServingProcess:
         return serving
 
     def start(self, state: Callable[[], State]) -> None:
-        """Feed the child: ``state`` is asked twice a second, in this process."""
+        """Feed the child: ``state`` is asked once a second, in this process."""
         self._state = state
         for name, target in (("serving-feed", self._feed), ("serving-watch", self._watch)):
             t = threading.Thread(target=target, name=name, daemon=True)

@@ -273,6 +273,10 @@ class SimDevice:
     def replays(self, t: float) -> int:
         return int(self.spec.replay_rate * max(t, 0.0))
 
+    def has_xids(self) -> bool:
+        """Whether the scenario gives this device any XID (a fall off the bus included)."""
+        return any(e.kind in ("xid", "fall_off_bus") for e in self.spec.events)
+
     def xids_between(self, t0: float, t1: float) -> list[tuple[float, int]]:
         """XID events (time, code) in (t0, t1], including the 79 of a fall off the bus."""
         out: list[tuple[float, int]] = []
