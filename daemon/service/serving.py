@@ -191,6 +191,10 @@ class ServingProcess:
 
     def _fork(self) -> None:
         ours, theirs = Pipe()
+        # What exists now is moved out of this process's collections, whose passes write to
+        # every object they visit: each page written here is copied, and the child keeps the
+        # old one (the gc documentation's advice for forked servers).
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the child: serve until told, then leave without the parent's atexit
             code = 1
