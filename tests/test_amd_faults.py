@@ -179,8 +179,12 @@ def test_hung_call_costs_only_its_gpu(fn):
 # -- the library as a whole ---------------------------------------------------------------
 
 def _backend(d, name: str = "amd"):
-    return next(b for r in d.store.view().results.values() for b in r.backends
-                if b.name == name)
+    """The backend status the collectors published; an AssertionError (which settle()
+    waits out) while no collector has published one yet."""
+    found = next((b for r in d.store.view().results.values() for b in r.backends
+                  if b.name == name), None)
+    assert found is not None, f"no {name} backend status published yet"
+    return found
 
 
 def test_library_missing_reports_down_and_nvidia_carries_on() -> None:
