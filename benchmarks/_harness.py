@@ -98,16 +98,23 @@ def footprint(pid: int) -> tuple[float, int]:
     """CPU seconds and resident bytes of a process with its children (gpuprobe's serving
     process): its RSS plus what each child holds alone (USS: the pages it shares with the
     process it was forked from are counted once). Raises psutil.NoSuchProcess once gone."""
+    cpu, rss, children = footprint_parts(pid)
+    return cpu, rss + children
+
+
+def footprint_parts(pid: int) -> tuple[float, int, int]:
+    """:func:`footprint` in parts: CPU seconds (children included), the process's RSS, and
+    its children's USS."""
     p = psutil.Process(pid)
     t = p.cpu_times()
-    cpu, rss = t.user + t.system, p.memory_info().rss
+    cpu, rss, children = t.user + t.system, p.memory_info().rss, 0
     for c in p.children(recursive=True):
         try:
             ct = c.cpu_times()
-            cpu, rss = cpu + ct.user + ct.system, rss + c.memory_full_info().uss
+            cpu, children = cpu + ct.user + ct.system, children + c.memory_full_info().uss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return cpu, rss
+    return cpu, rss, children
 
 
 def proc_sample(pid: int) -> dict[str, int] | None:

@@ -12,7 +12,7 @@ For each size (GPUs x processes per GPU), over scenarios this script generates
    the window spans several poll cycles and some scrapes meet a fresh snapshot). Reported:
    series, body bytes, scrape p50/p99, CPU seconds per minute in each window (psutil, all
    threads, the serving process included), resident memory after the window (the daemon's
-   RSS plus its serving process's USS: _harness.footprint).
+   RSS plus its serving process's USS, which is also given alone: _harness.footprint).
 2. static: gpuprobe's own HttpServer in a child process of its own, its /metrics answering
    the daemon's last body as a fixed byte string; scraped the same way. ratio = gpuprobe
    p99 / static p99: what the daemon adds to serving the bytes.
@@ -59,6 +59,7 @@ from _harness import (
     child_env,
     device_up,
     footprint,
+    footprint_parts,
     free_port,
     load,
     machine,
@@ -255,14 +256,15 @@ def measure_child(cmd: list[str], port: int, ready: Ready | None,
         time.sleep(args.idle)
         c1, t1 = footprint(proc.pid)[0], time.monotonic()
         w = scrape_window(port, args.scrapes, args.gap, args.max_scrape_seconds)
-        c2, rss = footprint(proc.pid)
+        c2, main_rss, children_uss = footprint_parts(proc.pid)
+        rss = main_rss + children_uss
         t2 = time.monotonic()
         body = w["body"]
         r = {**w, "settle_s": round(settled_s, 1), "series": count_series(body),
              "bytes": len(body),
              "cpu_s_per_min_idle": round((c1 - c0) / (t1 - t0) * 60, 3),
              "cpu_s_per_min_scraping": round((c2 - c1) / (t2 - t1) * 60, 3),
-             "rss_mb": round(rss / 1e6, 1)}
+             "rss_mb": round(rss / 1e6, 1), "children_uss_mb": round(children_uss / 1e6, 1)}
     finally:
         r_stop = stop(proc)
     r["stopped"] = r_stop
@@ -473,6 +475,12 @@ def _less(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def _serving(arm: dict[str, Any]) -> str:
+    """The serving process's own share of an arm's memory, where it has one."""
+    mb = arm.get("children_uss_mb")
+    return f" ({mb:.0f} of it the serving process's own)" if mb else ""
+
+
 def _kb(n: int) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
 
@@ -511,7 +519,8 @@ def render_table(result: dict[str, Any]) -> str:
             f"| {_f(o['p50_ms'])} / {_f(o['p99_ms'])} ms | {_f(st['p99_ms'])} ms "
             f"| {_f(s.get('static_ratio'))}x | {poll_text} "
             f"| {o['cpu_s_per_min_idle']:.2f} / {o['cpu_s_per_min_scraping']:.2f} "
-            f"| {_f(o.get('cpu_ms_per_min_per_series'), '{:.3f}')} | {o['rss_mb']:.0f} MB "
+            f"| {_f(o.get('cpu_ms_per_min_per_series'), '{:.3f}')} | {o['rss_mb']:.0f} MB"
+            f"{_serving(o)} "
             f"| {_f(s.get('sim_only_rss_mb'), '{:.0f}')} MB "
             f"| {_f(_less(o['rss_mb'], s.get('sim_only_rss_mb')), '{:+.0f}')} MB |")
     nv_rows = [s for s in sizes if "skipped" not in s.get("nvitop", {"skipped": 1})]

@@ -57,6 +57,9 @@ def test_tiny_run_without_nvitop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             assert arm["scrapes"] == 5 and arm["errors"] == 0
             assert arm["p50_ms"] > 0 and arm["p99_ms"] >= arm["p50_ms"]
             assert arm["rss_mb"] > 0 and arm["cpu_s_per_min_scraping"] >= 0
+            assert 0 <= arm["children_uss_mb"] < arm["rss_mb"]
+        # the daemon's serving process is counted; the static server has none
+        assert ours["children_uss_mb"] > 0 and static["children_uss_mb"] == 0
         assert ours["series"] > 100 and ours["cpu_ms_per_min_per_series"] >= 0
         # the simulation's own share of the daemon's memory, measured in a process of its own
         assert 0 < s["sim_only_rss_mb"] < ours["rss_mb"] + 20
