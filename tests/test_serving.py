@@ -12,6 +12,7 @@ import urllib.request
 import psutil
 import pytest
 
+from gpuprobe.daemon.service import serving
 from gpuprobe.daemon.service.serving import Mirror, State
 
 from .conftest import RunningDaemon, free_port, make_daemon, wait_for
@@ -65,7 +66,8 @@ def test_metrics_come_from_another_process_that_answers_as_the_daemon_did():
         psutil.Process(d.serving.pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_a_serving_process_that_dies_is_forked_again_with_the_last_snapshot():
+def test_a_serving_process_that_dies_is_forked_again_with_the_last_snapshot(monkeypatch):
+    monkeypatch.setattr(serving, "RESTART_INITIAL", 3.0)
     port = free_port()
     d = make_daemon(config={"listen": f"127.0.0.1:{port}"})
     d.start()
@@ -75,6 +77,17 @@ def test_a_serving_process_that_dies_is_forked_again_with_the_last_snapshot():
         first = d.serving.pid
         r, w = os.pipe()  # the main process's: a probe child's pipe, say
         os.kill(first, signal.SIGKILL)
+        wait_for(lambda: d.serving._conn is None, timeout=5)  # ended; the next fork in 3 s
+        feeder = next(t for t in d.serving._threads if t.name == "serving-feed")
+
+        def feeder_cpu() -> float:
+            t = next(t for t in psutil.Process().threads() if t.id == feeder.native_id)
+            return t.user_time + t.system_time
+
+        time.sleep(1.2)  # past the feeder's last wait for a state word
+        before = feeder_cpu()
+        time.sleep(1.0)
+        assert feeder_cpu() - before < 0.2  # it waits for the next child, it does not spin
         wait_for(lambda: d.serving.restarts == 1, timeout=10)
         assert d.serving.pid != first
         wait_for(lambda: _up(port), timeout=10)

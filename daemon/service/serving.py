@@ -102,7 +102,7 @@ class ServingProcess:
 
     def __init__(self, http: HttpServer, relay: Relayed, mirror: Mirror) -> None:
         """``http`` (port bound, serving from ``relay`` and ``mirror``) is started in the
-        child only. Nothing runs until :meth:`fork`."""
+        child only. Nothing runs until :meth:`launch` forks it."""
         self.http, self.relay, self.mirror = http, relay, mirror
         self._state: Callable[[], State] | None = None
         self.pid: int | None = None
@@ -177,10 +177,14 @@ class ServingProcess:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.send(("stop", None))
-            except OSError:
-                pass
+            # not while the feeder is mid-message; and not at all if a stuck child holds it
+            if self._send_lock.acquire(timeout=2):
+                try:
+                    conn.send(("stop", None))
+                except OSError:
+                    pass
+                finally:
+                    self._send_lock.release()
             conn.close()
         pid = self.pid
         if pid is not None:
@@ -222,7 +226,8 @@ class ServingProcess:
                 conn = self._conn
                 latest = self._latest if self._send_latest else None
                 self._send_latest = False
-            if conn is None:
+            if conn is None:  # between a child's end and the next fork
+                self._stopping.wait(STATE_EVERY)
                 continue
             try:
                 if latest is not None:
