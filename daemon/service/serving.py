@@ -72,24 +72,20 @@ class Mirror:
     def put(self, state: State) -> None:
         self._state, self._at = state, time.monotonic()
 
-    def _silent(self) -> dict[str, Any] | None:
+    def _answer(self, pick: Callable[[State], tuple[bool, dict[str, Any]]]
+                ) -> tuple[bool, dict[str, Any]]:
+        """``pick`` of the latest state; a failure while the main process is silent."""
         age = time.monotonic() - self._at
         if self._state is None or age > self.grace:
-            return {"error": "no word from the daemon's main process",
-                    "main_process_silent_seconds": round(age, 3)}
-        return None
+            return False, {"error": "no word from the daemon's main process",
+                           "main_process_silent_seconds": round(age, 3)}
+        return pick(self._state)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        silent = self._silent()
-        if silent is not None or self._state is None:
-            return False, silent or {}
-        return self._state.health
+        return self._answer(lambda s: s.health)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        silent = self._silent()
-        if silent is not None or self._state is None:
-            return False, silent or {}
-        return self._state.ready
+        return self._answer(lambda s: s.ready)
 
     def landing(self) -> str:
         if self._state is None:
