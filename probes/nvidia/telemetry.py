@@ -1,10 +1,11 @@
 """The ``nvidia`` collector: per-device telemetry through NVML.
 
-Each GPU is read on its own worker thread; a GPU that does not answer by the deadline is
-reported down (reason "timeout") and not called again until its hung call returns, while the
-others report as usual. Counters (energy, ECC, PCIe bytes, replays, throttle time) come from
-one batched ``nvmlDeviceGetFieldValues`` call per GPU; SM activity and occupancy come from
-GPM on Hopper and newer. NVML units are converted to base units here and nowhere else.
+Each GPU is read in its own lane (daemon/core/relay.py); a GPU that does not answer by the
+deadline is reported down (reason "timeout") and not called again until its hung call
+returns, while the others report as usual. Counters (energy, ECC, PCIe bytes, replays,
+throttle time) come from one batched ``nvmlDeviceGetFieldValues`` call per GPU; SM activity
+and occupancy come from GPM on Hopper and newer. NVML units are converted to base units here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gpuprobe.daemon.core.model import (
     Throttle,
 )
 from gpuprobe.probes.backend import Query, Telemetry
+from gpuprobe.probes.nvidia import fieldvalues
 from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
 from gpuprobe.probes.nvidia.session import CLOCK_DOMAINS, NvDevice, NvmlSession
 
@@ -75,8 +77,8 @@ THROTTLE_BITS = (
 # nvmlComputeMode_t: EXCLUSIVE_THREAD (1) is no longer supported by drivers.
 COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
 
-_VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
-                 6: "usVal"}
+# (domain, nvmlClockType_t, the call's key), keys made once rather than every poll
+_CLOCK_KEYS = tuple((domain, clock, f"clock.{domain}") for domain, clock in CLOCK_DOMAINS)
 
 
 def _reasons(mask: int | None) -> frozenset[str]:
@@ -103,15 +105,12 @@ def read_fields(session: NvmlSession, dev: NvDevice, q: Query
     values = q(dev, "fields", lib.nvmlDeviceGetFieldValues, dev.handle, ids)
     if values is None:
         return out, wide
-    for v in values:
-        fid = int(v.fieldId)
-        if v.nvmlReturn != 0:  # this field's own error: unsupported ones are not asked again
-            q.failed(dev, f"field.{fid}", lib.NVMLError(int(v.nvmlReturn)))
+    for fid, ret, vtype, value in fieldvalues.decode(values):
+        if ret != 0:  # this field's own error: unsupported ones are not asked again
+            q.failed(dev, f"field.{fid}", lib.NVMLError(ret))
             continue
-        vtype = int(v.valueType)
-        member = _VALUE_MEMBER.get(vtype)
-        if member is not None:
-            out[fid] = getattr(v.value, member)
+        if value is not None:
+            out[fid] = value
             if vtype in (3, 4):  # unsigned / signed long long
                 wide.add(fid)
     return out, wide
@@ -183,8 +182,8 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
     energy_mj = fields.get(F_ENERGY)
 
     clocks = {}
-    for domain, clock in CLOCK_DOMAINS:
-        mhz = q(dev, f"clock.{domain}", lib.nvmlDeviceGetClockInfo, h, clock)
+    for domain, clock, key in _CLOCK_KEYS:
+        mhz = q(dev, key, lib.nvmlDeviceGetClockInfo, h, clock)
         if mhz is not None:
             clocks[domain] = mhz * 1e6
 
@@ -202,11 +201,12 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
     if rates is not None:
         util["gpu"] = rates.gpu / 100.0
         util["memory"] = rates.memory / 100.0
-    for engine, fn in (("encoder", lib.nvmlDeviceGetEncoderUtilization),
-                       ("decoder", lib.nvmlDeviceGetDecoderUtilization)):
-        value = q(dev, f"utilization.{engine}", fn, h)
-        if value is not None:
-            util[engine] = value[0] / 100.0
+    value = q(dev, "utilization.encoder", lib.nvmlDeviceGetEncoderUtilization, h)
+    if value is not None:
+        util["encoder"] = value[0] / 100.0
+    value = q(dev, "utilization.decoder", lib.nvmlDeviceGetDecoderUtilization, h)
+    if value is not None:
+        util["decoder"] = value[0] / 100.0
 
     pstate = q(dev, "pstate", lib.nvmlDeviceGetPerformanceState, h)
     mode = q(dev, "compute_mode", lib.nvmlDeviceGetComputeMode, h)
@@ -314,7 +314,7 @@ def _read_mig(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
 
 
 class NvidiaTelemetry(Telemetry[NvmlSession, NvDevice]):
-    """Each GPU and each MIG instance is read on its GPU's worker."""
+    """Each GPU and each MIG instance is read in its GPU's lane."""
 
     name = "nvidia"
 
