@@ -1,9 +1,14 @@
-"""A single daemon thread that runs submitted calls in order.
+"""A single daemon thread that runs submitted calls in order, and the lane it guards.
 
 Each collector and each physical GPU gets one. A vendor call that hangs blocks only its own
 worker: the caller stops waiting at its deadline and submits nothing more to that worker
 until the hung call returns. Python cannot kill a thread, so this is the most a thread can do;
 the threads are daemonic so a call stuck in the driver does not keep the process from exiting.
+
+A GPU's worker is also its lane: every call on that GPU, made by the worker's own thread or by
+another thread inside :meth:`Worker.enter` / :meth:`Worker.leave` (a poll's relay,
+daemon/core/relay.py), runs with the lane held, so calls on one GPU never overlap, and
+:meth:`Worker.running_for` tells how long the current one has run, whoever makes it.
 
 Completion is signalled with a bare lock rather than ``concurrent.futures.Future``: a poll
 hands work to a thread about twenty times, and a Future costs twice the CPU per hand-off
@@ -74,6 +79,7 @@ class Worker:
         )
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._lane = _thread.allocate_lock()  # held by whoever is calling on this GPU
         self.busy_since: float | None = None
         self._start_failed = False  # logged once until a start succeeds
 
@@ -102,10 +108,27 @@ class Worker:
             log.warning("cannot start thread %s (%s: out of threads or memory); what it "
                         "would run is not read until a thread can be started", self.name, e)
 
+    @property
+    def started(self) -> bool:
+        """Its thread is running (it is started at the first submit that can start it)."""
+        return self._thread is not None
+
     def running_for(self) -> float:
-        """Seconds the current call has been running; 0 when idle."""
+        """Seconds the current call on the lane has been running; 0 when idle."""
         since = self.busy_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def enter(self, timeout: float) -> bool:
+        """Hold the lane (wait at most ``timeout`` seconds for the call on it to end) to call
+        on this GPU from the calling thread; False if it stayed busy. :meth:`leave` after."""
+        if not self._lane.acquire(timeout=max(0.0, timeout)):
+            return False
+        self.busy_since = time.monotonic()
+        return True
+
+    def leave(self) -> None:
+        self.busy_since = None
+        self._lane.release()
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -120,6 +143,7 @@ class Worker:
             if job._cancelled:
                 continue
             job._started = True
+            self._lane.acquire()
             self.busy_since = time.monotonic()
             try:
                 result = fn(*args)
@@ -128,4 +152,4 @@ class Worker:
             else:
                 job._finish(result, None)
             finally:
-                self.busy_since = None
+                self.leave()

@@ -3,8 +3,9 @@
 ``amdsmi_get_gpu_pci_throughput`` reads sysfs ``pcie_bw``, which sleeps a second in the
 driver; ``amdsmi_get_violation_status`` samples the firmware twice at least 100 ms apart.
 Made from the telemetry poll they would hold every GPU's poll up by that much, so they run
-here, every minute by default, each GPU on a thread of its own through the backends'
-``run_on_devices`` (a GPU's telemetry worker is never used). Their figures are published as
+here, every minute by default, each GPU in a lane of its own through the backends'
+``run_on_devices`` (its telemetry lane is not held; the relay gives each slow GPU a thread
+of its own within 50 ms per GPU, daemon/core/relay.py). Their figures are published as
 supplements of the ``amd`` collector's samples, which the snapshot fills in with them
 (daemon/core/state.py), for up to ``SLOW_MAX_AGE`` intervals after they were read. Violation
 status is only asked where the published sample has no throttle time (gpu_metrics' residency

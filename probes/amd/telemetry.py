@@ -1,7 +1,7 @@
 """The ``amd`` collector: per-device telemetry through amdsmi, in the vendor-neutral model.
 
-Each physical GPU is read on its own worker through partition 0's handle; its partitions are
-read on the same worker through their own handles, for what is theirs (memory, activity).
+Each physical GPU is read in its own lane through partition 0's handle; its partitions are
+read in the same lane through their own handles, for what is theirs (memory, activity).
 amdsmi's units are turned into base units here and in :mod:`.library`, nowhere else:
 
 * temperatures (edge, hotspot, memory) from ``amdsmi_get_temp_metric``; thresholds CRITICAL
@@ -385,7 +385,7 @@ class Reader:
 
 
 class AmdTelemetry(Telemetry[AmdSession, AmdDevice]):
-    """Each physical GPU is read, with its partitions, on its own worker."""
+    """Each physical GPU is read, with its partitions, in its own lane."""
 
     name = "amd"
 

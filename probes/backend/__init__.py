@@ -4,7 +4,7 @@ and error codes:
 * :mod:`.errors`: the four error classes (unsupported, transient, device-fatal,
   library-fatal), the exceptions of the last two, and text as str;
 * :mod:`.query`: the ``Query`` choke point every library call goes through;
-* :mod:`.devices`: devices known by UUID, each GPU on its own worker, lost and found again
+* :mod:`.devices`: devices known by UUID, each GPU with its worker and lane, lost and found again
   with backoff;
 * :mod:`.lifetime`: the library's lifetime (init with backoff, discovery, shutdown) and the
   device bookkeeping of a vendor's session;

@@ -1,7 +1,7 @@
 """The collectors every vendor has, once: the telemetry poll and the process listing.
 
-A vendor's collector fills in what its library reads; the loop over the devices on their
-workers, a device that is lost, hung or silent, and the library going down are handled here
+A vendor's collector fills in what its library reads; the loop over the devices in their
+lanes, a device that is lost, hung or silent, and the library going down are handled here
 the same way for every vendor.
 """
 
@@ -24,8 +24,8 @@ S = TypeVar("S", bound=Lifetime[Any])
 
 class Telemetry(Generic[S, D]):
     """The telemetry collector: it drives the session (init, discovery), then reads each
-    unit (a device, or a GPU with its partitions) on its GPU's worker until the deadline.
-    A unit whose worker is hung reads down (reason "timeout"), a lost one down with the
+    unit (a device, or a GPU with its partitions) in its GPU's lane until the deadline.
+    A unit whose lane is hung reads down (reason "timeout"), a lost one down with the
     reason it was lost, until the session finds it again; a unit that answered none of its
     calls reads down too (:meth:`Query.verdict`)."""
 
@@ -41,7 +41,7 @@ class Telemetry(Generic[S, D]):
     # -- for the vendor ----------------------------------------------------------------------
 
     def units(self) -> list[D]:
-        """What one call on a worker reads, for this poll."""
+        """What one share of the poll (in one lane) reads, for this poll."""
         raise NotImplementedError
 
     def members(self, dev: D) -> list[D]:
@@ -112,7 +112,7 @@ class Telemetry(Generic[S, D]):
 
 
 class Processes(Generic[S, D]):
-    """The process collector: it lists, on each target's worker, which processes hold
+    """The process collector: it lists, in each target's lane, which processes hold
     memory on it; the vendor turns the listings into samples (:meth:`samples`). It does not
     drive the session: it waits for the telemetry collector's discovery."""
 

@@ -1,4 +1,5 @@
-"""The devices a backend knows, on their own workers: losing and finding them again.
+"""The devices a backend knows, each with its GPU's worker and lane: losing and finding them
+again.
 
 A device is known by UUID and stays known (and down) after it is lost; it is looked up again
 after a backoff that doubles per failed look-up and per flap.
@@ -6,12 +7,14 @@ after a backoff that doubles per failed look-up and per flap.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpuprobe.daemon.core import relay
 from gpuprobe.daemon.core.model import DeviceIdentity, DeviceSample
 from gpuprobe.daemon.core.workers import Worker
 
@@ -67,31 +70,33 @@ def _each(fn: Callable[[Device], Any], devices: list[Device]) -> dict[str, Any]:
 def run_on_devices(devices: list[Any], fn: Callable[[Any], Any], deadline: float,
                    worker_of: Callable[[Any], Worker] | None = None
                    ) -> tuple[dict[str, Any], set[str]]:
-    """Run ``fn(dev)`` for each device on its physical GPU's own worker (or on
-    ``worker_of(dev)``: the slow AMD calls have workers of their own); wait until ``deadline``.
+    """Run ``fn(dev)`` for each device in its physical GPU's lane (or in ``worker_of(dev)``'s:
+    the slow AMD calls have lanes of their own); wait until ``deadline``. The GPUs are read in
+    turn by one thread, and by more only where one is slow (daemon/core/relay.py).
 
-    Returns (uuid -> result or exception, uuids not done). The work queues behind another
-    collector's call to the same GPU; a GPU whose worker has been inside one call for
+    Returns (uuid -> result or exception, uuids not done). The work waits for another
+    collector's call on the same GPU; a GPU whose lane has been inside one call for
     STUCK_SECONDS is hung, is not called again until that call returns, and counts as not
-    done, with its instances or partitions. Work not started by the deadline is cancelled.
+    done, with its instances or partitions. Work not started by the deadline is dropped.
     """
     groups: dict[Worker, list[Device]] = {}
     for dev in devices:
         groups.setdefault(dev.worker if worker_of is None else worker_of(dev), []).append(dev)
-    futures = []
+    shares: list[tuple[Worker, Callable[[], Any]]] = []
+    held: list[list[Device]] = []
     stuck: set[str] = set()
     for worker, devs in groups.items():
         if worker.running_for() > STUCK_SECONDS:
             stuck.update(d.uuid for d in devs)
         else:
-            futures.append((devs, worker.submit(_each, fn, devs)))
+            shares.append((worker, functools.partial(_each, fn, devs)))
+            held.append(devs)
+    done, not_done = relay.run(shares, deadline)
     results: dict[str, Any] = {}
-    for devs, fut in futures:
-        try:
-            results.update(fut.result(timeout=max(0.0, deadline - time.monotonic())))
-        except TimeoutError:
-            fut.cancel()
-            stuck.update(d.uuid for d in devs)
+    for r in done.values():
+        results.update(r)
+    for i in not_done:
+        stuck.update(d.uuid for d in held[i])
     return results, stuck
 
 
