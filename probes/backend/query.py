@@ -26,7 +26,7 @@ from gpuprobe.probes.backend.errors import (
 NO_ANSWER = "no call answered"
 
 
-@dataclass
+@dataclass(slots=True)
 class Tally:
     """What one device was asked in one collection, and how much of it it answered (a value,
     or "not supported": both are answers; a transient failure is not)."""
@@ -41,8 +41,9 @@ class Query:
 
     It also tallies per device what was asked and answered, so that a device that answered
     none of its calls in a poll reads down (:meth:`verdict`) instead of up with its static
-    facts only. Each device's calls run on its own worker, so the tallies of different
-    devices are written from different threads, never one tally from two."""
+    facts only. Each device's calls run inside its GPU's lane, one thread at a time, so the
+    tallies of different devices may be written from different threads, never one tally
+    from two at once."""
 
     def __init__(self, session: Classifier, errors: Counter,
                  log: logging.Logger | None = None) -> None:
@@ -61,10 +62,13 @@ class Query:
             value = fn(*args, **kwargs)
         except Exception as e:
             return self.failed(dev, key, e)
-        tally = self._tally(dev)
+        # The tally and text() inlined: this runs for every call of every poll.
+        tally = self.tallies.get(dev.uuid)
+        if tally is None:
+            tally = self.tallies[dev.uuid] = Tally()
         tally.asked += 1
         tally.answered += 1
-        return text(value)
+        return value.decode(errors="replace") if type(value) is bytes else value
 
     def _tally(self, dev: Device) -> Tally:
         tally = self.tallies.get(dev.uuid)
@@ -78,9 +82,10 @@ class Query:
         asked again next poll and reads up as soon as a call is answered. A change either
         way is logged once."""
         tally = self.tallies.get(dev.uuid)
-        silent = tally is not None and tally.asked > 0 and tally.answered == 0
+        if tally is None or (tally.answered and not dev.unanswered):
+            return sample  # the usual case: it answered, as it did before
         log = logging.getLogger(f"gpuprobe.{dev.identity.vendor}")
-        if silent and tally is not None:
+        if tally.asked > 0 and tally.answered == 0:
             if not dev.unanswered:
                 log.warning("GPU %s (%s) answered none of the %d calls of this poll (last "
                             "error: %s); reported down until it answers", dev.identity.name,
@@ -88,7 +93,7 @@ class Query:
             dev.unanswered = True
             return DeviceSample(identity=sample.identity, up=False,
                                 down_reason=f"{NO_ANSWER} ({tally.last_error})")
-        if dev.unanswered and tally is not None and tally.answered:
+        if dev.unanswered and tally.answered:
             log.info("GPU %s (%s) answers calls again", dev.identity.name, dev.uuid)
             dev.unanswered = False
         return sample
@@ -100,10 +105,11 @@ class Query:
         remembered per device, so later polls go straight to it."""
         chosen = dev.state.get(("alt", key))
         if chosen is not None:
-            fn, args = calls[chosen]
+            i, sub = chosen
+            fn, args = calls[i]
             if isinstance(fn, str):
                 fn = getattr(self.lib, fn)
-            return self(dev, f"{key}#{chosen}", fn, *args)
+            return self(dev, sub, fn, *args)
         for i, (fn, args) in enumerate(calls):
             sub = f"{key}#{i}"
             if isinstance(fn, str):
@@ -114,7 +120,7 @@ class Query:
                 continue
             value = self(dev, sub, fn, *args)
             if value is not None:
-                dev.state[("alt", key)] = i
+                dev.state[("alt", key)] = (i, sub)
                 return value
             if sub not in dev.unsupported:
                 return None  # a transient failure: try this one again next time
