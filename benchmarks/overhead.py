@@ -65,12 +65,14 @@ def scenario(gpus: int = GPUS, procs: int = PROCS) -> dict:
 
 # The leak detector is a feature with no counterpart in the bare loop: it is timed on its
 # own (leak_cpu_ms) instead of inside the ratio, and its series are in the render.
-# The ratio compares NVIDIA poll cycles only: the AMD collectors (no AMD GPU in this scenario)
-# and the event thread are off in this arm; the RSS run keeps the defaults.
+# The ratio compares NVIDIA poll cycles only: the AMD collectors (no AMD GPU in this scenario),
+# the event thread and the active probes' collectors (a tick every 15 s in service, which
+# run_once would run every cycle) are off in this arm; the RSS run keeps the defaults.
 CONFIG = {"collectors": {"nvidia_events": {"enabled": False},
                          "memory_leaks": {"enabled": False},
                          "amd": {"enabled": False}, "amd_processes": {"enabled": False},
                          "amd_events": {"enabled": False}, "amd_slow": {"enabled": False},
+                         "pcie_probe": {"enabled": False}, "launch_probe": {"enabled": False},
                          "nvidia": {"interval": "5s", "timeout": "4s"},
                          "nvidia_processes": {"interval": "5s", "timeout": "4s"}}}
 
