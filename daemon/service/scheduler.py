@@ -23,7 +23,9 @@ from gpuprobe.daemon.core.workers import Job, Worker
 
 log = logging.getLogger("gpuprobe.scheduler")
 
-TICK_SECONDS = 0.25
+# The longest the loop sleeps: it wakes when a collector is due or a running one reaches its
+# deadline, and at least this often for the heartbeat (HEALTH_GRACE is 10 s).
+TICK_SECONDS = 1.0
 # A collector is asked to finish within this share of its timeout, so that one that honours
 # its deadline is never mistaken for a stalled one.
 DEADLINE_SHARE = 0.85
@@ -107,6 +109,8 @@ class Scheduler:
             for e in self._entries:
                 if e.future is not None and not e.future.done():
                     self._check_stall(e, now)
+                    if not e.stalled:  # wake just past its deadline to mark it stalled
+                        wake = min(wake, e.started + e.config.deadline() + 0.001)
                     continue
                 if now >= e.next_due:
                     self._start(e, now)
