@@ -69,7 +69,7 @@ from _harness import (
     write_json,
     write_section,
 )
-from overhead import compare_poll, scenario
+from overhead import compare_poll, compare_poll_runs, scenario
 
 from gpuprobe.daemon.core import config as config_mod
 from gpuprobe.probes.sim.scenario import MAX_ALL_PROCESSES, MAX_DEVICES, MAX_PROCESSES
@@ -413,7 +413,8 @@ def measure_size(gpus: int, procs: int, args: argparse.Namespace) -> dict[str, A
             print(f"{gpus}x{procs}: nvitop-exporter arm skipped: {why}", file=sys.stderr)
             out["nvitop"] = {"skipped": why}
     try:
-        out["poll"] = compare_poll(gpus, procs, args.cycles)
+        out["poll"] = (compare_poll(gpus, procs, args.cycles) if args.poll_runs == 1
+                       else compare_poll_runs(gpus, procs, args.cycles, args.poll_runs))
     except SystemExit as e:  # compare_poll's "the two arms make different calls"
         out["poll"] = {"same_calls": False, "error": str(e)}
     return out
@@ -498,7 +499,9 @@ def render_table(result: dict[str, Any]) -> str:
         f"process's, all threads, per minute of the idle window and of the scrape window. "
         f"gpuprobe exports at most {result['max_processes_per_device']} processes per GPU "
         f"(exporter.max_processes_per_device; it polls them all), nvitop-exporter every "
-        f"process. Poll CPU: medians of {result['cycles']} interleaved cycles.",
+        f"process. Poll CPU: medians of {result['cycles']} interleaved cycles, in "
+        f"{result.get('poll_runs', 1)} fresh process(es), the run with the median ratio shown "
+        f"(every run's ratio below the table).",
         "",
         "| GPUs x procs | series | body | scrape p50 / p99 | static p99 | ratio "
         "| poll CPU ours / bare | CPU s/min idle / scraping | CPU ms/min per series | RSS "
@@ -523,6 +526,10 @@ def render_table(result: dict[str, Any]) -> str:
             f"{_serving(o)} "
             f"| {_f(s.get('sim_only_rss_mb'), '{:.0f}')} MB "
             f"| {_f(_less(o['rss_mb'], s.get('sim_only_rss_mb')), '{:+.0f}')} MB |")
+    runs = [f"{s['gpus']} x {s['procs']}: {', '.join(f'{r:.2f}' for r in s['poll']['ratios'])}"
+            for s in sizes if s["poll"].get("ratios")]
+    if runs:
+        lines += ["", "Poll CPU ratio of each fresh process, sorted: " + "; ".join(runs) + "."]
     nv_rows = [s for s in sizes if "skipped" not in s.get("nvitop", {"skipped": 1})]
     if nv_rows:
         lines += [
@@ -573,7 +580,8 @@ def run(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> dict[str, Any
         "interval": args.interval,
         "max_processes_per_device": exported_processes(4096, args.max_processes),
         "scrapes": args.scrapes, "gap_ms": args.gap * 1e3, "idle_s": args.idle,
-        "max_scrape_seconds": args.max_scrape_seconds, "cycles": args.cycles, "sizes": []}
+        "max_scrape_seconds": args.max_scrape_seconds, "cycles": args.cycles,
+        "poll_runs": args.poll_runs, "sizes": []}
     for gpus, procs in sizes:
         print(f"{gpus}x{procs} ...", file=sys.stderr, flush=True)
         result["sizes"].append(measure_size(gpus, procs, args))
@@ -599,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="cut an arm's scrape window short after this (default 90)")
     ap.add_argument("--settle-timeout", type=float, default=180.0)
     ap.add_argument("--cycles", type=int, default=20, help="poll cycles compared (default 20)")
+    ap.add_argument("--poll-runs", type=int, default=5,
+                    help="fresh processes the poll comparison runs in, the median reported "
+                         "(default 5)")
     ap.add_argument("--max-processes-per-device", dest="max_processes", type=int,
                     default=None, help="gpuprobe's exporter.max_processes_per_device (default: "
                     "its own default, 32; nvitop-exporter exports every process)")
@@ -613,9 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve_static(args.serve_static, args.port)
     try:
         sizes = parse_sizes(args.sizes)
-        for name in ("scrapes", "cycles"):
+        for name in ("scrapes", "cycles", "poll_runs"):
             if getattr(args, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if args.max_processes is not None and not 0 <= args.max_processes <= 4096:
             raise ValueError("--max-processes-per-device must be 0 to 4096")
         if not 0.25 <= args.interval <= 60:  # nvitop-exporter refuses under 0.25 s

@@ -15,13 +15,13 @@ import pytest
 from .conftest import load_benchmark
 
 scale = load_benchmark("scale")
-FAST = ["--scrapes", "5", "--gap", "0.005", "--idle", "0.3", "--cycles", "1",
+FAST = ["--scrapes", "5", "--gap", "0.005", "--idle", "0.3", "--cycles", "1", "--poll-runs", "1",
         "--interval", "1", "--settle-timeout", "60"]
 
 
 def _args(**kw) -> argparse.Namespace:
     base = {"scrapes": 5, "gap": 0.005, "idle": 0.3, "max_scrape_seconds": 10.0,
-            "settle_timeout": 60.0, "cycles": 1, "nvitop": True, "interval": 1.0,
+            "settle_timeout": 60.0, "cycles": 1, "poll_runs": 1, "nvitop": True, "interval": 1.0,
             "max_processes": None}
     return argparse.Namespace(**{**base, **kw})
 
@@ -110,3 +110,16 @@ def test_nvitop_ready_needs_every_gpu_and_process() -> None:
     assert ready(line.replace("{i}", "0")) == "1 of 2 GPUs' series, 0 of 2 processes'"
     assert ready(gpus + proc.format(p=10000)) is not None
     assert ready(gpus + proc.format(p=10000) + proc.format(p=11000)) is None
+
+
+def test_poll_comparison_in_fresh_processes() -> None:
+    """--poll-runs: each run is a fresh interpreter; the median run is reported with every
+    run's ratio, and a run that fails (here: a scenario with no GPU) is an error that names
+    the cause."""
+    overhead = load_benchmark("overhead")
+    r = overhead.compare_poll_runs(1, 2, 1, 3)
+    assert r["runs"] == 3 and len(r["ratios"]) == 3 and r["ratios"] == sorted(r["ratios"])
+    assert round(r["ratio"], 3) == r["ratios"][1] and r["same_calls"] is True
+    assert r["calls_per_cycle"] > 0
+    with pytest.raises(SystemExit, match="at least one device"):
+        overhead.compare_poll_runs(0, 2, 1, 1)
