@@ -261,8 +261,8 @@ def compare_poll_runs(gpus: int, procs: int, cycles: int, runs: int) -> dict:
     the median ratio, with every run's ratio (``ratios``, sorted).
 
     One interpreter's memory layout and hash seed move the ratio here by more than the
-    difference being measured (at 8 x 32, 1.15-1.29 over runs of one commit on a quiet
-    machine), and both arms of a run share that draw only in part; a median over fresh
+    differences being measured (at 8 x 32, 1.25-1.50 over five runs of one commit), and both
+    arms of a run share that draw only in part; a median over fresh
     processes is what pyperf does for the same reason. Raises SystemExit as compare_poll
     does if a run's arms make different calls."""
     results = []
