@@ -124,7 +124,7 @@ def test_nan_interval_no_longer_accepted():
     ("probes.timeout", "2h", "must be at most 3600"),
     ("probes.pcie.buffer_size", "2GiB", "must be at most 1073741824"),
     ("leaks.min_rate", "2TiB/s", "must be at most"),
-    ("leaks.min_snr", 1e6, "must be at most 1000"),
+    ("leaks.min_significance", 1e6, "must be at most 1000"),
     ("leaks.window", "2d", "expected a duration"),
     ("nvidia.xid_codes", [2**40], "nvidia.xid_codes[0]: must be at most 65535"),
     ("nvidia.xid_codes", list(range(300)), "nvidia.xid_codes: at most 256 entries"),

@@ -102,7 +102,8 @@ def test_a_flagged_leak_clears_when_memory_is_freed():
     assert not any(suspected[-100:])  # a pause longer than max_pause ends it
 
 
-@pytest.mark.parametrize("settings", [{}, {"min_rate": 0.0, "min_snr": 0.0, "min_samples": 2}])
+@pytest.mark.parametrize("settings", [{}, {"min_rate": 0.0, "min_significance": 0.0,
+                                                "min_samples": 2}])
 def test_a_flat_series_is_never_leak_like_the_shortcut_agrees_with_judge(settings):
     """Series.assess skips judging a series that never moved; judge() itself, under the
     laxest settings too, finds no window of it leak-like."""
@@ -121,12 +122,54 @@ def test_a_flat_series_is_never_leak_like_the_shortcut_agrees_with_judge(setting
 
 def test_the_history_is_bounded_by_the_window():
     det = LeakDetector(CFG)
-    for i in range(2000):
+    for i in range(int(12 * 3600 / 10)):  # 12 hours
         det.observe("k", i * 10.0, float(i))
     s = det.series["k"]
     assert len(s.t) <= CFG.window / 10 + 1
+    assert len(s.minute.t) <= 2 * 60 + 1  # one-minute medians of two hours
+    assert len(s.five.t) <= CFG.history / 300 + 1  # five-minute medians of the history
     det.forget({"k"})
     assert det.series == {}
+
+
+def _gauss(seed: int, sigma: float):
+    """Independent Gaussian jitter per sample, as in the issue's cases."""
+    rng = random.Random(seed)
+    return lambda t: rng.gauss(0.0, sigma)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_slow_leak_under_heavy_jitter_is_flagged(seed):
+    """Issue 15: 2 MiB/min under 16 MiB of jitter from sample to sample was never flagged
+    in four hours (some sample always dipped below an earlier high). Its least-squares slope
+    over 20 minutes stands about 8 standard errors clear; now it is flagged within 30 minutes
+    of its start."""
+    n = _gauss(seed, 16 * MIB)
+    at = first_alarm(lambda t: 5 * GIB + 2 * MIB / 60 * max(0.0, t - 1200) + n(t))
+    assert at is not None and 1200 <= at <= 1200 + 30 * 60, at
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("512 MiB steps every 4 min for 20 min, then flat",
+     lambda t: 2 * GIB + 512 * MIB * min(5, int(t // 240))),
+    ("steps ever slower: +1 GiB at 1, 3, 7, 15 and 31 min",
+     lambda t: 2 * GIB + GIB * sum(t >= x for x in (60, 180, 420, 900, 1860))),
+    ("creep to a plateau, time constant 15 min",
+     lambda t: 6 * GIB + 2 * GIB * (1 - math.exp(-t / 900))),
+])
+def test_an_allocator_that_settles_is_never_flagged(name, fn):
+    """Issue 15: a caching allocator climbing in 512 MiB steps for its first 20 minutes was
+    flagged from minute 12 to 36, a page for a healthy job."""
+    for seed in (1, 2):
+        n = _gauss(seed, 16 * MIB)
+        assert first_alarm(lambda t, n=n: fn(t) + n(t)) is None, (name, seed)
+
+
+def test_a_staircase_leak_past_the_settling_grace_is_flagged():
+    """Steps that keep coming at a steady pace are a leak, once past settle_grace."""
+    n = _gauss(4, 16 * MIB)
+    at = first_alarm(lambda t: 2 * GIB + 256 * MIB * int(t // 240) + n(t))
+    assert at is not None and CFG.settle_grace <= at <= CFG.settle_grace + 10 * 60, at
 
 
 def test_sparse_sampling_judges_over_min_samples():

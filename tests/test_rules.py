@@ -107,8 +107,9 @@ def test_leak_alert_on_detector_output_fires_for_leaks_only(promtool, tmp_path):
     bench = _corpus()
     traces = {t.name: t for t in bench.corpus()}
     chosen = {
-        "leak": traces["steady leak, 4 MiB/min from the start"],
-        "staircase": traces["staircase leak, +64 MiB every 5 min"],
+        "leak": traces["steady leak, 2 MiB/min from the process's start, noise 16 MiB"],
+        "staircase": traces["step leak: +64 MiB every 5 min, noise 16 MiB"],
+        "settling": traces["caching allocator settling: +512 MiB every 4 min for 20 min"],
         "sawtooth": traces["allocator sawtooth, 4-12 GiB every 10 min"],
         "fastsaw": traces["fast allocator sawtooth, 2-6 GiB every 45 s"],
         "warmup": traces["warm-up to 22 GiB over 5 min, then plateau"],
@@ -127,7 +128,8 @@ def test_leak_alert_on_detector_output_fires_for_leaks_only(promtool, tmp_path):
         series.append({"series": f"gpuprobe_process_memory_growth_bytes_per_second{{{labels}}}",
                        "values": " ".join(f"{r:.3f}" for r in rates)})
     assert first["leak"] is not None and first["staircase"] is not None
-    assert all(first[n] is None for n in ("sawtooth", "fastsaw", "warmup", "staged", "epochs"))
+    assert all(first[n] is None
+               for n in ("settling", "sawtooth", "fastsaw", "warmup", "staged", "epochs"))
 
     cases = []
     for minute in range(0, minutes + 1, 5):

@@ -25,7 +25,7 @@ from gpuprobe.daemon.core.state import View
 NAME = "memory_leaks"
 MISSES_BEFORE_FORGET = 3
 # A hard bound whatever the host runs: beyond it, new series are not tracked (the detector's
-# memory stays under MAX_SERIES * 3.7 KB, 7.5 MB).
+# memory stays under MAX_SERIES * 11.2 KiB, 23 MB; docs/leaks.md).
 MAX_SERIES = 2048
 
 

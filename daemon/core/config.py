@@ -125,10 +125,12 @@ class LeaksConfig:
     segments: int = field(default=6, metadata={"min": 3, "max": 60})
     min_rate: float = field(default=2**19 / 60, metadata={"rate": True, "min": 0.0,
                                                            "max": float(2**40)})
-    min_snr: float = field(default=4.0, metadata={"min": 0.0, "max": 1000.0})
-    min_duration: float = field(default=240.0, metadata=_duration(0.0))
+    min_significance: float = field(default=4.0, metadata={"min": 0.0, "max": 1000.0})
+    min_duration: float = field(default=180.0, metadata=_duration(0.0))
     max_pause: float = field(default=360.0, metadata=_duration(0.0))
     warmup_grace: float = field(default=600.0, metadata=_duration(0.0))
+    settle_grace: float = field(default=1800.0, metadata=_duration(0.0))
+    history: float = field(default=8 * 3600.0, metadata=_duration(600.0, 24 * 3600.0))
 
 
 @dataclass(frozen=True)
