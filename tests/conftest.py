@@ -192,6 +192,7 @@ def load_benchmark(name: str) -> Any:
         spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCHMARKS / f"{name}.py")
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up while a class is built
         spec.loader.exec_module(mod)
         return mod
     finally:
