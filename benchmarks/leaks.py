@@ -377,7 +377,32 @@ def table(rows: list[dict[str, Any]], cfg: LeaksConfig, seeds: range, hold: floa
     return "\n".join(lines)
 
 
-def cost(series: int = 264, cycles: int = 30) -> dict[str, float]:
+def detector_at(rev: str) -> tuple[Any, Any]:
+    """(LeakDetector, LeaksConfig) of the repository at git revision ``rev``, loaded beside
+    this checkout's, to measure the two side by side."""
+    import subprocess
+    import types
+
+    root = Path(__file__).resolve().parent.parent
+    loaded: dict[str, types.ModuleType] = {}
+    for path, name in (("daemon/core/config.py", "leaks_at_config"),
+                       ("daemon/analysis/leaks.py", "leaks_at_detector")):
+        try:
+            src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], check=True,
+                                 capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"leaks.py: cannot read {path} at {rev!r}: {e}") from None
+        src = src.replace("from gpuprobe.daemon.core.config import LeaksConfig",
+                          "from leaks_at_config import LeaksConfig")
+        mod = types.ModuleType(name)
+        sys.modules[name] = mod
+        exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
+        loaded[name] = mod
+    return loaded["leaks_at_detector"].LeakDetector, loaded["leaks_at_config"].LeaksConfig
+
+
+def cost(series: int = 264, cycles: int = 30, detector: Any = LeakDetector,
+         config: Any = LeaksConfig) -> dict[str, float]:
     """The detector's CPU per cycle over ``series`` noisy series (every other one leaking
     1 MiB/min under 16 MiB of jitter), each with two hours of history, one assessment each
     per cycle as in the daemon; and its memory per series after nine hours of samples
@@ -389,7 +414,7 @@ def cost(series: int = 264, cycles: int = 30) -> dict[str, float]:
     def value(k: int, t: float) -> float:
         return GIB + rng.gauss(0.0, 16 * MIB) + (MIB * t / 60 if k % 2 else 0.0)
 
-    det = LeakDetector(LeaksConfig())
+    det = detector(config())
     t = 0.0
     while t < 2 * 3600:
         for k in range(series):
@@ -406,7 +431,7 @@ def cost(series: int = 264, cycles: int = 30) -> dict[str, float]:
         t += INTERVAL
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    mem = LeakDetector(LeaksConfig())
+    mem = detector(config())
     for k in range(200):
         for i in range(int(9 * 3600 / INTERVAL)):
             mem.observe(k, i * INTERVAL, value(k, i * INTERVAL))
@@ -431,11 +456,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", metavar="TEXT", help="only the shapes whose name contains this")
     ap.add_argument("--cost", action="store_true",
                     help="measure the detector's CPU per cycle and memory per series instead")
+    ap.add_argument("--against", metavar="REV",
+                    help="with --cost: the detector at this git revision too, side by side")
     args = ap.parse_args(argv)
     if args.cost:
-        c = cost()
-        print(f"{c['cpu_ms_per_cycle']:.1f} ms of CPU per cycle over {c['series']} noisy "
-              f"series (half leaking); {c['bytes_per_series'] / 1024:.1f} KiB per series")
+        arms = [("this checkout", LeakDetector, LeaksConfig)]
+        if args.against:
+            arms.append((args.against, *detector_at(args.against)))
+        figures = []
+        for _ in range(2):  # alternately, so that drift in the machine hits both
+            for name, det, conf in arms:
+                figures.append((name, cost(detector=det, config=conf)))
+        for name, _det, _conf in arms:
+            mine = [c for n, c in figures if n == name]
+            print(f"{name}: {min(c['cpu_ms_per_cycle'] for c in mine):.1f} ms of CPU per "
+                  f"cycle over {mine[0]['series']} noisy series (half leaking); "
+                  f"{mine[0]['bytes_per_series'] / 1024:.1f} KiB per series")
         return 0
     start = max(TUNING_SEEDS, args.report_from)
     if args.seeds <= start and not args.tuning:

@@ -67,6 +67,7 @@ def test_durations_and_overrides():
 
 @pytest.mark.parametrize("data, message", [
     ({"listne": "x"}, "listne: unknown key (did you mean 'listen'?)"),
+    ({"leaks": {"min_snr": 4}}, "leaks.min_snr: unknown key (replaced by leaks.min_significance"),
     ({"collectors": {"nvidia": {"intervall": "5s"}}},
      "collectors.nvidia.intervall: unknown key (did you mean 'interval'?)"),
     ({"collectors": {"amdgpu": {}}}, "collectors.amdgpu: unknown key"),

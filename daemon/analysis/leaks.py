@@ -383,8 +383,9 @@ class Series:
             highs.append(self.high)
         return max(highs) if highs else None
 
-    def _horizons(self, cfg: LeaksConfig, history: float) -> list[_Window]:
-        t, v = list(self.t), list(self.v)
+    def _horizons(self, cfg: LeaksConfig, history: float, t: list[float], v: list[float]
+                  ) -> list[_Window]:
+        """The verdicts of every horizon the history reaches; ``t``, ``v``: the samples."""
         now = t[-1]
         out = []
         shared = Shared(v)
@@ -417,13 +418,13 @@ class Series:
         return out
 
     def assess(self, cfg: LeaksConfig, history: float) -> Assessment:
-        t, v = self.t, self.v
+        t, v = list(self.t), list(self.v)
         now = t[-1]
         # A flat series (memory held steady: most of a busy host's) has no leak-like window,
         # whatever the settings, and a slope of 0; it is judged only when it moved, a tenth
         # of the CPU on a host of steady jobs (benchmarks/overhead.py, leak_cpu_ms).
         flat = min(v) == max(v) and (not self.five.t or min(self.five.v) == max(self.five.v))
-        windows = [] if flat else self._horizons(cfg, history)
+        windows = [] if flat else self._horizons(cfg, history, t, v)
         if any(w.released for w in windows) and not any(w.leaky for w in windows):
             # Memory was freed and no horizon (the medians of the long ones smooth a
             # sawtooth out) shows growth: whatever grew was not leaking.
@@ -432,7 +433,10 @@ class Series:
         settling = any(w.settling for w in windows) or self.slowing_steps()
         leaky = [] if settling else [w for w in windows if w.leaky]
         best = max(leaky, key=lambda w: w.z) if leaky else None
-        whole = robust_slope(list(t), list(v)) if len(t) > 1 and not flat else 0.0
+        # The slope over all the samples: the 30-minute horizon's, when it holds them all.
+        whole = (0.0 if flat or len(t) < 2 else windows[2].slope
+                 if len(t) >= cfg.min_samples and t[0] >= now - cfg.window
+                 else robust_slope(t, v))
         if best is None:
             if self.last_growing is None or now - self.last_growing > cfg.max_pause:
                 self.growing_since = self.last_growing = None  # the run is over

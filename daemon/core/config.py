@@ -348,10 +348,19 @@ def _convert(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a bug in this module
 
 
+# Keys that were replaced, by where they were: (section, old key) -> what to say.
+REPLACED = {
+    ("leaks", "min_snr"): "replaced by leaks.min_significance: the slope's significance in "
+                          "standard errors; docs/leaks.md",
+}
+
+
 def _unknown_key(key: str, name: str, known: list[str]) -> ConfigError:
     name = safeyaml.cut(name, 30)  # the list of known keys makes the line long enough
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(known))})"
+    if (key, name) in REPLACED:
+        hint = f" ({REPLACED[key, name]})"
     where = f"{key}." if key else ""
     return ConfigError(f"{where}{name}: unknown key{hint}")
 
