@@ -391,7 +391,8 @@ def detector_at(rev: str) -> tuple[Any, Any]:
             src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], check=True,
                                  capture_output=True, text=True).stdout
         except (OSError, subprocess.CalledProcessError) as e:
-            raise SystemExit(f"leaks.py: cannot read {path} at {rev!r}: {e}") from None
+            why = e.stderr.strip().splitlines()[-1] if getattr(e, "stderr", None) else e
+            raise ValueError(f"cannot read {path} at {rev!r}: {why}") from None
         src = src.replace("from gpuprobe.daemon.core.config import LeaksConfig",
                           "from leaks_at_config import LeaksConfig")
         mod = types.ModuleType(name)
@@ -462,7 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost:
         arms = [("this checkout", LeakDetector, LeaksConfig)]
         if args.against:
-            arms.append((args.against, *detector_at(args.against)))
+            try:
+                arms.append((args.against, *detector_at(args.against)))
+            except ValueError as e:
+                print(f"leaks.py: {e}", file=sys.stderr)
+                return 2
         figures = []
         for _ in range(2):  # alternately, so that drift in the machine hits both
             for name, det, conf in arms:

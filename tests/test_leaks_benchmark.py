@@ -28,7 +28,8 @@ def test_the_rule_for_is_read_from_the_shipped_rules() -> None:
     assert leaks.rule_for() == 120.0
 
 
-@pytest.mark.parametrize("argv", [["--seeds", "5"], ["--only", "no such shape", "--tuning"]])
+@pytest.mark.parametrize("argv", [["--seeds", "5"], ["--only", "no such shape", "--tuning"],
+                                  ["--cost", "--against", "no-such-revision"]])
 def test_bad_arguments_exit_2(argv, capsys) -> None:
     assert leaks.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
