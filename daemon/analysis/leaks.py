@@ -91,35 +91,43 @@ def robust_slope(t: list[float], v: list[float], spread: int = 0) -> float:
     five-minute medians alternates low, high) gives pairs that all climb or all fall, as
     the lag is odd or even; pooling neighbouring lags puts both in the median."""
     n = len(t)
-    slopes = []
+    slopes: list[float] = []
     for h in range(max(1, n // 2 - spread), min(n - 1, n // 2 + spread) + 1):
-        slopes += [(v[i + h] - v[i]) / (t[i + h] - t[i]) for i in range(n - h)
-                   if t[i + h] > t[i]]
+        dt = list(map(operator.sub, t[h:], t))
+        dv = map(operator.sub, v[h:], v)
+        if min(dt) > 0:  # always, for times that only rise (the loop runs in C)
+            slopes += map(operator.truediv, dv, dt)
+        else:
+            slopes += [b / a for a, b in zip(dt, dv, strict=False) if a > 0]
     return _median(slopes) if slopes else 0.0
 
 
 def jitter(v: list[float]) -> float:
     """Robust standard deviation of the sample-to-sample jitter (from the differences of
     successive samples, where a few steps are outliers)."""
-    d = [b - a for a, b in itertools.pairwise(v)]
+    d = list(map(operator.sub, v[1:], v))
     if not d:
         return 0.0
-    c = _median(d)
-    return 1.4826 * _median([abs(x - c) for x in d]) / math.sqrt(2)
+    return 1.4826 * _mad(d) / math.sqrt(2)
+
+
+def _mad(xs: list[float]) -> float:
+    """Median absolute deviation from the median."""
+    c = _median(xs)
+    return _median(list(map(abs, map(operator.sub, xs, itertools.repeat(c)))))
 
 
 def noise(t: list[float], v: list[float], slope: float) -> float:
     """Robust standard deviation of the residuals around ``slope``."""
-    r = [v[i] - slope * t[i] for i in range(len(t))]
-    c = _median(r)
-    return 1.4826 * _median([abs(x - c) for x in r])
+    return 1.4826 * _mad(list(map(operator.sub, v,
+                                   map(operator.mul, t, itertools.repeat(slope)))))
 
 
 def least_squares_slope(t: list[float], v: list[float]) -> float:
     n = len(t)
     t0, v0 = t[0], v[0]  # centred near zero, so that the sums of products keep their digits
-    tt = [x - t0 for x in t]
-    vv = [y - v0 for y in v]
+    tt = list(map(operator.sub, t, itertools.repeat(t0)))
+    vv = list(map(operator.sub, v, itertools.repeat(v0)))
     mt, mv = sum(tt) / n, sum(vv) / n
     var = sum(map(operator.mul, tt, tt)) - n * mt * mt
     return (sum(map(operator.mul, tt, vv)) - n * mt * mv) / var if var > 0 else 0.0
@@ -153,10 +161,12 @@ class Shared:
     jitter widths of all the samples), and whether the longest horizon holds a release (a
     release within a shorter one is within it too)."""
 
-    __slots__ = ("_m3", "_step", "_unreleased", "v")
+    __slots__ = ("_kept", "_m3", "_step", "_unreleased", "v")
 
-    def __init__(self, v: list[float]) -> None:
+    def __init__(self, v: list[float], m3: array | None = None) -> None:
+        """``m3``: :func:`medians3` of ``v``, where the series keeps it as samples come."""
         self.v = v
+        self._kept = m3
         self._step: float | None = None
         self._unreleased: bool | None = None
         self._m3: list[float] | None = None
@@ -165,7 +175,7 @@ class Shared:
     def m3(self) -> list[float]:
         """:func:`medians3` of all the samples (a horizon's are the tail of it)."""
         if self._m3 is None:
-            self._m3 = medians3(self.v)
+            self._m3 = medians3(self.v) if self._kept is None else list(self._kept)
         return self._m3
 
     @property
@@ -279,8 +289,8 @@ def _released(m3: list[float], drop: float) -> bool:
     ``drop`` below the highest such median before it. One noisy sample below an earlier high
     is not a release: Gaussian jitter always gives one, which read a slow leak under noise
     as freeing memory."""
-    return any(x < peak - drop
-               for x, peak in zip(m3[1:], itertools.accumulate(m3, max), strict=False))
+    # The deepest fall below the running high (0 at a new high, where none is a release).
+    return bool(m3) and max(map(operator.sub, itertools.accumulate(m3, max), m3)) > drop
 
 
 class _Tier:
@@ -318,11 +328,12 @@ class Series:
     """One memory series and the state of its judgement."""
 
     __slots__ = ("dipped", "first", "five", "growing_since", "high", "last", "last_growing",
-                 "minute", "steps", "suspected", "t", "v", "verdicts")
+                 "m3", "minute", "steps", "suspected", "t", "v", "verdicts")
 
     def __init__(self) -> None:
         self.t = array("d")
         self.v = array("d")
+        self.m3 = array("d")  # medians3(v), one more with each sample (not made per judgement)
         self.minute = _Tier(MINUTE)
         self.five = _Tier(FIVE_MINUTES)
         self.first: float | None = None  # when the series started (process age)
@@ -344,12 +355,16 @@ class Series:
         self._step(t, v)
         self.t.append(t)
         self.v.append(v)
+        if len(self.v) >= 3:
+            a, b, c = self.v[-3:]
+            self.m3.append(a + b + c - max(a, b, c) - min(a, b, c))  # as medians3 does
         cut = 0
         while cut < len(self.t) - 1 and self.t[cut] < t - keep:
             cut += 1
         if cut:
             del self.t[:cut]
             del self.v[:cut]
+            del self.m3[:cut]
         self.minute.add(t, v, max(MINUTE_HORIZONS))
         gone = self.five.add(t, v, history)
         if gone is not None:
@@ -388,7 +403,7 @@ class Series:
         """The verdicts of every horizon the history reaches; ``t``, ``v``: the samples."""
         now = t[-1]
         out = []
-        shared = Shared(v)
+        shared = Shared(v, self.m3)
         for fraction in (1 / 3, 2 / 3, 1.0):
             start = now - cfg.window * fraction
             i = bisect.bisect_left(t, start)
