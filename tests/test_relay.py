@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -139,3 +140,26 @@ def test_no_thread_for_a_driver_costs_the_poll_not_the_caller(lanes, monkeypatch
     assert done == {0: "read", 1: "read", 2: "read"} and not not_done
     said = [r.getMessage() for r in caplog.records]
     assert sum("cannot start thread relay-" in m for m in said) == 1, said
+
+
+def test_an_idle_worker_keeps_nothing_of_its_last_job() -> None:
+    """A pooled driver waits for its next job holding none of the last one's callable,
+    arguments or result (it kept a poll's closures, and through them a daemon, alive)."""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    worker = Worker("test-idle")
+    try:
+        def returning(value: Held) -> Callable[[Held], Held]:
+            return lambda _: value  # a closure, as the relay submits
+
+        arg, out = Held(), Held()
+        refs = [weakref.ref(x) for x in (arg, out)]
+        assert worker.submit(returning(out), arg).result(timeout=5) is out
+        del arg, out
+        wait_for(lambda: (gc.collect(), all(r() is None for r in refs))[1], timeout=5)
+    finally:
+        worker.stop()

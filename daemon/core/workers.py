@@ -139,17 +139,24 @@ class Worker:
             item = self._queue.get()
             if item is None:
                 return
-            job, fn, args = item
-            if job._cancelled:
-                continue
-            job._started = True
-            self._lane.acquire()
-            self.busy_since = time.monotonic()
-            try:
-                result = fn(*args)
-            except BaseException as e:  # handed to whoever waits on the job
-                job._finish(None, e)
-            else:
-                job._finish(result, None)
-            finally:
-                self.leave()
+            self._do(*item)
+            # Nothing of the job stays bound while the thread waits for the next one: an
+            # idle driver would otherwise keep its last job's closures (and what they hold,
+            # a daemon in the tests) alive until its next job.
+            del item
+
+    def _do(self, job: Job, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Runs one job and hands its outcome to whoever waits on it."""
+        if job._cancelled:
+            return
+        job._started = True
+        self._lane.acquire()
+        self.busy_since = time.monotonic()
+        try:
+            result = fn(*args)
+        except BaseException as e:  # handed to whoever waits on the job
+            job._finish(None, e)
+        else:
+            job._finish(result, None)
+        finally:
+            self.leave()
