@@ -24,6 +24,8 @@ under noise of 16 MiB too; a leak of 1 MiB/min under 16 MiB of noise caught with
 minutes in 95% of seeds.
 
     .venv/bin/python benchmarks/leaks.py [--seeds 60] [--workers 2] [--write docs/performance.md]
+    .venv/bin/python benchmarks/leaks.py --cost [--against REV]   # CPU and memory
+    .venv/bin/python benchmarks/leaks.py --equivalent REV          # a refactor changes nothing
 """
 
 from __future__ import annotations
@@ -443,6 +445,46 @@ def cost(series: int = 264, cycles: int = 30, detector: Any = LeakDetector,
             "bytes_per_series": grown / 200}
 
 
+def _assessments(detector: Any, shape: Shape, ts: list[float], vs: list[float]) -> list[Any]:
+    starts = sorted(shape.job_starts)
+    out = []
+    for t, v in zip(ts, vs, strict=True):
+        while starts and starts[0] <= t:
+            detector.rebase("p", starts.pop(0))
+        detector.observe("p", t, v)
+        a = detector.assess("p")
+        out.append(None if a is None else (a.slope, a.suspected, a.confidence, a.growth_seconds))
+    return out
+
+
+def _differ_one(job: tuple[str, int, int]) -> tuple[str, int, int, int]:
+    rev, index, seed = job
+    other, other_cfg = detector_at(rev)
+    shape = corpus()[index]
+    ts, vs = trace(shape, seed)
+    mine = _assessments(LeakDetector(LeaksConfig()), shape, ts, vs)
+    theirs = _assessments(other(other_cfg()), shape, ts, vs)
+    return shape.name, seed, sum(a != b for a, b in zip(mine, theirs, strict=True)), len(ts)
+
+
+def equivalent(rev: str, seeds: list[int], workers: int, shapes: list[int]) -> int:
+    """Feed this checkout's detector and ``rev``'s the same corpus traces and compare every
+    assessment (slope, flag, confidence, growth time) exactly: a refactor of the detector
+    must change none. Prints a summary; returns the number of traces that differ."""
+    jobs = [(rev, i, s) for i in shapes for s in seeds]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(_differ_one, jobs, chunksize=4))
+    else:
+        results = [_differ_one(j) for j in jobs]
+    differ = [r for r in results if r[2]]
+    print(f"{len(results)} traces, {sum(r[3] for r in results)} assessments: "
+          f"{len(differ)} traces differ from {rev}'s detector")
+    for name, seed, bad, n in differ[:20]:
+        print(f"  {name} seed {seed}: {bad} of {n} assessments differ")
+    return len(differ)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", metavar="FILE")
@@ -459,6 +501,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the detector's CPU per cycle and memory per series instead")
     ap.add_argument("--against", metavar="REV",
                     help="with --cost: the detector at this git revision too, side by side")
+    ap.add_argument("--equivalent", metavar="REV",
+                    help="instead: check that every assessment of this checkout's detector "
+                         "equals the one at this git revision, on the corpus (--only) at "
+                         "seeds 0 and the first reported one; exit 1 if any differs")
     args = ap.parse_args(argv)
     if args.cost:
         arms = [("this checkout", LeakDetector, LeaksConfig)]
@@ -478,7 +524,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"cycle over {mine[0]['series']} noisy series (half leaking); "
                   f"{mine[0]['bytes_per_series'] / 1024:.1f} KiB per series")
         return 0
+    shapes = corpus()
+    chosen = [i for i, sh in enumerate(shapes) if not args.only or args.only in sh.name]
+    if not chosen:
+        print(f"leaks.py: no shape's name contains {args.only!r}", file=sys.stderr)
+        return 2
     start = max(TUNING_SEEDS, args.report_from)
+    if args.equivalent:
+        try:
+            detector_at(args.equivalent)
+        except ValueError as e:
+            print(f"leaks.py: {e}", file=sys.stderr)
+            return 2
+        return 1 if equivalent(args.equivalent, [0, start], max(1, args.workers), chosen) else 0
     if args.seeds <= start and not args.tuning:
         print(f"leaks.py: --seeds must be more than {start} (the tuning seeds are 0-"
               f"{TUNING_SEEDS - 1}, and --report-from starts at {args.report_from})",
@@ -487,11 +545,6 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(TUNING_SEEDS) if args.tuning else range(start, args.seeds)
     cfg = LeaksConfig()
     t0 = time.monotonic()
-    shapes = corpus()
-    chosen = [i for i, sh in enumerate(shapes) if not args.only or args.only in sh.name]
-    if not chosen:
-        print(f"leaks.py: no shape's name contains {args.only!r}", file=sys.stderr)
-        return 2
     results = run(cfg, seeds, max(1, args.workers), chosen)
     rows = [summarise(shapes[i], results[i]) for i in sorted(results)]
     command = ".venv/bin/python benchmarks/leaks.py" + "".join(

@@ -34,3 +34,31 @@ def test_bad_arguments_exit_2(argv, capsys) -> None:
     assert leaks.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("leaks.py: ")
+
+
+
+def test_equivalent_compares_every_assessment(monkeypatch, capsys) -> None:
+    """--equivalent: the same detector agrees with itself; a detector with another
+    significance, fed the same trace, is caught."""
+    import dataclasses
+
+    base = leaks.LeaksConfig
+    monkeypatch.setattr(leaks, "detector_at", lambda rev: (leaks.LeakDetector, base))
+    shape = [i for i, s in enumerate(leaks.corpus()) if "sawtooth every 45 s" in s.name]
+    assert leaks.equivalent("REV", [0], 1, shape) == 0
+    monkeypatch.setattr(leaks, "LeaksConfig",
+                        lambda: dataclasses.replace(base(), min_significance=1.0))
+    assert leaks.equivalent("REV", [0], 1, shape) == 1
+    assert "1 traces differ from REV's detector" in capsys.readouterr().out
+
+
+def test_detector_at_loads_a_revision_beside_this_one() -> None:
+    import subprocess
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    det, cfg = leaks.detector_at("HEAD")
+    assert det is not leaks.LeakDetector and det.__module__ == "leaks_at_detector"
+    d = det(cfg())
+    d.observe("p", 0.0, 1.0)
+    assert d.assess("p") is None or not d.assess("p").suspected
