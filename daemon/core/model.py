@@ -93,8 +93,13 @@ class Thermal:
 @dataclass(frozen=True, slots=True)
 class Power:
     draw_watts: float | None = None
-    limit_watts: float | None = None
+    limit_watts: float | None = None  # the limit enforced now
     energy_joules: float | None = None
+    # What the limit may be set to, and what it is out of the box: "the limit was lowered"
+    # is limit_watts below limit_default_watts.
+    limit_min_watts: float | None = None
+    limit_max_watts: float | None = None
+    limit_default_watts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,61 @@ class Pcie:
     # direction ("tx", "rx") -> bytes per second measured over a short window (AMD's
     # pci_throughput samples one second); a sampled rate, not a counter.
     sampled_bytes_per_second: Mapping[str, float] = field(default_factory=dict)
+    replay_rollovers_total: int | None = None
+    # bytes over the link both ways as the device counts them (AMD MI300's
+    # pcie_bandwidth_acc), since gpuprobe first saw the device
+    transferred_bytes_total: float | None = None
+    # kind (PCIE_ERROR_KINDS) -> errors counted by the device since the driver loaded
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+
+# PCIe error counters by kind (the `kind` label of gpuprobe_pcie_errors_total).
+PCIE_ERROR_KINDS = ("correctable", "receiver_error", "bad_tlp", "bad_dllp", "non_fatal",
+                    "fatal", "unsupported_request", "lcrc", "lane")
+
+# GPU-to-GPU link error counters by kind (the `kind` label of the link error families).
+LINK_ERROR_KINDS = ("crc", "replay", "recovery")
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One GPU-to-GPU link (an NVLink, an XGMI link) as the device reports it."""
+
+    up: bool | None = None
+    tx_bytes_total: float | None = None  # bytes sent since gpuprobe first saw the device
+    rx_bytes_total: float | None = None
+    # kind (LINK_ERROR_KINDS) -> errors since the driver loaded
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Interconnect:
+    """A device's GPU-to-GPU links. ``links`` holds the links the device has (one that is
+    not connected reads up=False); the totals are the device's own where it counts them
+    (NVIDIA GPM), else the sums over its links."""
+
+    kind: str | None = None  # "nvlink" or "xgmi"
+    version: float | None = None  # NVLink version (4.0 on Hopper, 2.2 and 3.1 exist)
+    link_width: int | None = None  # lanes per link (XGMI)
+    # one link's signalling rate per direction (XGMI: speed x width / 8)
+    link_speed_bytes_per_second: float | None = None
+    links: Mapping[str, Link] = field(default_factory=dict)  # link index ("0".."17") -> link
+    tx_bytes_total: float | None = None
+    rx_bytes_total: float | None = None
+    errors: Mapping[str, int] = field(default_factory=dict)  # kind -> over all links
+
+
+# What a GPU's driver says must be done to it (the `action` label of
+# gpuprobe_recovery_action): NVML's nvmlGpuRecoveryAction_t.
+RECOVERY_ACTIONS = ("none", "gpu_reset", "node_reboot", "drain_p2p", "drain_and_reset",
+                    "recover_imex_domain", "bus_reset", "system_reboot")
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    reset_required: bool | None = None  # the GPU must be reset before it is usable again
+    drain_recommended: bool | None = None  # drain its work, then reset
+    action: str | None = None  # one of RECOVERY_ACTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +241,11 @@ class DeviceSample:
     performance_state: int | None = None
     # "default", "exclusive_process" or "prohibited": who may create a context on the GPU
     compute_mode: str | None = None
+    # fan index ("0", "1", ...) -> speed as a share of its maximum (NVIDIA's may exceed 1:
+    # it is the intended speed against the rated maximum); empty on passively cooled cards
+    fans: Mapping[str, float] = field(default_factory=dict)
+    interconnect: Interconnect = field(default_factory=Interconnect)
+    recovery: Recovery = field(default_factory=Recovery)
 
 
 class ProcessSample(NamedTuple):

@@ -23,6 +23,7 @@ from gpuprobe.daemon.core.model import (
     DeviceIdentity,
     DeviceSample,
     LeakSample,
+    Link,
     ProbeSample,
 )
 from gpuprobe.daemon.core.probekinds import PROBE_KINDS, ProbeKind, ProbeMetric
@@ -42,7 +43,9 @@ class MetricSpec:
     type: str  # gauge, counter or info
     help: str
     unit: str
-    scope: str  # device, process, xid, collector, backend, build
+    # device, link (a device metric per link, off with exporter.link_metrics), process, xid,
+    # event, leak, process_leak, probe, collector, backend, build, http
+    scope: str
     nvidia: str
     amd: str = ""
     labels: tuple[str, ...] = ()
@@ -83,6 +86,45 @@ def keyed(get: Callable[[DeviceSample], Mapping[Any, float]]
         return [((k,) if isinstance(k, str) else tuple(k), float(v))
                 for k, v in sorted(get(d).items())]
     return series
+
+
+def _links(get: Callable[[Link], float | int | bool | None]
+           ) -> Callable[[DeviceSample], Series]:
+    """One series per link of the device, labelled ``link``; a link without the value has
+    none."""
+    def series(d: DeviceSample) -> Series:
+        out = []
+        for name, link in sorted(d.interconnect.links.items(), key=lambda kv: _order(kv[0])):
+            v = get(link)
+            if v is not None:
+                out.append(((name,), float(v)))
+        return out
+    return series
+
+
+def _link_errors(d: DeviceSample) -> Series:
+    return [((name, kind), float(n))
+            for name, link in sorted(d.interconnect.links.items(), key=lambda kv: _order(kv[0]))
+            for kind, n in sorted(link.errors.items())]
+
+
+def _order(index: str) -> tuple[int, str]:
+    return (int(index) if index.isdigit() else 1 << 30, index)
+
+
+def _links_count(d: DeviceSample) -> Series:
+    ic = d.interconnect
+    return [((ic.kind,), float(len(ic.links)))] if ic.kind and ic.links else []
+
+
+def _links_up(d: DeviceSample) -> Series:
+    known = [link.up for link in d.interconnect.links.values() if link.up is not None]
+    return [((), float(sum(known)))] if known else []
+
+
+def _recovery_action(d: DeviceSample) -> Series:
+    a = d.recovery.action
+    return [((a,), 1.0)] if a is not None else []
 
 
 def _throttle_active(d: DeviceSample) -> Series:
@@ -384,6 +426,31 @@ CATALOG: tuple[MetricSpec, ...] = (
       values=one(lambda d: d.power.limit_watts),
       amd=(
       'amdsmi_get_power_cap_info power_cap (µW)')),
+    M("gpuprobe_power_limit_min_watts", "gauge",
+      "Lowest power limit the device can be set to, in watts.", "watts", "device",
+      "nvmlDeviceGetPowerManagementLimitConstraints minLimit (mW)",
+      values=one(lambda d: d.power.limit_min_watts),
+      amd="amdsmi_get_power_cap_info min_power_cap (µW)"),
+    M("gpuprobe_power_limit_max_watts", "gauge",
+      "Highest power limit the device can be set to, in watts.", "watts", "device",
+      "nvmlDeviceGetPowerManagementLimitConstraints maxLimit (mW)",
+      values=one(lambda d: d.power.limit_max_watts),
+      amd="amdsmi_get_power_cap_info max_power_cap (µW)"),
+    M("gpuprobe_power_limit_default_watts", "gauge",
+      "Power limit the device has out of the box, in watts: a current limit below it was "
+      "lowered by someone.", "watts", "device",
+      "nvmlDeviceGetPowerManagementDefaultLimit (mW)",
+      values=one(lambda d: d.power.limit_default_watts),
+      amd="amdsmi_get_power_cap_info default_power_cap (µW)"),
+    # -- cooling ---------------------------------------------------------------------------
+    M("gpuprobe_fan_speed_ratio", "gauge",
+      "Speed of each fan as a share of its maximum. Absent on passively cooled cards (most "
+      "data-centre GPUs). NVIDIA reports the intended speed, which may exceed 1.", "ratio",
+      "device", "nvmlDeviceGetNumFans, nvmlDeviceGetFanSpeed_v2 (% of the rated maximum)",
+      labels=("fan",), values=keyed(lambda d: d.fans),
+      amd="amdsmi_get_gpu_fan_speed over amdsmi_get_gpu_fan_speed_max (both 0-255), per "
+      "sensor index from 0 until one is unsupported (at most 4); absent on Instinct "
+      "(NOT_SUPPORTED)"),
     M("gpuprobe_energy_joules_total", "counter",
       "Energy consumed by the device since the driver loaded, in joules.", "joules", "device",
       "field NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION (83, mJ)",
@@ -418,15 +485,20 @@ CATALOG: tuple[MetricSpec, ...] = (
       'grew since the last poll, or amdsmi_get_violation_status active_* (slow path)')),
     M("gpuprobe_throttle_seconds_total", "counter",
       "Time the clocks were held down for a reason, in seconds since the driver loaded. "
-      "Counts events too short for a poll to see.", "seconds", "device",
+      "Counts events too short for a poll to see. AMD MI300 adds host_limit_power, "
+      "host_limit_thermal and host_limit (the gfx clock below the host's limit for power, "
+      "for thermal, for any reason; only here, not in gpuprobe_throttle_active).", "seconds",
+      "device",
       "fields NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP (74), SYNC_BOOST (76), "
       "SW_THERM_SLOWDOWN (269), HW_THERM_SLOWDOWN (270), HW_POWER_BRAKE_SLOWDOWN (271) (ns)",
       labels=("reason",), values=keyed(lambda d: d.throttle.seconds_total),
       amd=(
       'gpu_metrics ppt_ (power_cap), socket_thm_ (sw_thermal), hbm_thm_ '
       '(memory_thermal), prochot_residency_acc (hw_slowdown) over accumulation_counter, '
-      'times the time between polls; MI300; counted from when gpuprobe first saw the '
-      'device')),
+      'times the time between polls; xcp_stats.gfx_below_host_limit_ppt_acc '
+      '(host_limit_power), _thm_acc (host_limit_thermal), _total_acc (host_limit; else the '
+      'older gfx_below_host_limit_acc) the same way, the mean over the XCCs (gpu_metrics '
+      'v1.8); MI300; counted from when gpuprobe first saw the device')),
     M("gpuprobe_performance_state", "gauge",
       "Performance state: 0 is maximum performance, 15 minimum.", "", "device",
       "nvmlDeviceGetPerformanceState (P0-P15)", values=one(lambda d: d.performance_state),
@@ -480,7 +552,15 @@ CATALOG: tuple[MetricSpec, ...] = (
       "absent: NVIDIA has byte counters (gpuprobe_pcie_transmit_bytes_total)",
       labels=("direction",), values=keyed(lambda d: d.pcie.sampled_bytes_per_second),
       amd="amdsmi_get_gpu_pci_throughput sent, received (bytes in 1 s; blocks 1 s; "
-      "Instinct; pcie_bw is absent or zero on RDNA and APUs)"),
+      "Instinct; pcie_bw is absent or zero on RDNA and APUs); not asked where gpu_metrics "
+      "has the pcie_bandwidth_acc byte counter (MI300)"),
+    M("gpuprobe_pcie_transferred_bytes_total", "counter",
+      "Bytes over the PCIe link both ways as the device counts them, since gpuprobe started "
+      "watching it.", "bytes", "device",
+      "absent: NVIDIA counts each direction (gpuprobe_pcie_transmit_bytes_total)",
+      values=one(lambda d: d.pcie.transferred_bytes_total),
+      amd="gpu_metrics pcie_bandwidth_acc (GB/s added each accumulation tick) over "
+      "accumulation_counter, times the time between polls, x 1e9; MI300"),
     M("gpuprobe_pcie_replays_total", "counter",
       "PCIe packets the link layer had to send again (a link-health signal).", "", "device",
       "field NVML_FI_DEV_PCIE_REPLAY_COUNTER (94)", values=one(lambda d: d.pcie.replays_total),
@@ -501,7 +581,19 @@ CATALOG: tuple[MetricSpec, ...] = (
       "field NVML_FI_DEV_PCIE_COUNT_NAKS_SENT (177)", values=one(lambda d: d.pcie.naks_sent_total),
       amd=(
       'amdsmi_get_pcie_info pcie_metric.pcie_nak_sent_count')),
-    # -- utilization and activity ----------------------------------------------------------
+    M("gpuprobe_pcie_replay_rollovers_total", "counter",
+      "Times the PCIe replay counter rolled over (a replay storm).", "", "device",
+      "field NVML_FI_DEV_PCIE_REPLAY_ROLLOVER_COUNTER (95)",
+      values=one(lambda d: d.pcie.replay_rollovers_total),
+      amd="absent: amdsmi has no rollover counter"),
+    M("gpuprobe_pcie_errors_total", "counter",
+      "PCIe errors the device counted, by kind (correctable, receiver_error, bad_tlp, "
+      "bad_dllp, non_fatal, fatal, unsupported_request, lcrc, lane).", "", "device",
+      "fields NVML_FI_DEV_PCIE_COUNT_CORRECTABLE_ERRORS (173), RECEIVER_ERROR (175), "
+      "BAD_TLP (176), BAD_DLLP (178), NON_FATAL_ERROR (179), FATAL_ERROR (180), "
+      "UNSUPPORTED_REQ (181), LCRC_ERROR (182), LANE_ERROR (183)",
+      labels=("kind",), values=keyed(lambda d: d.pcie.errors),
+      amd="absent: amdsmi exposes no PCIe AER counts"),
     M("gpuprobe_utilization_ratio", "gauge",
       "Share of the driver's last sample period an engine was busy (gpu: any kernel running, "
       "not SM occupancy; memory: device memory being read or written).", "ratio", "device",
@@ -630,6 +722,93 @@ CATALOG: tuple[MetricSpec, ...] = (
       amd="AmdSmiEventReader (KFD SMI events) GPU_PRE_RESET as reset, THERMAL_THROTTLE, on "
       "its own thread",
       samples=_counts(View.event_counts, "event")),
+    # -- reset and recovery ----------------------------------------------------------------
+    M("gpuprobe_reset_required", "gauge",
+      "1 when the GPU must be reset before it is usable again.", "", "device",
+      "field NVML_FI_DEV_RESET_STATUS (226)", values=one(lambda d: d.recovery.reset_required),
+      amd="absent: see gpuprobe_device_events_total{event=\"reset\"}"),
+    M("gpuprobe_drain_recommended", "gauge",
+      "1 when the driver recommends draining the GPU's work and then resetting it.", "",
+      "device", "field NVML_FI_DEV_DRAIN_AND_RESET_STATUS (227)",
+      values=one(lambda d: d.recovery.drain_recommended),
+      amd="absent"),
+    M("gpuprobe_recovery_action", "gauge",
+      "What the driver says must be done to the GPU: one series, value 1, whose action label "
+      "is none, gpu_reset, node_reboot, drain_p2p, drain_and_reset, recover_imex_domain, "
+      "bus_reset or system_reboot.", "", "device",
+      "field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (230, nvmlGpuRecoveryAction_t)",
+      labels=("action",), values=_recovery_action, amd="absent"),
+    # -- GPU-to-GPU links (NVLink, XGMI) --------------------------------------------------
+    M("gpuprobe_interconnect_links", "gauge",
+      "GPU-to-GPU links the device has, by type (nvlink, xgmi), connected or not.", "",
+      "device", "field NVML_FI_DEV_NVLINK_LINK_COUNT (91); the links whose state field answers",
+      labels=("type",), values=_links_count,
+      amd="amdsmi_get_gpu_xgmi_link_status: its links, up (U), down (D) or disabled (X)"),
+    M("gpuprobe_interconnect_links_up", "gauge",
+      "GPU-to-GPU links that are up.", "", "device",
+      "field NVML_FI_DEV_NVLINK_GET_STATE (165) == NVML_FEATURE_ENABLED", values=_links_up,
+      amd="amdsmi_get_gpu_xgmi_link_status: links U"),
+    M("gpuprobe_interconnect_version", "gauge",
+      "NVLink version of the device's links (4 on Hopper).", "", "device",
+      "field NVML_FI_DEV_NVLINK_GET_VERSION (166, nvmlNvlinkVersion_t) of the first link "
+      "that answers",
+      values=one(lambda d: d.interconnect.version), amd="absent"),
+    M("gpuprobe_interconnect_link_width", "gauge", "Lanes of each GPU-to-GPU link.", "",
+      "device", "absent: NVML does not report NVLink width",
+      values=one(lambda d: d.interconnect.link_width),
+      amd="gpu_metrics xgmi_link_width (lanes), where amdsmi_get_gpu_xgmi_link_status "
+      "lists links"),
+    M("gpuprobe_interconnect_link_speed_bytes_per_second", "gauge",
+      "Signalling rate of one GPU-to-GPU link per direction, in bytes per second.", "bytes",
+      "device", "absent: NVML does not report NVLink speed this way",
+      values=one(lambda d: d.interconnect.link_speed_bytes_per_second),
+      amd="gpu_metrics xgmi_link_speed (Gbps per lane) x 1e9 x xgmi_link_width / 8"),
+    M("gpuprobe_interconnect_transmit_bytes_total", "counter",
+      "Bytes the device sent over all its GPU-to-GPU links since the driver loaded.",
+      "bytes", "device",
+      "the sum of the links' field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX (138, KiB)",
+      values=one(lambda d: d.interconnect.tx_bytes_total),
+      amd="gpu_metrics xgmi_write_data_acc (KB, x 1000) summed over the links "
+      "amdsmi_get_gpu_xgmi_link_status lists"),
+    M("gpuprobe_interconnect_receive_bytes_total", "counter",
+      "Bytes the device received over all its GPU-to-GPU links since the driver loaded.",
+      "bytes", "device",
+      "the sum of the links' field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX (139, KiB)",
+      values=one(lambda d: d.interconnect.rx_bytes_total),
+      amd="gpu_metrics xgmi_read_data_acc (KB, x 1000) summed over the links "
+      "amdsmi_get_gpu_xgmi_link_status lists"),
+    M("gpuprobe_interconnect_errors_total", "counter",
+      "Errors over all the device's GPU-to-GPU links, by kind (crc: CRC errors the data "
+      "link layer detected; replay: packets it sent again; recovery: times a link "
+      "retrained), since the driver loaded.", "", "device",
+      "the links' fields (below) summed", labels=("kind",),
+      values=keyed(lambda d: d.interconnect.errors),
+      amd="absent: amdsmi reports an XGMI error status, not counts"),
+    M("gpuprobe_link_up", "gauge",
+      "1 while a GPU-to-GPU link is up, 0 while it is down or not connected (config "
+      "exporter.link_metrics).", "", "link",
+      "field NVML_FI_DEV_NVLINK_GET_STATE (165, scopeId = link)",
+      labels=("link",), values=_links(lambda link: link.up),
+      amd="amdsmi_get_gpu_xgmi_link_status: U is 1, D and X 0"),
+    M("gpuprobe_link_transmit_bytes_total", "counter",
+      "Bytes the device sent over one GPU-to-GPU link since the driver loaded (config "
+      "exporter.link_metrics).", "bytes", "link",
+      "field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX (138, KiB, scopeId = link)",
+      labels=("link",), values=_links(lambda link: link.tx_bytes_total),
+      amd="gpu_metrics xgmi_write_data_acc[link] (KB since the driver loaded, x 1000)"),
+    M("gpuprobe_link_receive_bytes_total", "counter",
+      "Bytes the device received over one GPU-to-GPU link since the driver loaded (config "
+      "exporter.link_metrics).", "bytes", "link",
+      "field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX (139, KiB, scopeId = link)",
+      labels=("link",), values=_links(lambda link: link.rx_bytes_total),
+      amd="gpu_metrics xgmi_read_data_acc[link] (KB since the driver loaded, x 1000)"),
+    M("gpuprobe_link_errors_total", "counter",
+      "Errors on one GPU-to-GPU link by kind (crc, replay, recovery) since the driver "
+      "loaded (config exporter.link_metrics).", "", "link",
+      "fields NVML_FI_DEV_NVLINK_ERROR_DL_CRC (163), _DL_REPLAY (161), _DL_RECOVERY (162), "
+      "scopeId = link, in one batched nvmlDeviceGetFieldValues call",
+      labels=("link", "kind"), values=_link_errors,
+      amd="absent: amdsmi reports an XGMI error status, not counts"),
     # -- processes -------------------------------------------------------------------------
     M("gpuprobe_process_memory_used_bytes", "gauge",
       "Device memory a process holds, in bytes. The largest processes per device are kept "
@@ -841,7 +1020,8 @@ BY_NAME = {m.name: m for m in CATALOG}
 
 def markdown() -> str:
     """The metric table for docs/metrics.md."""
-    scope_labels = {"device": DEVICE_LABELS, "process": DEVICE_LABELS, "xid": DEVICE_LABELS,
+    scope_labels = {"device": DEVICE_LABELS, "link": DEVICE_LABELS, "process": DEVICE_LABELS,
+                    "xid": DEVICE_LABELS,
                     "event": DEVICE_LABELS,
                     "leak": DEVICE_LABELS, "process_leak": DEVICE_LABELS,
                     "probe": DEVICE_LABELS, "collector": (), "backend": (), "build": (),

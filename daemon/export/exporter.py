@@ -51,7 +51,8 @@ class SnapshotCollector:
         self.config = config
         self.build = {"version": version(), "python_version": platform.python_version()}
         # the HTTP server's own collector (http.py) exports the "http" scope
-        self._specs = [(m, _sample_name(m)) for m in CATALOG if m.scope != "http"]
+        self._specs = [(m, _sample_name(m)) for m in CATALOG if m.scope != "http"
+                       and (config.link_metrics or m.scope != "link")]
 
     def describe(self) -> Iterator[Metric]:
         return describe()
