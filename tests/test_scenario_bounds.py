@@ -148,12 +148,34 @@ def test_every_number_is_checked(path, bad):
     ("devices.0.events", [{"at": 0, "kind": "ecc"}] * 257, "events: at most 256 entries"),
     ("devices.0.processes", {"pid": 5}, "processes: expected a list"),
     ("devices", [{}] * 65, "devices: at most 64 entries"),
+    ("devices.0.fans", 9, "devices[0].fans: must be between 0 and 8"),
+    ("devices.0.fans", "two", "devices[0].fans: expected an integer"),
+    ("devices.0.links", {"count": 19}, "devices[0].links.count: must be between 0 and 18"),
+    ("devices.0.links", {"speed": "fast"}, "devices[0].links.speed: expected a number"),
+    ("devices.0.links", {"lanes": 4}, "devices[0].links.lanes: unknown key"),
+    ("devices.0.power", {"max": 700, "limit": 100, "min": 200},
+     "devices[0].power.limit: must not be below power.min (200 W)"),
+    ("devices.0.power", {"max": 700, "min": 800}, "devices[0].power.min: must be between 0"),
+    ("devices.0.events", [{"at": 0, "kind": "link_down", "link": 18}],
+     "events[0].link: must be between 0 and 17"),
+    ("devices.0.events", [{"at": 0, "kind": "link_errors", "error": "fcs"}],
+     "error: must be one of crc, replay, recovery"),
     ("duration", "500ms", "duration: must be at least 1s"),
     ("seed", -1, "seed: must be between 0 and"),
     ("name", {"a": 1}, "name: expected a string"),
 ])
 def test_malformed_values(path, value, fragment):
     refused(with_value(path, value), fragment)
+
+
+def test_a_link_event_names_a_link_the_device_has():
+    data = copy.deepcopy(BASE)
+    data["devices"][0]["links"] = {"count": 4}
+    data["devices"][0]["events"] = [{"at": 0, "kind": "link_errors", "link": 4, "count": 3}]
+    refused(data, "s.yaml: devices[0].events[0].link: the device has 4 links (links.count), "
+                  "got 4")
+    data["devices"][0]["events"][0]["link"] = 3
+    assert parse(data, "s.yaml").devices[0].events[0].link == 3
 
 
 def test_duration_bounds_repeats_per_wall_second():
@@ -242,6 +264,7 @@ def test_the_documented_bounds_are_the_module_s():
                    "10,000", "1 s apart", "one second", "10 times", "100,000 points",
                    "16 MiB", "1 PiB", "1 TiB/s", "a year"):
         assert figure in text, figure
+    assert "at most 18 links" in text and scenario_mod.MAX_LINKS == 18
     assert (scenario_mod.MAX_DEVICES, scenario_mod.MAX_PROCESSES,
             scenario_mod.MAX_ALL_PROCESSES, scenario_mod.MAX_EVENTS,
             scenario_mod.MAX_INSTANCES, scenario_mod.MAX_EVENT_COUNT,

@@ -28,7 +28,11 @@ from gpuprobe.daemon.core.config import parse_size as config_parse_size
 from gpuprobe.daemon.core.safeyaml import as_float, cut, display_path, short
 from gpuprobe.probes.sim.patterns import PATTERNS, MemoryPattern
 
-EVENT_KINDS = ("xid", "thermal_throttle", "power_cap", "fall_off_bus", "ecc", "row_remap")
+EVENT_KINDS = ("xid", "thermal_throttle", "power_cap", "fall_off_bus", "ecc", "row_remap",
+               "link_down", "link_errors", "reset_required")
+# The kinds of a link_errors event's `error` (daemon/core/model.py LINK_ERROR_KINDS).
+LINK_ERRORS = ("crc", "replay", "recovery")
+MAX_LINKS = 18  # NVLinks of an H100 or B200; an MI300X has 7 XGMI links
 FEATURES = ("power_limit", "memory_temperature", "gpm", "ecc", "bar1", "encoder",
             "throttle_counters", "pcie_counters", "remapped_rows", "energy", "utilization",
             "edge_temperature", "fan", "gtt", "pcie_throughput", "violation_status",
@@ -127,6 +131,21 @@ class EventSpec:
     spacing: float = 10.0
     corrected: int = 0
     uncorrected: int = 0
+    link: int = 0  # link_down, link_errors: which link
+    error: str = "crc"  # link_errors: which counter grows by `count`
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A device's GPU-to-GPU links (NVLink on NVIDIA, XGMI on AMD)."""
+
+    count: int = 0
+    version: int = 4  # NVLink version
+    width: int = 16  # XGMI lanes per link
+    speed_gbps: float = 32.0  # XGMI per lane
+    # Share of each up link's rate a fully busy GPU sends and receives.
+    busy_share: float = 0.25
+    rate: float = 25e9  # bytes/s per direction per link at full use (NVLink 4: 25 GB/s)
 
 
 @dataclass(frozen=True)
@@ -175,6 +194,10 @@ class DeviceSpec:
     partition_memory: str = "split"
     compute_mode: str = "default"  # or exclusive_process, prohibited
     unsupported: frozenset[str] = frozenset()
+    min_limit_watts: float = 0.0
+    default_limit_watts: float = 0.0
+    fans: int = 0  # fans on the board; data-centre GPUs have none
+    links: LinkSpec = field(default_factory=LinkSpec)
 
 
 @dataclass(frozen=True)
@@ -417,7 +440,7 @@ def _process(data: Any, key: str, base_dir: Path | None) -> ProcessSpec:
 
 def _event(data: Any, key: str) -> EventSpec:
     r = _Reader(data, key, ("at", "kind", "duration", "code", "count", "spacing", "corrected",
-                            "uncorrected"))
+                            "uncorrected", "link", "error"))
     kind = r.choice("kind", EVENT_KINDS, None)
     if kind == "xid" and r.get("code") is None:
         raise ScenarioError(f"{r.sub('code')}: an xid event needs a code")
@@ -430,15 +453,21 @@ def _event(data: Any, key: str) -> EventSpec:
         at=r.seconds("at", 0), kind=kind, duration=r.seconds("duration", 0),
         code=r.int_("code", 0, hi=65535), count=count, spacing=spacing,
         corrected=r.int_("corrected", 0, hi=MAX_ERROR_COUNT),
-        uncorrected=r.int_("uncorrected", 0, hi=MAX_ERROR_COUNT))
+        uncorrected=r.int_("uncorrected", 0, hi=MAX_ERROR_COUNT),
+        link=r.int_("link", 0, hi=MAX_LINKS - 1),
+        error=r.choice("error", LINK_ERRORS, "crc"))
 
 
 _MODELS = {
     # model defaults: (architecture, memory, max gen, width, idle W, max W, sm max MHz, mem MHz)
+    # (links by architecture: _LINKS)
     "nvidia": ("hopper", "80GiB", 5, 16, 70.0, 700.0, 1980e6, 2619e6),
     "amd": ("cdna3", "192GiB", 5, 16, 140.0, 750.0, 2100e6, 1300e6),
 }
 _IDLE_AT_FULL_SPEED = ("hopper", "blackwell")
+# architecture -> (links, NVLink version, bytes/s per direction per link); others have none
+_LINKS = {"ampere": (12, 3, 25e9), "hopper": (18, 4, 25e9), "blackwell": (18, 5, 50e9),
+          "cdna3": (7, 0, 64e9), "cdna2": (8, 0, 50e9)}
 MAX_WATTS = 10_000.0
 CELSIUS = (-100.0, 300.0)
 _PCI_BUS_ID = re.compile(r"(?:[0-9A-Fa-f]{4}|[0-9A-Fa-f]{8}):[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}"
@@ -449,14 +478,15 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
     r = _Reader(data, key, ("vendor", "model", "architecture", "memory", "reserved", "serial",
                             "uuid", "pci_bus_id", "pcie", "power", "thermal", "clocks", "ecc",
                             "processes", "events", "instances", "partition", "unsupported",
-                            "compute_mode", "memory_partition", "partition_memory"))
+                            "compute_mode", "memory_partition", "partition_memory", "fans",
+                            "links"))
     vendor = r.get("vendor", "nvidia")
     if not isinstance(vendor, str) or vendor not in _MODELS:
         raise ScenarioError(f"{r.sub('vendor')}: must be nvidia or amd, got {short(vendor)}")
     arch, mem, gen, width, idle_w, max_w, sm_hz, mem_hz = _MODELS[vendor]
     pcie = r.reader("pcie", ("max_generation", "max_width", "generation", "width",
                              "idle_downtrain", "replays_per_minute"))
-    power = r.reader("power", ("idle", "max", "limit", "idle_pstate"))
+    power = r.reader("power", ("idle", "max", "limit", "idle_pstate", "min", "default"))
     thermal = r.reader("thermal", ("idle", "busy", "slowdown", "shutdown", "max_operating",
                                    "memory_offset"))
     clocks = r.reader("clocks", ("sm_max", "sm_idle", "memory"))
@@ -485,20 +515,39 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
         if p.instance is not None and p.instance >= max(len(instances), 1):
             raise ScenarioError(f"{key}: process {p.pid} names instance {p.instance}, which "
                                 f"does not exist")
+    events = tuple(_event(e, k) for k, e in r.items("events", MAX_EVENTS))
     memory, reserved = r.size("memory", mem), r.size("reserved", "512MiB")
     if reserved > memory:
         raise ScenarioError(f"{r.sub('reserved')}: must not exceed memory ({memory:.0f} B)")
     max_watts = power.num("max", max_w, 0.0, MAX_WATTS)
     limit = power.num("limit", max_watts, 0.0, MAX_WATTS)
+    default_limit = power.num("default", max_watts, 0.0, MAX_WATTS)
+    min_limit = power.num("min", min(max_watts, max_watts / 2.5), 0.0, max_watts)
+    if limit < min_limit:
+        raise ScenarioError(f"{power.sub('limit')}: must not be below power.min "
+                            f"({_num(min_limit)} W)")
+    architecture = r.str_("architecture", arch) or arch
+    count, version, rate = _LINKS.get(architecture, (0, 0, 0.0))
+    lr = r.reader("links", ("count", "version", "width", "speed", "busy_share"))
+    links = LinkSpec(count=lr.int_("count", count, 0, MAX_LINKS),
+                     version=lr.int_("version", version or 4, 1, 9),
+                     width=lr.int_("width", 16, 1, 32),
+                     speed_gbps=lr.num("speed", 32.0, 0.0, 1000.0),
+                     busy_share=lr.num("busy_share", 0.25, 0.0, 1.0),
+                     rate=rate or 25e9)
     pci_bus_id = r.str_("pci_bus_id")
     if pci_bus_id is not None and not _PCI_BUS_ID.fullmatch(pci_bus_id):
         raise ScenarioError(f"{r.sub('pci_bus_id')}: expected a PCI address such as "
                             f"00000000:18:00.0, got {short(pci_bus_id)}")
+    for i, e in enumerate(events):
+        if e.kind in ("link_down", "link_errors") and e.link >= links.count:
+            raise ScenarioError(f"{r.sub('events')}[{i}].link: the device has {links.count} "
+                                f"links (links.count), got {e.link}")
     return DeviceSpec(
         vendor=vendor,
         model=r.str_("model", "NVIDIA H100 80GB HBM3" if vendor == "nvidia"
                      else "AMD Instinct MI300X") or "",
-        architecture=r.str_("architecture", arch) or arch,
+        architecture=architecture,
         memory=memory,
         reserved=reserved,
         serial=r.str_("serial", f"SIM{index:010d}") or "",
@@ -525,13 +574,17 @@ def _device(data: Any, key: str, index: int, base_dir: Path | None) -> DeviceSpe
         memory_hz=clocks.hertz("memory", mem_hz),
         ecc=r.bool_("ecc", True),
         processes=processes,
-        events=tuple(_event(e, k) for k, e in r.items("events", MAX_EVENTS)),
+        events=events,
         instances=tuple(instances),
         partition=r.str_("partition"),
         memory_partition=r.choice("memory_partition", MEMORY_PARTITIONS, "NPS1"),
         partition_memory=r.choice("partition_memory", PARTITION_MEMORY, "split"),
         compute_mode=r.choice("compute_mode", COMPUTE_MODES, "default"),
         unsupported=frozenset(unsupported),
+        min_limit_watts=min_limit,
+        default_limit_watts=default_limit,
+        fans=r.int_("fans", 0, 0, 8),
+        links=links,
     )
 
 

@@ -30,7 +30,7 @@ STATE_RESOLUTION = 0.02  # wall seconds within which repeated queries see one st
 MAX_INTEGRATION_STEPS = 40
 INTEGRATED = ("energy_j", "pcie_tx", "pcie_rx", "graphics_engine", "sm_active",
               "sm_occupancy", "tensor_active", "dram_active", "thr_power_cap", "thr_sw_thermal",
-              "thr_hw_thermal", "thr_hw_slowdown")
+              "thr_hw_thermal", "thr_hw_slowdown", "thr_idle")
 
 
 class SimClock:
@@ -90,6 +90,7 @@ class DeviceState:
     generation: int
     width: int
     pstate: int
+    fan: float = 0.0  # share of the fans' maximum speed (on a board with fans)
 
 
 def _uuid(seed: int, index: int, vendor: str) -> str:
@@ -111,7 +112,9 @@ class SimDevice:
             if spec.vendor == "nvidia" else _uuid(scenario.seed, index * 100 + j + 1, "amd")
             for j in range(len(spec.instances)))
         self._state_cache: DeviceState | None = None
-        self._totals = dict.fromkeys(INTEGRATED, 0.0)
+        self._link_keys = tuple(f"link_{d}_{i}" for i in range(spec.links.count)
+                                for d in ("tx", "rx"))
+        self._totals = dict.fromkeys(INTEGRATED + self._link_keys, 0.0)
         self._instance_totals = [dict.fromkeys(INTEGRATED, 0.0) for _ in spec.instances]
         self._t_integrated: float | None = None
         self._lock = threading.RLock()
@@ -214,7 +217,9 @@ class SimDevice:
             temperature=temp, memory_temperature=temp + spec.memory_offset_celsius,
             power_watts=power, sm_hz=sm, memory_hz=spec.memory_hz,
             throttle=frozenset(throttle), generation=gen, width=spec.width,
-            pstate=0 if util > 0 else spec.idle_pstate)
+            pstate=0 if util > 0 else spec.idle_pstate,
+            fan=min(1.0, 0.3 + 0.7 * max(0.0, temp - spec.idle_celsius)
+                    / max(1.0, spec.slowdown_celsius - spec.idle_celsius)))
 
     # -- counters -------------------------------------------------------------------------------
 
@@ -233,10 +238,49 @@ class SimDevice:
             "thr_sw_thermal": 1.0 if "sw_thermal" in s.throttle else 0.0,
             "thr_hw_thermal": 1.0 if "hw_thermal" in s.throttle else 0.0,
             "thr_hw_slowdown": 1.0 if "hw_slowdown" in s.throttle else 0.0,
+            "thr_idle": 1.0 if util == 0 else 0.0,
         }
 
+    def _link_rates(self, s: DeviceState) -> dict[str, float]:
+        """Bytes per second over each up link, both ways (its totals are link_tx_N, link_rx_N
+        in :meth:`totals`)."""
+        links = self.spec.links
+        if not links.count or s.lost:
+            return {}
+        rate = s.utilization * links.busy_share * links.rate
+        _, local = self._cycle(s.t)
+        out = {}
+        for i in range(links.count):
+            up = self._link_down(local, i) is None
+            out[f"link_tx_{i}"] = rate * (1.0 + 0.01 * i) if up else 0.0
+            out[f"link_rx_{i}"] = rate * (0.98 + 0.01 * i) if up else 0.0
+        return out
+
+    def _link_down(self, local: float, link: int) -> EventSpec | None:
+        for e in self.spec.events:
+            if e.kind == "link_down" and e.link == link and e.at <= local < e.at + e.duration:
+                return e
+        return None
+
+    def link_up(self, t: float, link: int) -> bool:
+        """Whether ``link`` is up at ``t`` (every link of a lost GPU is down)."""
+        _, local = self._cycle(t)
+        return not self.lost_at(t) and self._link_down(local, link) is None
+
+    def link_errors(self, t: float, link: int, kind: str) -> int:
+        """Errors of ``kind`` on ``link`` up to ``t`` (link_errors events), over cycles."""
+        k, local = self._cycle(t)
+        events = [e for e in self.spec.events
+                  if e.kind == "link_errors" and e.link == link and e.error == kind]
+        return k * sum(e.count for e in events) + sum(e.count for e in events if e.at <= local)
+
+    def reset_required(self, t: float) -> bool:
+        """A reset_required event is in progress: the GPU must be reset."""
+        return self._active("reset_required", self._cycle(t)[1]) is not None
+
     def totals(self, t: float, instance: int | None = None) -> dict[str, float]:
-        """Counters integrated from the start of the scenario to ``t``."""
+        """Counters integrated from the start of the scenario to ``t`` (and, of the whole
+        device, each link's bytes: link_tx_N, link_rx_N)."""
         with self._lock:
             if self._t_integrated is None:
                 self._t_integrated = t
@@ -247,6 +291,8 @@ class SimDevice:
                 for i in range(steps):
                     s = self._compute(t0 + (i + 0.5) * dt)
                     for key, rate in self._rates(s, s.utilization).items():
+                        self._totals[key] += rate * dt
+                    for key, rate in self._link_rates(s).items():
                         self._totals[key] += rate * dt
                     for j, tot in enumerate(self._instance_totals):
                         for key, rate in self._rates(s, s.instance_utilization[j]).items():
