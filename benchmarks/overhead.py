@@ -86,8 +86,16 @@ def bare_cycle(nvml, handles, field_ids, samples) -> list:
         out += [m.total, m.used, m.free, m.reserved]
         b = nvml.nvmlDeviceGetBAR1MemoryInfo(h)
         out += [b.bar1Total, b.bar1Used]
+        links = 0
         for v in nvml.nvmlDeviceGetFieldValues(h, field_ids):
             out.append((v.fieldId, v.nvmlReturn, v.valueType, v.value.ullVal))
+            if v.fieldId == 91 and v.nvmlReturn == 0:  # NVML_FI_DEV_NVLINK_LINK_COUNT
+                links = v.value.uiVal
+        if links:  # one scoped call for every link's fields, as probes/nvidia/links.py makes
+            scoped = [(f, link) for link in range(links)
+                      for f in (165, 166, 138, 139, 163, 161, 162)]
+            for v in nvml.nvmlDeviceGetFieldValues(h, scoped):
+                out.append((v.fieldId, v.scopeId, v.nvmlReturn, v.value.ullVal))
         out.append(nvml.nvmlDeviceGetTemperatureV(h, 0))
         out.append(nvml.nvmlDeviceGetPowerUsage(h))
         out.append(nvml.nvmlDeviceGetEnforcedPowerLimit(h))

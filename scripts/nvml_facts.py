@@ -20,6 +20,13 @@ FIELDS = {1: "ECC_CURRENT", 3: "ECC_SBE_VOL_TOTAL", 4: "ECC_DBE_VOL_TOTAL", 5: "
           74: "CLOCKS_EVENT_REASON_SW_POWER_CAP", 75: "PERF_POLICY_THERMAL",
           76: "CLOCKS_EVENT_REASON_SYNC_BOOST", 77: "PERF_POLICY_BOARD_LIMIT",
           78: "PERF_POLICY_LOW_UTILIZATION", 79: "PERF_POLICY_RELIABILITY",
+          80: "PERF_POLICY_TOTAL_APP_CLOCKS", 81: "PERF_POLICY_TOTAL_BASE_CLOCKS",
+          91: "NVLINK_LINK_COUNT", 95: "PCIE_REPLAY_ROLLOVER_COUNTER",
+          173: "PCIE_COUNT_CORRECTABLE_ERRORS", 175: "PCIE_COUNT_RECEIVER_ERROR",
+          176: "PCIE_COUNT_BAD_TLP", 178: "PCIE_COUNT_BAD_DLLP", 179: "PCIE_COUNT_NON_FATAL_ERROR",
+          180: "PCIE_COUNT_FATAL_ERROR", 181: "PCIE_COUNT_UNSUPPORTED_REQ",
+          182: "PCIE_COUNT_LCRC_ERROR", 183: "PCIE_COUNT_LANE_ERROR", 226: "RESET_STATUS",
+          227: "DRAIN_AND_RESET_STATUS", 230: "GET_GPU_RECOVERY_ACTION",
           82: "MEMORY_TEMP", 83: "TOTAL_ENERGY_CONSUMPTION", 94: "PCIE_REPLAY_COUNTER",
           142: "REMAPPED_COR", 143: "REMAPPED_UNC", 144: "REMAPPED_PENDING",
           145: "REMAPPED_FAILURE", 169: "PCIE_L0_TO_RECOVERY", 174: "PCIE_NAKS_RECEIVED",
@@ -98,6 +105,28 @@ def fields(h):
     return out
 
 
+# The per-link fields gpuprobe reads in one batch (probes/nvidia/links.py), scopeId = link
+LINK_FIELDS = {165: "NVLINK_GET_STATE", 166: "NVLINK_GET_VERSION",
+               138: "NVLINK_THROUGHPUT_DATA_TX", 139: "NVLINK_THROUGHPUT_DATA_RX",
+               163: "NVLINK_ERROR_DL_CRC", 161: "NVLINK_ERROR_DL_REPLAY",
+               162: "NVLINK_ERROR_DL_RECOVERY"}
+
+
+def nvlink_fields(h, links=18):
+    """The batch gpuprobe reads, its time, and each link's answers."""
+    ids = [(f, link) for link in range(links) for f in LINK_FIELDS]
+    got = call(n.nvmlDeviceGetFieldValues, h, ids)
+    if not got["ok"]:
+        return got
+    vals = n.nvmlDeviceGetFieldValues(h, ids)
+    per = {}
+    for (fid, link), v in zip(ids, vals, strict=True):
+        per.setdefault(str(link), {})[LINK_FIELDS[fid]] = (
+            {"error": str(n.NVMLError(v.nvmlReturn))} if v.nvmlReturn else
+            {"value": getattr(v.value, MEMBERS[v.valueType]), "type": v.valueType})
+    return {"us": got["us"], "links": per}
+
+
 def device(i):
     h = n.nvmlDeviceGetHandleByIndex(i)
     d = {
@@ -119,6 +148,11 @@ def device(i):
             ("shutdown", 0), ("slowdown", 1), ("mem_max", 2), ("gpu_max", 3))},
         "power_usage_mw": call(n.nvmlDeviceGetPowerUsage, h),
         "enforced_limit_mw": call(n.nvmlDeviceGetEnforcedPowerLimit, h),
+        "limit_constraints_mw": call(n.nvmlDeviceGetPowerManagementLimitConstraints, h),
+        "default_limit_mw": call(n.nvmlDeviceGetPowerManagementDefaultLimit, h),
+        "num_fans": call(n.nvmlDeviceGetNumFans, h),
+        "fan_speed_0": call(n.nvmlDeviceGetFanSpeed_v2, h, 0),
+        "nvlink_fields": nvlink_fields(h),
         "energy_mj": call(n.nvmlDeviceGetTotalEnergyConsumption, h),
         "clocks_mhz": {c: call(n.nvmlDeviceGetClockInfo, h, k) for c, k in (
             ("graphics", 0), ("sm", 1), ("mem", 2), ("video", 3))},

@@ -205,7 +205,7 @@ def test_each_simulation_has_its_own_pynvml_over_a_simulated_c_library():
         assert a.nvml.nvmlDeviceGetMemoryInfo(h, a.nvml.nvmlMemory_v2).reserved == 512 * 2**20
         assert a.libnvml.calls["nvmlDeviceGetMemoryInfo"] == 1  # the _v2 symbol
         with pytest.raises(a.nvml.NVMLError_FunctionNotFound):
-            a.nvml.nvmlDeviceGetNumFans(h)
+            a.nvml.nvmlDeviceGetMinMaxFanSpeed(h)
         a.libnvml.faults.add("nvmlDeviceGetMemoryInfo", 0, error=pynvml.NVML_ERROR_GPU_IS_LOST)
         with pytest.raises(a.nvml.NVMLError_GpuIsLost):
             a.nvml.nvmlDeviceGetMemoryInfo(h)

@@ -264,6 +264,17 @@ class NvmlSession(Lifetime[NvDevice]):
             ("nvmlDeviceGetSupportedClocksEventReasons", (h,)),
             ("nvmlDeviceGetSupportedClocksThrottleReasons", (h,)),
         ])
+        # The range the power limit can be set in and the board's default: properties of the
+        # board, read once (mW).
+        bounds = q(dev, "power.constraints", lib.nvmlDeviceGetPowerManagementLimitConstraints,
+                   h)
+        if bounds is not None:
+            s["power_limit_min"], s["power_limit_max"] = (b / 1000.0 for b in bounds)
+        default = q(dev, "power.default", lib.nvmlDeviceGetPowerManagementDefaultLimit, h)
+        if default:
+            s["power_limit_default"] = default / 1000.0
+        # Passively cooled boards answer NOT_SUPPORTED (or 0 fans).
+        s["fans"] = q(dev, "fans", lib.nvmlDeviceGetNumFans, h) or 0
         dev.static = s
 
 

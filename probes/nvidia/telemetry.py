@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import cast
 
 from gpuprobe.daemon.core.model import (
+    RECOVERY_ACTIONS,
     Activity,
     Clocks,
     DeviceSample,
@@ -22,12 +23,14 @@ from gpuprobe.daemon.core.model import (
     Memory,
     Pcie,
     Power,
+    Recovery,
     Thermal,
     Throttle,
 )
 from gpuprobe.probes.backend import Query, Telemetry
 from gpuprobe.probes.nvidia import fieldvalues
 from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
+from gpuprobe.probes.nvidia.links import read_links
 from gpuprobe.probes.nvidia.session import CLOCK_DOMAINS, NvDevice, NvmlSession
 
 # nvmlDeviceGetFieldValues ids (NVML_FI_DEV_*), read in one batch per GPU.
@@ -43,6 +46,17 @@ F_PCIE_RECOVERY = 169  # L0 to recovery transitions
 F_PCIE_NAKS_RECEIVED, F_PCIE_NAKS_SENT = 174, 177
 F_PCIE_TX_BYTES, F_PCIE_RX_BYTES = 197, 198
 F_THROTTLE_SW_THERMAL, F_THROTTLE_HW_THERMAL, F_THROTTLE_HW_POWER_BRAKE = 269, 270, 271
+# NVML_FI_DEV_PERF_POLICY_*: ns the clocks were held down by each policy (the H100 of
+# docs/hardware/ answered all six: 115 s of low-utilization time at idle)
+F_POLICY_THERMAL, F_POLICY_BOARD_LIMIT, F_POLICY_LOW_UTILIZATION = 75, 77, 78
+F_POLICY_RELIABILITY, F_POLICY_APP_CLOCKS, F_POLICY_BASE_CLOCKS = 79, 80, 81
+F_PCIE_REPLAY_ROLLOVER = 95
+# NVML_FI_DEV_PCIE_COUNT_*: errors by kind
+PCIE_ERROR_FIELDS = {"correctable": 173, "receiver_error": 175, "bad_tlp": 176,
+                     "bad_dllp": 178, "non_fatal": 179, "fatal": 180,
+                     "unsupported_request": 181, "lcrc": 182, "lane": 183}
+F_RESET_STATUS, F_DRAIN_AND_RESET, F_RECOVERY_ACTION = 226, 227, 230
+F_NVLINK_COUNT = 91
 
 FIELD_IDS = (
     F_ECC_CURRENT, F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG, F_ECC_DBE_AGG,
@@ -50,7 +64,10 @@ FIELD_IDS = (
     F_THROTTLE_SYNC_BOOST, F_MEMORY_TEMP, F_ENERGY, F_PCIE_REPLAY, F_REMAP_COR, F_REMAP_UNC,
     F_REMAP_PENDING, F_REMAP_FAILURE, F_PCIE_RECOVERY, F_PCIE_NAKS_RECEIVED, F_PCIE_NAKS_SENT,
     F_PCIE_TX_BYTES, F_PCIE_RX_BYTES, F_THROTTLE_SW_THERMAL, F_THROTTLE_HW_THERMAL,
-    F_THROTTLE_HW_POWER_BRAKE,
+    F_THROTTLE_HW_POWER_BRAKE, F_POLICY_THERMAL, F_POLICY_BOARD_LIMIT,
+    F_POLICY_LOW_UTILIZATION, F_POLICY_RELIABILITY, F_POLICY_APP_CLOCKS, F_POLICY_BASE_CLOCKS,
+    F_PCIE_REPLAY_ROLLOVER, *PCIE_ERROR_FIELDS.values(), F_RESET_STATUS, F_DRAIN_AND_RESET,
+    F_RECOVERY_ACTION, F_NVLINK_COUNT,
 )
 
 THROTTLE_FIELDS = {
@@ -59,6 +76,12 @@ THROTTLE_FIELDS = {
     "sw_thermal": F_THROTTLE_SW_THERMAL,
     "hw_thermal": F_THROTTLE_HW_THERMAL,
     "hw_power_brake": F_THROTTLE_HW_POWER_BRAKE,
+    "thermal": F_POLICY_THERMAL,
+    "board_limit": F_POLICY_BOARD_LIMIT,
+    "low_utilization": F_POLICY_LOW_UTILIZATION,
+    "reliability": F_POLICY_RELIABILITY,
+    "applications_clocks": F_POLICY_APP_CLOCKS,
+    "base_clocks": F_POLICY_BASE_CLOCKS,
 }
 
 # nvmlClocksEventReason* bits
@@ -220,6 +243,13 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
         """A counter field as read: NVML reports these as integers (uint or ull)."""
         return cast("int | None", fields.get(fid))
 
+    fans = {}
+    for fan in range(s.get("fans", 0)):
+        speed = q(dev, f"fan.{fan}", lib.nvmlDeviceGetFanSpeed_v2, h, fan)
+        if speed is not None:
+            fans[str(fan)] = speed / 100.0
+    action = count(F_RECOVERY_ACTION)
+
     ecc_enabled = flag(F_ECC_CURRENT)
     ecc = {f: count(f) for f in (F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG,
                                  F_ECC_DBE_AGG)}
@@ -242,6 +272,9 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
             draw_watts=power_mw / 1000.0 if power_mw is not None else None,
             limit_watts=limit_mw / 1000.0 if limit_mw else None,
             energy_joules=energy_mj / 1000.0 if energy_mj is not None else None,
+            limit_min_watts=s.get("power_limit_min"),
+            limit_max_watts=s.get("power_limit_max"),
+            limit_default_watts=s.get("power_limit_default"),
         ),
         clocks=Clocks(current=clocks, maximum=s.get("max_clocks", {})),
         throttle=Throttle(
@@ -261,6 +294,9 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
             recoveries_total=count(F_PCIE_RECOVERY),
             naks_received_total=count(F_PCIE_NAKS_RECEIVED),
             naks_sent_total=count(F_PCIE_NAKS_SENT),
+            replay_rollovers_total=count(F_PCIE_REPLAY_ROLLOVER),
+            errors={kind: int(fields[fid]) for kind, fid in PCIE_ERROR_FIELDS.items()
+                    if fid in fields},
         ),
         utilization=util,
         activity=_activity(gpm),
@@ -282,6 +318,14 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
         ),
         performance_state=pstate if pstate is not None and 0 <= pstate <= 15 else None,
         compute_mode=COMPUTE_MODES.get(mode) if mode is not None else None,
+        fans=fans,
+        interconnect=read_links(session, dev, q, int(fields.get(F_NVLINK_COUNT, 0))),
+        recovery=Recovery(
+            reset_required=flag(F_RESET_STATUS),
+            drain_recommended=flag(F_DRAIN_AND_RESET),
+            action=RECOVERY_ACTIONS[action] if action is not None
+            and 0 <= action < len(RECOVERY_ACTIONS) else None,
+        ),
     )
 
 

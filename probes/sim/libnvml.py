@@ -62,6 +62,13 @@ _SUFFIX = re.compile(r"_v\d+$")
 _ADDRESSES = itertools.count(0x7F00_0000_1000, 0x40)  # fake addresses, unique per process
 
 
+# NVLink fields read per link (scopeId = the link)
+_LINK_FIELDS = frozenset((_P.NVML_FI_DEV_NVLINK_GET_STATE, _P.NVML_FI_DEV_NVLINK_GET_VERSION,
+                          _P.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+                          _P.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+                          _P.NVML_FI_DEV_NVLINK_ERROR_DL_CRC, _P.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
+                          _P.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY))
+
 class NvmlStatus(Exception):
     """Raised inside an entry point: the call returns this status code."""
 
@@ -453,6 +460,40 @@ class SimNvmlLibrary:
         self._uint(handle, ref, lambda d, t: d.spec.limit_watts * 1000, "power_limit")
 
     @entry
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: Any, low: Any,
+                                                     high: Any) -> None:
+        t = self._t()
+        dev = self._dev(handle, t)
+        self._supports(dev, "power_limit")
+        _out(low).value = int(dev.spec.min_limit_watts * 1000)
+        _out(high).value = int(dev.spec.max_watts * 1000)
+
+    @entry
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, handle: Any, ref: Any) -> None:
+        self._uint(handle, ref, lambda d, t: d.spec.default_limit_watts * 1000, "power_limit")
+
+    # -- fans: passively cooled boards (spec.fans == 0) answer NOT_SUPPORTED -----------------
+
+    def _fans(self, handle: Any) -> tuple[SimDevice, float]:
+        t = self._t()
+        dev = self._dev(handle, t)
+        if dev.spec.fans == 0 or "fan" in dev.spec.unsupported:
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)
+        return dev, t
+
+    @entry
+    def nvmlDeviceGetNumFans(self, handle: Any, ref: Any) -> None:
+        dev, _ = self._fans(handle)
+        _out(ref).value = dev.spec.fans
+
+    @entry
+    def nvmlDeviceGetFanSpeed_v2(self, handle: Any, fan: Any, ref: Any) -> None:
+        dev, t = self._fans(handle)
+        if not 0 <= int(_v(fan)) < dev.spec.fans:
+            raise NvmlStatus(_P.NVML_ERROR_INVALID_ARGUMENT)
+        _out(ref).value = round(100 * dev.state(t).fan) + int(_v(fan))
+
+    @entry
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, ref: Any) -> None:
         self._uint(handle, ref, lambda d, t: d.totals(t)["energy_j"] * 1000, "energy")
 
@@ -540,6 +581,27 @@ class SimNvmlLibrary:
 
     # -- field values ----------------------------------------------------------------------------
 
+    def _link_field(self, dev: SimDevice, t: float, fid: int, link: int
+                    ) -> tuple[int, float] | None:
+        """A per-link NVLink field (scopeId = link), or None: not a link field, or a link
+        the device does not have."""
+        ull, uint = _P.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, _P.NVML_VALUE_TYPE_UNSIGNED_INT
+        links = dev.spec.links
+        if fid not in _LINK_FIELDS or not 0 <= link < links.count:
+            return None
+        if fid == _P.NVML_FI_DEV_NVLINK_GET_STATE:
+            return uint, 1 if dev.link_up(t, link) else 0  # NVML_FEATURE_ENABLED / DISABLED
+        if fid == _P.NVML_FI_DEV_NVLINK_GET_VERSION:  # nvmlNvlinkVersion_t: 4.0 is 6
+            return uint, {1: 1, 2: 2, 3: 4, 4: 6, 5: 7, 6: 8}.get(links.version, 0)
+        if fid in (_P.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+                   _P.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX):  # KiB since the driver loaded
+            tx = fid == _P.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
+            return ull, int(dev.totals(t)[f"link_{'tx' if tx else 'rx'}_{link}"] / 1024)
+        kind = {_P.NVML_FI_DEV_NVLINK_ERROR_DL_CRC: "crc",
+                _P.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY: "replay",
+                _P.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY: "recovery"}[fid]
+        return ull, dev.link_errors(t, link, kind)
+
     def _field(self, dev: SimDevice, t: float, fid: int) -> tuple[int, float] | None:
         """(valueType, value) of a field, or None when the device does not have it."""
         spec, arch = dev.spec, dev.spec.architecture
@@ -555,7 +617,8 @@ class SimNvmlLibrary:
         if fid in (29, 30, 31) and ecc_ok and arch in ("volta", "turing"):
             return uint, 0
         throttle = {74: "thr_power_cap", 76: None, 269: "thr_sw_thermal", 270: "thr_hw_thermal",
-                    271: None}
+                    271: None, 75: "thr_hw_thermal", 77: None, 78: "thr_idle", 79: None,
+                    80: None, 81: None}
         if fid in throttle and "throttle_counters" not in u:
             key = throttle[fid]
             return ull, int(dev.totals(t)[key] * 1e9) if key else 0
@@ -574,6 +637,15 @@ class SimNvmlLibrary:
             return uint, RECOVERY_BASELINE + 3 * dev.index + dev.replays(t) // 8
         if fid in (174, 177):
             return uint, dev.replays(t) // (2 if fid == 174 else 3)
+        if fid == 173:  # correctable errors come with the replays
+            return uint, dev.replays(t) // 2
+        if fid in (95, 175, 176, 178, 179, 180, 181, 182, 183):
+            return uint, 0
+        if fid in (226, 227, 230):  # reset status, drain-and-reset status, recovery action
+            needed = dev.reset_required(t)
+            return uint, int(needed) if fid != 227 else 0
+        if fid == _P.NVML_FI_DEV_NVLINK_LINK_COUNT and spec.links.count:
+            return uint, spec.links.count
         if fid in (197, 198) and "pcie_counters" not in u:
             # 32 bits wide, wrapping, as on the H100 (driver 580) we measured
             return uint, int(dev.totals(t)["pcie_tx" if fid == 197 else "pcie_rx"]) % 2**32
@@ -588,7 +660,8 @@ class SimNvmlLibrary:
         for i in range(int(_v(count))):
             v = values[i]
             v.timestamp, v.latencyUsec = now_us, 1
-            got = self._field(dev, t, v.fieldId)
+            got = self._link_field(dev, t, v.fieldId, v.scopeId) \
+                if v.fieldId in _LINK_FIELDS else self._field(dev, t, v.fieldId)
             if got is None:
                 v.nvmlReturn = _P.NVML_ERROR_NOT_SUPPORTED
                 continue
