@@ -177,6 +177,10 @@ def per_handle(h):
         "amdsmi_get_power_info": lambda: amdsmi.amdsmi_get_power_info(h),  # [3]
         "amdsmi_get_power_cap_info": lambda: amdsmi.amdsmi_get_power_cap_info(h),  # [2]
         "amdsmi_get_energy_count": lambda: amdsmi.amdsmi_get_energy_count(h),
+        "amdsmi_get_gpu_fan_speed": lambda: {  # Instinct: NOT_SUPPORTED (passive)
+            str(i): record(lambda i=i: amdsmi.amdsmi_get_gpu_fan_speed(h, i)) for i in range(2)},
+        "amdsmi_get_gpu_fan_speed_max": lambda: amdsmi.amdsmi_get_gpu_fan_speed_max(h, 0),
+        "amdsmi_get_gpu_xgmi_link_status": lambda: amdsmi.amdsmi_get_gpu_xgmi_link_status(h),
         "amdsmi_get_clock_info": lambda: {
             c: record(lambda c=c: amdsmi.amdsmi_get_clock_info(
                 h, getattr(amdsmi.AmdSmiClkType, c))) for c in ("GFX", "MEM", "SOC")},

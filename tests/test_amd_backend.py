@@ -43,7 +43,7 @@ AMD_SCENARIO = {
          "events": [{"at": "20m", "kind": "thermal_throttle", "duration": "1h"},
                     {"at": "5m", "kind": "ecc", "corrected": 3}]},
         {"vendor": "amd", "model": "AMD Radeon PRO W7900", "architecture": "rdna3",
-         "memory": "48GiB", "ecc": False,
+         "memory": "48GiB", "ecc": False, "fans": 1,
          "pcie": {"max_generation": 4, "generation": 4, "width": 8, "idle_downtrain": False},
          "unsupported": ["violation_status", "pcie_counters", "pcie_throughput",
                          "xid_events", "remapped_rows"],
@@ -191,10 +191,13 @@ def test_ecc_by_block_and_slow_throughput(daemon) -> None:
     assert mi300.errors.ecc_blocks[("umc", "corrected")] == 3
     assert mi300.errors.ecc_blocks[("gfx", "corrected")] == 0
     assert mi300.errors.retired_pages == {"uncorrectable": 0}
-    # the slow collector's one-second sample, merged into telemetry
+    # the slow collector's one-second sample, merged into telemetry, and MI300's own byte
+    # counter (pcie_bandwidth_acc) beside it
     assert set(mi300.pcie.sampled_bytes_per_second) == {"tx", "rx"}
     assert mi300.pcie.sampled_bytes_per_second["rx"] > 0
+    assert mi300.pcie.transferred_bytes_total > 0
     assert devices(daemon)["1"].pcie.sampled_bytes_per_second == {}  # Radeon: unsupported
+    assert devices(daemon)["1"].pcie.transferred_bytes_total is None
 
 
 MI250X = {"vendor": "amd", "model": "AMD Instinct MI250X", "architecture": "cdna2",
@@ -297,6 +300,7 @@ def test_events_counted_from_zero(daemon) -> None:
 NOT_IN_THIS_SCENARIO = {
     "gpuprobe_retired_pages_pending": "NVIDIA: pre-Ampere only",
     "gpuprobe_retired_pages_total": "NVIDIA: pre-Ampere only",
+    "gpuprobe_fan_speed_ratio": "data-centre boards have no fans (tests/test_hardware_*.py)",
 }
 
 
@@ -315,7 +319,8 @@ def test_mixed_scrape_every_shared_family_carries_both_vendors(daemon) -> None:
         vendors = _vendors(daemon)
         if vendors.get("gpuprobe_process_memory_leak_suspected") == {"nvidia", "amd"}:
             break
-    shared = [m for m in CATALOG if m.scope in ("device", "process", "leak", "process_leak")
+    shared = [m for m in CATALOG if m.scope in ("device", "link", "process", "leak",
+                                                "process_leak")
               and not m.nvidia.startswith("absent") and not m.amd.startswith("absent")
               and m.name not in NOT_IN_THIS_SCENARIO]
     assert len(shared) >= 40

@@ -61,7 +61,9 @@ def test_the_matrix_covers_the_backend() -> None:
                "amdsmi_get_gpu_process_list", "amdsmi_get_gpu_ecc_count",
                "amdsmi_get_violation_status", "amdsmi_get_gpu_pci_throughput",
                "amdsmi_get_gpu_device_uuid", "amdsmi_get_gpu_compute_partition",
-               "amdsmi_init_gpu_event_notification", "amdsmi_set_gpu_event_notification_mask"):
+               "amdsmi_init_gpu_event_notification", "amdsmi_set_gpu_event_notification_mask",
+               "amdsmi_get_power_cap_info", "amdsmi_get_gpu_fan_speed",
+               "amdsmi_get_gpu_fan_speed_max", "amdsmi_get_gpu_xgmi_link_status"):
         assert fn in CALLS, fn
     assert len(CALLS) >= 25
 

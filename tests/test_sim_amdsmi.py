@@ -129,7 +129,9 @@ def test_thermal_and_units(sim):
     metrics = lib.amdsmi_get_gpu_metrics_info(mi0)
     assert len(metrics) == 79  # the 7.0.2 binding's keys, list-valued ones among them
     assert len(metrics["temperature_hbm"]) == 4 and len(metrics["vcn_activity"]) == 4
-    assert metrics["xgmi_read_data_acc"] == [0] * 8
+    # seven links, so seven counters (KB); the eighth slot reads no value
+    assert metrics["xgmi_read_data_acc"][:7] == [0] * 7
+    assert metrics["xgmi_read_data_acc"][7] == "N/A"
     assert metrics["indep_throttle_status"] == "N/A"  # MI300: all ones
     assert metrics["pcie_link_speed"] == 320 and metrics["temperature_edge"] == "N/A"
     assert metrics["throttle_status"] is True  # flattened to a bool
@@ -143,6 +145,34 @@ def test_thermal_and_units(sim):
     joules = sim.world.vendor_devices("amd")[0].totals(sim.world.now())["energy_j"]
     ticks_j = energy["energy_accumulator"] * energy["counter_resolution"] * 1e-6
     assert ticks_j == pytest.approx(joules, abs=1e-4)
+
+
+def test_mi300_newer_metrics_links_fans_and_power_bounds(sim):
+    lib = sim.amdsmi
+    mi0, radeon = handles(sim)[0], handles(sim)[-1]
+    metrics = lib.amdsmi_get_gpu_metrics_info(mi0)
+    # pcie_bandwidth_acc: GB/s added per accumulation tick (ms): the world's bytes / 1e6
+    tot = sim.world.vendor_devices("amd")[0].totals(sim.world.now())
+    assert metrics["pcie_bandwidth_acc"] == int((tot["pcie_tx"] + tot["pcie_rx"]) / 1e6)
+    assert isinstance(metrics["pcie_bandwidth_inst"], int)
+    # host-limit accumulators per XCP and XCC, lists of lists as the binding builds them
+    rows = metrics["xcp_stats.gfx_below_host_limit_total_acc"]
+    assert len(rows) == 8 and all(len(r) == 8 for r in rows)
+    assert all(isinstance(v, int) for v in rows[0][:4]) and rows[0][4:] == ["N/A"] * 4
+    assert metrics["xgmi_link_width"] == 16 and metrics["xgmi_link_speed"] == 32
+    assert metrics["xgmi_link_status"][:7] == [1] * 7
+    assert lib.amdsmi_get_gpu_xgmi_link_status(mi0) == {"status": ["U"] * 7,
+                                                         "total_links": 7}
+    radeon_metrics = lib.amdsmi_get_gpu_metrics_info(radeon)
+    assert radeon_metrics["pcie_bandwidth_acc"] == "N/A"
+    assert radeon_metrics["xcp_stats.gfx_below_host_limit_ppt_acc"][0] == ["N/A"] * 8
+    for call in (lib.amdsmi_get_gpu_fan_speed, lib.amdsmi_get_gpu_fan_speed_max):
+        with pytest.raises(lib.AmdSmiLibraryException) as e:
+            call(mi0, 0)  # passively cooled
+        assert e.value.get_error_code() == 2
+    cap = lib.amdsmi_get_power_cap_info(mi0)
+    assert cap["min_power_cap"] <= cap["power_cap"] <= cap["max_power_cap"]
+    assert cap["default_power_cap"] > 0
 
 
 def test_radeon_sentinels(sim):

@@ -8,16 +8,21 @@ amdsmi's units are turned into base units here and in :mod:`.library`, nowhere e
   as ``slowdown`` and EMERGENCY as ``shutdown``, read once;
 * power from ``current_socket_power`` (MI300) or ``average_socket_power`` (older parts,
   Radeon); the cap is in microwatts; energy is ticks times the counter resolution;
+* power cap bounds (min, max, default) from ``amdsmi_get_power_cap_info``, in microwatts;
+  fans as ``amdsmi_get_gpu_fan_speed`` over ``amdsmi_get_gpu_fan_speed_max`` per sensor;
 * throttling from the raw ``indep_throttle_status`` bitmask (the 7.0.2 binding's dict turns
   it into one bool), decoded to the shared reason names, and throttle time from the
-  firmware's residency accumulators;
+  firmware's residency accumulators, and the gfx-clock-below-host-limit ones per XCC;
+* PCIe bytes both ways from gpu_metrics ``pcie_bandwidth_acc`` (MI300), with which the
+  slow collector no longer makes the one-second throughput call;
+* XGMI links in :mod:`.links`;
 * activity from ``amdsmi_get_gpu_activity``, or per XCC from gpu_metrics' ``xcp_stats`` on
   MI300, whose single gfx figure is retired when partitioned;
 * ECC, per-block RAS counts and bad pages, at most every ``amd.ras_interval``.
 
-The slow calls (violation status, PCIe throughput) are made by the ``amd_slow`` collector on
-their own threads; it publishes their figures as supplements that the snapshot merges into
-these samples (daemon/core/state.py).
+The slow calls (violation status, PCIe throughput where there is no byte counter) are made
+by the ``amd_slow`` collector on their own threads; it publishes their figures as
+supplements that the snapshot merges into these samples (daemon/core/state.py).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from gpuprobe.probes.amd.library import (
     number,
     percent_ratio,
 )
+from gpuprobe.probes.amd.links import read_links
 from gpuprobe.probes.amd.session import SENSORS, AmdDevice, AmdSession
 from gpuprobe.probes.backend import TRANSIENT, Query, Telemetry
 
@@ -72,6 +78,13 @@ BITMASK_REASONS = frozenset(r for _, r in THROTTLE_BITS)
 RESIDENCIES = (("ppt_residency_acc", "power_cap"), ("socket_thm_residency_acc", "sw_thermal"),
                ("hbm_thm_residency_acc", "memory_thermal"),
                ("prochot_residency_acc", "hw_slowdown"))
+# gpu_metrics v1.8 xcp_stats accumulators of time the gfx clock was below the host's limit
+# -> reason; the older total (v1.7) only where the newer is absent
+HOST_LIMITS = (("xcp_stats.gfx_below_host_limit_ppt_acc", "host_limit_power"),
+               ("xcp_stats.gfx_below_host_limit_thm_acc", "host_limit_thermal"),
+               ("xcp_stats.gfx_below_host_limit_total_acc", "host_limit"),
+               ("xcp_stats.gfx_below_host_limit_acc", "host_limit"))
+MAX_FANS = 4  # fan sensors asked for (amdsmi has no count; boards have one or two)
 ECC_BLOCKS = ("UMC", "SDMA", "GFX", "MMHUB", "ATHUB", "PCIE_BIF", "HDP", "XGMI_WAFL", "DF",
               "SMN", "SEM", "MP0", "MP1", "FUSE", "MCA", "VCN", "JPEG", "IH", "MPIO")
 
@@ -119,6 +132,60 @@ def xcc_busy(metrics: Mapping[str, Any] | None, partition: int) -> dict[str, flo
         if out:
             break
     return out
+
+
+def xcc_mean(metrics: Mapping[str, Any], key: str) -> float | None:
+    """The mean over the XCCs that report it of a per-XCP, per-XCC xcp_stats field."""
+    rows = metrics.get(key)
+    if not isinstance(rows, list):
+        return None
+    values = [v for row in rows if isinstance(row, list) for x in row
+              if (v := number(x, 64)) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def clock(metrics: Mapping[str, Any]) -> tuple[float | None, float]:
+    """(accumulation_counter, the sample's time in seconds): the driver's timestamp of the
+    table (system_clock_counter, ns) where it has one."""
+    clock_ns = number(metrics.get("system_clock_counter"), 64)
+    return (number(metrics.get("accumulation_counter"), 64),
+            clock_ns / 1e9 if clock_ns else time.monotonic())
+
+
+def accumulated(state: dict[Any, Any], name: str) -> dict[str, float]:
+    """What :func:`accumulate` last returned under ``name`` (a poll without gpu_metrics)."""
+    st = state.get(name)
+    return dict(st["totals"]) if st else {}
+
+
+def accumulate(state: dict[Any, Any], name: str, counter: float | None, now: float,
+               raw: Mapping[str, float], cap: float | None = None
+               ) -> tuple[dict[str, float], set[str]]:
+    """Totals of firmware accumulators (``raw``: key -> value) that grow by a value per
+    accumulation tick, counted from the first call: each poll adds Δvalue /
+    Δaccumulation_counter (at most ``cap``) times the seconds since the last poll. Returns
+    the totals and the keys that grew. An accumulator that went back (a driver reload, a
+    reset) adds nothing that poll."""
+    if counter is None or not raw:
+        return {}, set()
+    st = state.get(name)
+    if st is None:
+        state[name] = {"counter": counter, "raw": dict(raw), "t": now,
+                       "totals": dict.fromkeys(raw, 0.0)}
+        return dict.fromkeys(raw, 0.0), set()
+    d_counter, dt = counter - st["counter"], now - st["t"]
+    grown = set()
+    if d_counter > 0 and dt > 0:
+        for key, value in raw.items():
+            delta = value - st["raw"].get(key, value)
+            if delta < 0:
+                continue
+            rate = delta / d_counter if cap is None else min(cap, delta / d_counter)
+            st["totals"][key] = st["totals"].get(key, 0.0) + rate * dt
+            if rate > 0:
+                grown.add(key)
+    st.update(counter=counter, raw=dict(raw), t=now)
+    return dict(st["totals"]), grown
 
 
 def pooled(own: Memory, children: list[DeviceSample], mode: str | None) -> Memory:
@@ -222,6 +289,7 @@ class Reader:
         if draw is None:
             draw = number(power.get("average_socket_power"), 16)
         cap = q(dev, "power.cap", lib.amdsmi_get_power_cap_info, h) or {}
+        fans = self._fans(dev)
         energy = q(dev, "energy", lib.amdsmi_get_energy_count, h)
 
         clocks, maximum = {}, {}
@@ -258,14 +326,39 @@ class Reader:
             memory=memory,
             thermal=Thermal(temperatures=temps, thresholds=s.get("thresholds", {})),
             power=Power(draw_watts=draw, limit_watts=microwatts_to_watts(cap.get("power_cap")),
-                        energy_joules=energy_joules(energy)),
+                        energy_joules=energy_joules(energy),
+                        limit_min_watts=microwatts_to_watts(cap.get("min_power_cap")),
+                        limit_max_watts=microwatts_to_watts(cap.get("max_power_cap")),
+                        limit_default_watts=microwatts_to_watts(cap.get("default_power_cap"))),
             clocks=Clocks(current=clocks, maximum=maximum),
             throttle=self._throttle(dev, metrics),
             pcie=self._pcie(dev, metrics),
             utilization=util,
             xcc_utilization=xcc,
             errors=self._errors(dev),
+            fans=fans,
+            interconnect=read_links(lib, dev, q, metrics),
         )
+
+    def _fans(self, dev: AmdDevice) -> dict[str, float]:
+        """Each fan's speed over its maximum, sensor by sensor until one is not there
+        (amdsmi has no fan count; Instinct boards, passively cooled, have none). An
+        unsupported sensor is remembered by the query, so the probe costs one call once."""
+        lib, q, h = self.lib, self.q, dev.handle
+        fans: dict[str, float] = {}
+        for i in range(MAX_FANS):
+            speed = number(q(dev, f"fan.{i}", lib.amdsmi_get_gpu_fan_speed, h, i), 64)
+            if speed is None:
+                break
+            top = dev.state.get(("fan_max", str(i)))
+            if top is None:
+                top = number(q(dev, f"fan.{i}.max", lib.amdsmi_get_gpu_fan_speed_max, h, i),
+                             64)
+                if top:
+                    dev.state[("fan_max", str(i))] = top
+            if top:
+                fans[str(i)] = speed / top
+        return fans
 
     def _throttle(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> Throttle:
         """Active reasons from the raw bitmask where the binding's struct is known to fit
@@ -273,6 +366,7 @@ class Reader:
         throttle time from the accumulators. With neither, none: the ``amd_slow``
         collector's violation flags fill the gap in the snapshot (probes/amd/slow.py)."""
         seconds = self._residency(dev, metrics)
+        host = self._host_limits(dev, metrics)
         mask = None
         if self.session.version_mismatch is False:
             mask = self.q(dev, "throttle.raw", raw_throttle_mask, self.lib, dev.handle)
@@ -283,39 +377,47 @@ class Reader:
             active = frozenset(dev.state.get("residency_active", ()))
         else:
             supported = active = frozenset()
-        return Throttle(supported=supported, active=active, seconds_total=seconds)
+        return Throttle(supported=supported, active=active,
+                        seconds_total={**seconds, **host})
 
     def _residency(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> dict[str, float]:
         """Cumulative seconds per reason from the firmware residency accumulators, counted
         from when gpuprobe first saw the device: share of Δaccumulation_counter times Δt."""
         if not metrics:
-            return dev.state.get("residency", {}).get("seconds", {})
-        counter = number(metrics.get("accumulation_counter"), 64)
+            return accumulated(dev.state, "residency")
         raw = {reason: number(metrics.get(key), 64) for key, reason in RESIDENCIES}
-        raw = {r: v for r, v in raw.items() if v is not None}
-        clock_ns = number(metrics.get("system_clock_counter"), 64)
-        now = clock_ns / 1e9 if clock_ns else time.monotonic()
-        if counter is None or not raw:
-            return {}
-        st = dev.state.get("residency")
-        if st is None:
-            dev.state["residency"] = {"counter": counter, "raw": raw, "t": now,
-                                      "seconds": dict.fromkeys(raw, 0.0)}
-            return dict.fromkeys(raw, 0.0)
-        d_counter, dt = counter - st["counter"], now - st["t"]
-        active = set()
-        if d_counter > 0 and dt > 0:
-            for reason, value in raw.items():
-                delta = value - st["raw"].get(reason, value)
-                if delta < 0:  # the accumulators restarted (driver reload, reset)
-                    continue
-                share = min(1.0, delta / d_counter)
-                st["seconds"][reason] = st["seconds"].get(reason, 0.0) + share * dt
-                if share > 0:
-                    active.add(reason)
-        st.update(counter=counter, raw=raw, t=now)
-        dev.state["residency_active"] = active
-        return dict(st["seconds"])
+        seconds, grown = accumulate(dev.state, "residency", *clock(metrics),
+                                    {r: v for r, v in raw.items() if v is not None}, cap=1.0)
+        if seconds:
+            dev.state["residency_active"] = grown
+        return seconds
+
+    def _host_limits(self, dev: AmdDevice, metrics: dict[str, Any] | None
+                     ) -> dict[str, float]:
+        """Seconds the gfx clock was held below the host's limit (for power, for thermal,
+        for any reason), from gpu_metrics v1.8's per-XCC xcp_stats accumulators, converted
+        as the residency accumulators are; the XCCs' mean (a share of the GPU's compute).
+        Only in seconds_total: they restate limits the residencies already name."""
+        if not metrics:
+            return accumulated(dev.state, "host_limit")
+        raw: dict[str, float] = {}
+        for key, reason in HOST_LIMITS:
+            v = xcc_mean(metrics, key)
+            if v is not None and reason not in raw:
+                raw[reason] = v
+        return accumulate(dev.state, "host_limit", *clock(metrics), raw, cap=1.0)[0]
+
+    def _transferred(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> float | None:
+        """PCIe bytes both ways since gpuprobe first saw the device, from gpu_metrics
+        ``pcie_bandwidth_acc`` (MI300: the firmware adds the link's GB/s at each
+        accumulation tick, so Δacc / Δaccumulation_counter is the mean GB/s, times Δt)."""
+        if not metrics:
+            got = accumulated(dev.state, "pcie_bandwidth")
+        else:
+            acc = number(metrics.get("pcie_bandwidth_acc"), 64)
+            got = accumulate(dev.state, "pcie_bandwidth", *clock(metrics),
+                             {"gb": acc} if acc is not None else {})[0]
+        return got["gb"] * 1e9 if "gb" in got else None
 
     def _pcie(self, dev: AmdDevice, metrics: dict[str, Any] | None) -> Pcie:
         info = self.q(dev, "pcie", self.lib.amdsmi_get_pcie_info, dev.handle) or {}
@@ -338,7 +440,8 @@ class Reader:
             replays_total=count("pcie_replay_count"),
             recoveries_total=count("pcie_l0_to_recovery_count"),
             naks_received_total=count("pcie_nak_received_count"),
-            naks_sent_total=count("pcie_nak_sent_count"))
+            naks_sent_total=count("pcie_nak_sent_count"),
+            transferred_bytes_total=self._transferred(dev, metrics))
 
     def _errors(self, dev: AmdDevice) -> Errors:
         cached = dev.state.get("errors")

@@ -49,9 +49,11 @@ from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
 MIB = 1024 * 1024
 ENERGY_RESOLUTION_UJ = 15.259
+FAN_MAX = 255  # AMDSMI_MAX_FAN_SPEED: amdsmi_get_gpu_fan_speed counts 0 to 255
 U16, U32, U64 = 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 _MTS = {1: 2500, 2: 5000, 3: 8000, 4: 16000, 5: 32000, 6: 64000}
 _CDNA = {"cdna2", "cdna3", "cdna4"}
+_METRICS_V15 = {"cdna3", "cdna4"}  # gpu_metrics v1.5+: pcie_bandwidth_*, xcp_stats host limits
 # reasons of the world -> SMU_THROTTLER bit of indep_throttle_status
 _THROTTLE_BITS = {"power_cap": 0, "sw_thermal": 33, "hw_thermal": 36, "hw_slowdown": 47}
 # amdsmi_evt_notification_type_t
@@ -410,9 +412,42 @@ class SimLibAmdSmi(Face):
     def c_amdsmi_get_power_cap_info(self, handle: Any, sensor: Any, info: Any) -> None:
         target, wide = self._device_wide(handle, "power_limit")
         cap = int(target.dev.spec.limit_watts * 1e6) if wide else 0
+        spec = target.dev.spec
         c = _obj(info)
-        c.power_cap = c.default_power_cap = c.max_power_cap = cap
-        c.dpm_cap, c.min_power_cap = 2100, int(cap * 0.4)
+        c.power_cap = cap
+        c.default_power_cap = int(spec.default_limit_watts * 1e6) if wide else 0
+        c.max_power_cap = int(spec.max_watts * 1e6) if wide else 0
+        c.min_power_cap = int(spec.min_limit_watts * 1e6) if wide else 0
+        c.dpm_cap = 2100
+
+    # -- fans: Instinct boards are passively cooled and answer NOT_SUPPORTED -----------------
+
+    def _fan(self, handle: Any, sensor: Any) -> tuple[SimDevice, float]:
+        target, _ = self._device_wide(handle, "fan")
+        if not 0 <= _value(sensor) < target.dev.spec.fans:
+            raise _Status(NOT_SUPPORTED)
+        t = self._t()
+        return target.dev, target.dev.state(t).fan
+
+    def c_amdsmi_get_gpu_fan_speed(self, handle: Any, sensor: Any, out: Any) -> None:
+        _, ratio = self._fan(handle, sensor)
+        _obj(out).value = round(FAN_MAX * ratio)
+
+    def c_amdsmi_get_gpu_fan_speed_max(self, handle: Any, sensor: Any, out: Any) -> None:
+        self._fan(handle, sensor)
+        _obj(out).value = FAN_MAX
+
+    # -- XGMI ---------------------------------------------------------------------------------
+
+    def c_amdsmi_get_gpu_xgmi_link_status(self, handle: Any, info: Any) -> None:
+        target = self._target(handle)
+        dev, t = target.dev, self._t()
+        if not dev.spec.links.count:
+            raise _Status(NOT_SUPPORTED)
+        st = _obj(info)
+        st.total_links = dev.spec.links.count
+        for i in range(dev.spec.links.count):  # AMDSMI_XGMI_LINK_UP 1, _DOWN 0
+            st.status[i] = 1 if dev.link_up(t, i) else 0
 
     def c_amdsmi_get_energy_count(self, handle: Any, acc: Any, resolution: Any,
                                   stamp: Any) -> None:
@@ -502,15 +537,22 @@ class SimLibAmdSmi(Face):
         if not cdna:
             m.temperature_edge = int(s.temperature)
             m.average_socket_power = int(s.power_watts)
-            m.current_fan_speed = int(900 + 1500 * util)
+            if dev.spec.fans and "fan" not in dev.spec.unsupported:
+                m.current_fan_speed = int(900 + 1500 * util)
         else:
             m.current_socket_power = int(s.power_watts)
             m.average_umc_activity = int(util * 45)
             for i in range(4):
                 m.temperature_hbm[i] = int(s.memory_temperature) + i
                 m.vcn_activity[i] = 0
-            for i in range(8):
-                m.xgmi_read_data_acc[i] = m.xgmi_write_data_acc[i] = 0
+            links = dev.spec.links
+            if links.count:  # KB moved over each link since the driver loaded
+                tot = dev.totals(t)
+                m.xgmi_link_width, m.xgmi_link_speed = links.width, round(links.speed_gbps)
+                for i in range(links.count):
+                    m.xgmi_read_data_acc[i] = int(tot[f"link_rx_{i}"] / 1000)
+                    m.xgmi_write_data_acc[i] = int(tot[f"link_tx_{i}"] / 1000)
+                    m.xgmi_link_status[i] = 1 if dev.link_up(t, i) else 0
         m.temperature_hotspot = int(s.temperature + 8)
         m.temperature_mem = int(s.memory_temperature)
         m.average_gfx_activity = int(util * 100)
@@ -536,6 +578,30 @@ class SimLibAmdSmi(Face):
             m.pcie_nak_sent_count_acc, m.pcie_nak_rcvd_count_acc = replays // 4, replays // 5
         for key, v in self._residency(dev, t).items():
             setattr(m, key, v)
+        if dev.spec.architecture in _METRICS_V15:
+            self._v15(target, m, t)
+
+    def _v15(self, target: _Target, m: Any, t: float) -> None:
+        """MI300's newer gpu_metrics fields. pcie_bandwidth_acc adds the link's GB/s (both
+        ways) at each accumulation tick (accumulation_counter counts milliseconds here), so
+        it grows by bytes / 1e6; the xcp_stats host-limit accumulators count the ticks the
+        gfx clock sat below the host's limit, per XCC of each partition (power: the power
+        cap; thermal: firmware thermal slowdown; total: either, their sum here)."""
+        dev = target.dev
+        s, tot = dev.state(t), dev.totals(t)
+        m.pcie_bandwidth_acc = int((tot["pcie_tx"] + tot["pcie_rx"]) / 1e6)
+        link = pcie_link_bytes_per_second(s.generation, s.width) or 0.0
+        m.pcie_bandwidth_inst = round(s.utilization * 0.28 * link / 1e9)
+        if "violation_status" in dev.spec.unsupported:
+            return
+        ppt, thm = int(tot["thr_power_cap"] * 1000), int(tot["thr_sw_thermal"] * 1000)
+        parts = len(dev.spec.instances) if dev.spec.partition and dev.spec.instances else 1
+        for p in range(parts):
+            row = m.xcp_stats[p]
+            for x in range(8 // parts):
+                row.gfx_below_host_limit_ppt_acc[x] = ppt
+                row.gfx_below_host_limit_thm_acc[x] = thm
+                row.gfx_below_host_limit_total_acc[x] = ppt + thm
 
     # -- memory ------------------------------------------------------------------------------
 
