@@ -87,6 +87,9 @@ def variables(one_gpu: bool = False) -> list[dict]:
 
 
 def _panel(p: P, pid: int, x: int, y: int) -> dict:
+    if p.kind == "row":  # a heading the panels after it sit under, open
+        return {"id": pid, "type": "row", "title": p.title, "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []}
     # A table shows the latest value of each series (instant, one row per series); every
     # other panel a range, a stat reducing it to its last value under a sparkline. Asking
     # for both would give a stat panel each series twice.
@@ -126,7 +129,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[P],
               one_gpu: bool = False) -> dict:
     laid, x, y, row_h = [], 0, 0, 0
     for i, p in enumerate(panels, start=1):
-        if x + p.width > 24:
+        if x + p.width > 24 or (p.kind == "row" and x > 0):
             x, y, row_h = 0, y + row_h, 0
         laid.append(_panel(p, i, x, y))
         x += p.width
@@ -142,6 +145,10 @@ def dashboard(uid: str, title: str, description: str, panels: list[P],
                    "title": "gpuprobe", "includeVars": True, "keepTime": True}],
         "panels": laid,
     }
+
+
+def row(title: str) -> P:
+    return P(title, "", [], kind="row", width=24, height=1)
 
 
 def sum_by(by: str, fn: str, metric: str, selector: str = S, window: str = RI) -> str:
@@ -169,6 +176,16 @@ def fleet() -> dict:
           height=4, thresholds=[(None, "green"), (1, "orange")]),
         P("Collectors failing", "none", [Q(f"sum(1 - gpuprobe_collector_up{{{I}}})")], "stat",
           width=4, height=4, thresholds=[(None, "green"), (1, "red")]),
+        P("GPUs needing a reset or recovery", "none",
+          [Q(f'count(gpuprobe_reset_required{{{S}}} == 1 or gpuprobe_recovery_action'
+             f'{{{S}, action!="none"}} == 1) or vector(0)')], "stat", width=4, height=4,
+          thresholds=[(None, "green"), (1, "red")]),
+        P("GPU-to-GPU links down", "none",
+          [Q(f"sum(gpuprobe_interconnect_links{{{S}}}) - sum(gpuprobe_interconnect_links_up"
+             f"{{{S}}})")], "stat", width=4, height=4,
+          thresholds=[(None, "green"), (1, "orange")],
+          description="Links the GPUs have that are not up, including any a board never "
+                      "connects."),
         P("Hosts", "none", [Q(f"count(gpuprobe_build_info{{{I}}})")], "stat", width=4,
           height=4),
         P("GPUs", "none", [Q(f"count(gpuprobe_device_info{{{S}}})")], "stat", width=4,
@@ -222,6 +239,17 @@ def device() -> dict:
         P("Row remap pending / failed", "none",
           per_gpu({"row_remap_pending": "pending", "row_remap_failed": "failed"}), "stat",
           width=8, height=4),
+        P("Reset required / drain recommended", "none",
+          per_gpu({"reset_required": "reset required", "drain_recommended": "drain"}),
+          "stat", width=12, height=4, thresholds=[(None, "green"), (1, "red")],
+          description="NVIDIA: the driver's reset and drain-and-reset flags."),
+        P("Recovery action the driver asks for", "none",
+          [Q(f"gpuprobe_recovery_action{{{S}}} == 1", "{{action}} " + G)], "stat", width=12,
+          height=4, options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
+                                               "values": False},
+                             "colorMode": "none", "graphMode": "none", "textMode": "name"},
+          description="none when all is well; else gpu_reset, drain_and_reset, node_reboot, "
+                      "..."),
         P("Memory", "bytes",
           per_gpu({"memory_used_bytes": "used", "memory_free_bytes": "free",
                    "memory_reserved_bytes": "reserved", "memory_total_bytes": "total"})),
@@ -238,8 +266,13 @@ def device() -> dict:
            Q(f"gpuprobe_temperature_threshold_celsius{{{S}}}",
              "{{sensor}} {{threshold}} " + G)]),
         P("Power", "watt",
-          per_gpu({"power_draw_watts": "draw", "power_limit_watts": "limit"})
-          + per_gpu({"energy_joules_total": "from energy"}, rate=True)),
+          per_gpu({"power_draw_watts": "draw", "power_limit_watts": "limit",
+                   "power_limit_default_watts": "default limit",
+                   "power_limit_min_watts": "min limit", "power_limit_max_watts": "max limit"})
+          + per_gpu({"energy_joules_total": "from energy"}, rate=True),
+          description="A limit below the default one was lowered by someone."),
+        P("Fans", "percentunit", [Q(f"gpuprobe_fan_speed_ratio{{{S}}}", "fan {{fan}} " + G)],
+          description="Absent on passively cooled data-centre GPUs."),
         P("Clocks", "hertz",
           [Q(f"gpuprobe_clock_hertz{{{S}}}", "{{clock}} " + G),
            Q(f"gpuprobe_clock_max_hertz{{{S}}}", "{{clock}} max " + G)]),
@@ -263,13 +296,19 @@ def device() -> dict:
           [Q(f"rate(gpuprobe_pcie_transmit_bytes_total{{{S}}}[{RI}])", "transmit " + G),
            Q(f"rate(gpuprobe_pcie_receive_bytes_total{{{S}}}[{RI}])", "receive " + G),
            Q(f"gpuprobe_pcie_sampled_throughput_bytes_per_second{{{S}}}",
-             "{{direction}} (1 s sample) " + G)],
+             "{{direction}} (1 s sample) " + G),
+           Q(f"rate(gpuprobe_pcie_transferred_bytes_total{{{S}}}[{RI}])",
+             "both directions " + G)],
           description="NVIDIA: rates of byte counters. AMD: a one-second sample taken every "
-                      "minute by the amd_slow collector."),
+                      "minute by the amd_slow collector, and on MI300 the rate of the "
+                      "device's own byte counter (both directions)."),
         P("PCIe replays, recoveries and NAKs", "ops",
           per_gpu({"pcie_replays_total": "replays", "pcie_link_recoveries_total": "recoveries",
                    "pcie_naks_received_total": "NAKs received",
-                   "pcie_naks_sent_total": "NAKs sent"}, rate=True)),
+                   "pcie_naks_sent_total": "NAKs sent",
+                   "pcie_replay_rollovers_total": "replay rollovers"}, rate=True)),
+        P("PCIe errors by kind", "ops",
+          [Q(f"rate(gpuprobe_pcie_errors_total{{{S}}}[{RI}])", "{{kind}} " + G)]),
         P("ECC errors", "short",
           per_gpu({"ecc_corrected_errors_total": "corrected",
                    "ecc_uncorrected_errors_total": "uncorrected",
@@ -287,6 +326,36 @@ def device() -> dict:
           [Q(f"gpuprobe_xid_errors_total{{{S}}}", "XID {{xid}} " + G),
            Q(f"gpuprobe_device_events_total{{{S}}}", "{{event}} " + G)],
           description="NVIDIA reports XIDs; AMD reports resets and thermal-throttle events."),
+        row("Interconnect: NVLink and XGMI"),
+        P("Links up / links", "none",
+          [Q(f"gpuprobe_interconnect_links_up{{{S}}}", "up " + G),
+           Q(f"gpuprobe_interconnect_links{{{S}}}", "{{type}} links " + G)], "stat", width=8,
+          height=4),
+        P("Link version, lanes", "none",
+          per_gpu({"interconnect_version": "NVLink version",
+                   "interconnect_link_width": "lanes per link"}), "stat", width=8, height=4),
+        P("Link signalling rate", "Bps",
+          per_gpu({"interconnect_link_speed_bytes_per_second": "per link, each way"}),
+          "stat", width=8, height=4),
+        P("Interconnect traffic, all links", "Bps",
+          [Q(f"rate(gpuprobe_interconnect_transmit_bytes_total{{{S}}}[{RI}])",
+             "transmit " + G),
+           Q(f"rate(gpuprobe_interconnect_receive_bytes_total{{{S}}}[{RI}])",
+             "receive " + G)]),
+        P("Traffic per link", "Bps",
+          [Q(f"rate(gpuprobe_link_transmit_bytes_total{{{S}}}[{RI}])",
+             "link {{link}} transmit " + G),
+           Q(f"rate(gpuprobe_link_receive_bytes_total{{{S}}}[{RI}])",
+             "link {{link}} receive " + G)],
+          description="Per-link series are on with exporter.link_metrics (the default)."),
+        P("Link state", "none", [Q(f"gpuprobe_link_up{{{S}}}", "link {{link}} " + G)],
+          description="1 up, 0 down or not connected."),
+        P("Link errors, last hour", "short",
+          [Q(sum_by("vendor, gpu, kind", "increase", "gpuprobe_interconnect_errors_total",
+                    window="1h"), "{{kind}} all links " + G),
+           Q(sum_by("vendor, gpu, link, kind", "increase", "gpuprobe_link_errors_total",
+                    window="1h"), "{{kind}} link {{link}} " + G)]),
+        row("Memory and leaks"),
         P("Memory leak detector", "Bps",
           [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "growth " + G)]),
         P("Leak suspected, confidence", "percentunit",

@@ -22,7 +22,7 @@ OTHER = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
          "process_resident_memory_bytes", "process_cpu_seconds_total"}
 FUNCTIONS = {"sum", "min", "max", "count", "rate", "increase", "by", "without", "ignoring",
              "on", "or", "and", "unless", "time", "avg_over_time", "group_left", "label_join",
-             "query_result"}
+             "query_result", "vector"}
 
 
 def panels(dash: dict) -> list[dict]:
@@ -87,7 +87,7 @@ def test_every_metric_is_on_a_dashboard_and_every_gpu_metric_on_the_device_page(
     assert not missing, f"on no dashboard: {sorted(missing)}"
     # "Every metric of one GPU": all series that carry a gpu label.
     per_gpu = {m.name for m in catalog.CATALOG
-               if m.scope in ("device", "process", "leak", "process_leak", "probe", "xid")}
+               if m.scope in ("device", "link", "process", "leak", "process_leak", "probe", "xid")}
     assert "gpuprobe_bar1_memory_used_bytes" in per_gpu  # the scopes are the ones above
     missing = per_gpu - _used(dashes["gpuprobe-device.json"])
     assert not missing, f"not on the device dashboard: {sorted(missing)}"
