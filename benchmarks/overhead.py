@@ -118,10 +118,23 @@ def bare_cycle(nvml, handles, field_ids, samples) -> list:
         nvml.nvmlGpmMetricsGet(get)
         out += [get.metrics[k].value for k in range(7)]
         samples[i] = (cur, prev)
-        out += [(p.pid, p.usedGpuMemory) for p in nvml.nvmlDeviceGetComputeRunningProcesses(h)]
+        listed = [(p.pid, p.usedGpuMemory) for p in nvml.nvmlDeviceGetComputeRunningProcesses(h)]
+        out += listed
         out += nvml.nvmlDeviceGetGraphicsRunningProcesses(h)
         out += nvml.nvmlDeviceGetMPSComputeRunningProcesses(h)
+        if listed:  # each process's SM share, samples newer than the last seen
+            key = (id(nvml), i)
+            try:
+                got = nvml.nvmlDeviceGetProcessesUtilizationInfo(h, _SEEN.get(key, 0))
+            except nvml.NVMLError:  # NOT_FOUND: none newer
+                got = []
+            for u in got:
+                out.append((u.pid, u.smUtil))
+                _SEEN[key] = max(_SEEN.get(key, 0), u.timeStamp)
     return out
+
+
+_SEEN: dict[tuple[int, int], int] = {}  # (library, GPU) -> the latest utilization sample seen
 
 
 class CountingNvml:

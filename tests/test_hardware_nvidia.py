@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from .conftest import make_daemon
+from .conftest import make_daemon, wait_for
 from .test_nvidia_backend import _metric
 
 PROC = {"pid": 4100, "name": "trainer", "utilization": 0.8,
@@ -132,5 +132,103 @@ def test_the_per_link_families_go_with_exporter_link_metrics_off():
         assert not _metric(d, "gpuprobe_link_transmit_bytes_total")
         assert list(_metric(d, "gpuprobe_interconnect_links_up").values()) == [18.0]
         assert _metric(d, "gpuprobe_interconnect_transmit_bytes_total")
+    finally:
+        d.stop()
+
+
+def _busy(d) -> dict[int, float | None]:
+    return {p.pid: p.busy_ratio for p in d.store.view().processes()}
+
+
+def test_process_busy_ratio_from_the_newer_call_then_the_older():
+    """Each process's SM share of the driver's latest sample period; a listed process the
+    driver has no sample of was idle (0); on a driver without the newer call, the older
+    one; a MIG instance cannot tell (absent)."""
+    idle = {"pid": 4200, "name": "idle", "utilization": 0.0,
+            "memory": {"pattern": "constant", "size": "1GiB"}}
+    d = make_daemon({"seed": 4, "devices": [
+        {"vendor": "nvidia", "processes": [PROC, dict(PROC, pid=4101, utilization=0.4), idle]},
+        {"vendor": "nvidia", "architecture": "ampere",
+         "instances": [{"profile": "3g.40gb", "memory": "40GiB"}],
+         "processes": [dict(PROC, pid=4300, instance=0)]},
+    ]})
+    try:
+        _run(d, cycles=2)
+        busy = _busy(d)
+        # 0.8 and 0.4 ask 1.2 of the SMs: the driver shares them out, 67% and 33%
+        assert busy[4100] == 0.67 and busy[4101] == 0.33 and busy[4200] == 0.0
+        assert busy[4300] is None
+        ratio = {dict(k)["pid"]: v
+                 for k, v in _metric(d, "gpuprobe_process_utilization_ratio").items()}
+        assert ratio == {"4100": 0.67, "4101": 0.33, "4200": 0.0}
+        # the older call only where the newer one is unsupported: on the MIG instance
+        calls = d.simulation.libnvml.calls_by_device
+        assert calls[("nvmlDeviceGetProcessUtilization", 0)] == 0
+        assert calls[("nvmlDeviceGetProcessUtilization", 1)] == 1
+    finally:
+        d.stop()
+    d = make_daemon({"seed": 4, "devices": [{"vendor": "nvidia", "processes": [PROC]}]})
+    try:
+        # FUNCTION_NOT_FOUND: a driver older than the call
+        d.simulation.libnvml.faults.add("nvmlDeviceGetProcessesUtilizationInfo", error=13)
+        _run(d, cycles=2)
+        assert _busy(d) == {4100: 0.8}
+        before = d.simulation.libnvml.calls["nvmlDeviceGetProcessesUtilizationInfo"]
+        _run(d, cycles=2)
+        assert d.simulation.libnvml.calls["nvmlDeviceGetProcessesUtilizationInfo"] == before
+        assert d.simulation.libnvml.calls["nvmlDeviceGetProcessUtilization"] >= 2
+    finally:
+        d.stop()
+
+
+def test_no_newer_sample_reads_idle_and_a_failure_reads_absent():
+    """The driver's NOT_FOUND (no sample since the last seen) is an answer: the processes
+    were idle. A transient failure is not: their ratio is absent that poll, and comes back."""
+    d = make_daemon({"seed": 4, "devices": [{"vendor": "nvidia", "processes": [PROC]}]})
+    try:
+        _run(d, cycles=1)
+        d.scheduler.run_once()
+        assert _busy(d) == {4100: 0.8}
+        d.scheduler.run_once()  # the same instant: no newer sample
+        assert _busy(d) == {4100: 0.0}
+        d.simulation.libnvml.faults.add("nvmlDeviceGetProcessesUtilizationInfo",
+                                        error=999, times=1)  # NVML_ERROR_UNKNOWN
+        d.simulation.world.clock.advance(60)
+        d.scheduler.run_once()
+        assert _busy(d) == {4100: None}
+        _run(d, cycles=1)
+        assert _busy(d) == {4100: 0.8}
+    finally:
+        d.stop()
+
+
+def test_recovery_action_and_unavailable_events_counted_from_zero():
+    """The event set carries nvmlEventTypeGpuRecoveryAction and ...GpuUnavailableError
+    beside XIDs where the GPU supports them: each kind starts at 0 on a registered GPU and
+    counts its events; a GPU without event support has none."""
+    d = make_daemon({"seed": 4, "duration": "1h", "devices": [
+        {"vendor": "nvidia", "events": [{"at": "2m", "kind": "reset_required",
+                                         "duration": "3m"}]},
+        {"vendor": "nvidia", "events": [{"at": "2m", "kind": "fall_off_bus",
+                                         "duration": "1m"}]},
+        {"vendor": "nvidia", "unsupported": ["xid_events"]}]})
+
+    def counts() -> dict[tuple[str, str], float]:
+        return {(dict(k)["gpu"], dict(k)["event"]): v
+                for k, v in _metric(d, "gpuprobe_device_events_total").items()}
+    try:
+        wait_for(lambda: (d.scheduler.run_once(), counts())[1], timeout=5)
+        assert counts() == {(g, e): 0.0 for g in ("0", "1")
+                            for e in ("unavailable", "recovery_action")}
+        d.simulation.world.clock.advance(120.0)
+        # the event thread takes both before a poll finds GPU 1 gone
+        watcher = d.sources.xid_watcher()
+        uuids = {s.identity.index: s.identity.uuid for s in d.store.view().devices()}
+        wait_for(lambda: watcher.event_counts()[uuids["1"]]["unavailable"] == 1, timeout=5)
+        d.scheduler.run_once()
+        c = counts()
+        assert c[("0", "recovery_action")] == 1 and c[("1", "unavailable")] == 1
+        assert c[("0", "unavailable")] == 0 and c[("1", "recovery_action")] == 0
+        assert not any(g == "2" for g, _ in c)
     finally:
         d.stop()

@@ -279,10 +279,10 @@ def test_xid_repeats_are_listed_without_walking_all_of_them():
         {"at": 0, "kind": "xid", "code": 48, "count": 10_000, "spacing": "1s"}]}]}))
     try:
         dev = sim.world.devices[0]
-        assert dev.xids_between(5000.5, 5002.5) == [(5001.0, 48), (5002.0, 48)]
-        assert dev.xids_between(-1, 0) == [(0.0, 48)]
-        assert dev.xids_between(9999, 20000) == []
-        assert len(dev.xids_between(-1, 20000)) == 10_000
+        assert dev.events_between(5000.5, 5002.5) == [(5001.0, 8, 48), (5002.0, 8, 48)]
+        assert dev.events_between(-1, 0) == [(0.0, 8, 48)]
+        assert dev.events_between(9999, 20000) == []
+        assert len(dev.events_between(-1, 20000)) == 10_000
     finally:
         sim.close()
 

@@ -716,9 +716,12 @@ CATALOG: tuple[MetricSpec, ...] = (
       "absent: XIDs are NVIDIA's; see gpuprobe_device_events_total"),
       samples=_counts(View.xid_counts, "xid")),
     M("gpuprobe_device_events_total", "counter",
-      "Device events the driver reported, by kind (reset, thermal_throttle), since gpuprobe "
-      "started watching; both start at 0.", "", "event",
-      "absent: NVIDIA reports XIDs instead (gpuprobe_xid_errors_total)", labels=("event",),
+      "Device events the driver reported, by kind (reset, thermal_throttle, unavailable, "
+      "recovery_action), since gpuprobe started watching; each kind the device supports "
+      "starts at 0.", "", "event",
+      "NVML event set, on its own thread beside XIDs: nvmlEventTypeGpuUnavailableError as "
+      "unavailable, nvmlEventTypeGpuRecoveryAction as recovery_action, where "
+      "nvmlDeviceGetSupportedEventTypes has them (the H100: 0xFF9F)", labels=("event",),
       amd="AmdSmiEventReader (KFD SMI events) GPU_PRE_RESET as reset, THERMAL_THROTTLE, on "
       "its own thread",
       samples=_counts(View.event_counts, "event")),
@@ -823,9 +826,13 @@ CATALOG: tuple[MetricSpec, ...] = (
       'pod from /proc'),
       samples=_process(lambda p: p.used_memory_bytes)),
     M("gpuprobe_process_utilization_ratio", "gauge",
-      "Share of the time between the last two process listings the graphics/compute engine "
-      "worked for the process.", "ratio", "process",
-      "absent: not collected from NVML (nvmlDeviceGetProcessUtilization is not read)",
+      "Share of its most recent interval the graphics/compute engine worked for the "
+      "process (NVIDIA: the driver's last sample period; AMD: between two listings).",
+      "ratio", "process",
+      "nvmlDeviceGetProcessesUtilizationInfo, on older drivers nvmlDeviceGetProcessUtilization: "
+      "smUtil (%) of the process's latest sample since the previous listing; 0 for a listed "
+      "process the driver has no sample of (it samples only processes that ran); absent on "
+      "MIG instances",
       labels=("pid", "process_name", "container_id", "pod_uid"),
       amd="amdsmi_get_gpu_process_list engine_usage.gfx (cumulative ns), its growth over the "
       "wall time between listings",

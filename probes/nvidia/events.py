@@ -1,10 +1,12 @@
-"""The ``nvidia_events`` collector: XID errors counted by code, from an NVML event set.
+"""The ``nvidia_events`` collector: XID errors counted by code, and the GPU-unavailable and
+recovery-action events, from an NVML event set.
 
 A dedicated thread waits on the event set (one second at a time, so it can stop and notice
-a re-initialised library) and counts each XID per device and code; the collector only
-publishes the counts, so the poll never blocks on events. Events that happen before the
-daemon registers for them are not delivered by NVML. The configured critical codes start at
-0 on every registered GPU so that the first occurrence shows as an increase.
+a re-initialised library) and counts each XID per device and code, and the other two per
+device and kind; the collector only publishes the counts, so the poll never blocks on
+events. Events that happen before the daemon registers for them are not delivered by NVML.
+The configured critical codes, and the kinds a GPU supports, start at 0 on every registered
+GPU so that the first occurrence shows as an increase.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +25,9 @@ from gpuprobe.probes.nvidia.session import NvmlSession
 log = logging.getLogger("gpuprobe.nvidia.events")
 
 XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
+# nvmlEventTypeGpuUnavailableError, nvmlEventTypeGpuRecoveryAction -> the event's kind
+OTHER_EVENTS = {0x4000: "unavailable", 0x8000: "recovery_action"}
+WANTED = XID_EVENT | sum(OTHER_EVENTS)
 WAIT_MS = 1000
 MAX_CODES_PER_DEVICE = 64  # bound on label values; further codes count as 0 ("unknown")
 REREGISTER_SECONDS = 30.0
@@ -45,25 +50,44 @@ class XidWatcher(EventWatcher):
         self.lib = session.lib
         self.registered: set[str] = set()
         self._handles: dict[int, str] = {}  # handle_key -> uuid of registered devices
+        # uuid -> {kind: count} of OTHER_EVENTS; the kinds each registered GPU watches
+        self.events: dict[str, Counter] = defaultdict(Counter)
+        self.watched: dict[str, tuple[str, ...]] = {}
 
     def _register(self, event_set: Any) -> set[str]:
-        """Register every up physical GPU for XIDs; returns the registered uuids."""
+        """Register every up physical GPU for XIDs and the other events it supports;
+        returns the uuids registered for XIDs."""
         lib = self.lib
         registered = set()
+        watched = {}
         for dev in self.session.known():
             if dev.parent is not None or not dev.up:
                 continue
             try:
-                mask = lib.nvmlDeviceGetSupportedEventTypes(dev.handle) & XID_EVENT
+                mask = lib.nvmlDeviceGetSupportedEventTypes(dev.handle) & WANTED
                 if mask:
                     lib.nvmlDeviceRegisterEvents(dev.handle, mask, event_set)
-                    registered.add(dev.uuid)
+                    if mask & XID_EVENT:
+                        registered.add(dev.uuid)
+                    watched[dev.uuid] = tuple(k for bit, k in OTHER_EVENTS.items() if mask & bit)
                     self._handles[handle_key(dev.handle)] = dev.uuid
             except Exception as e:
                 if self._failed(e) == LIBRARY_FATAL:
                     raise
                 log.debug("GPU %s: cannot register for XID events: %s", dev.identity.name, e)
+        with self._lock:
+            self.watched = watched
         return registered
+
+    def event_counts(self) -> dict[str, dict[str, int]]:
+        """uuid -> {kind: count} of the events other than XIDs, each kind a GPU is
+        registered for at 0 until it happens."""
+        with self._lock:
+            watched = dict(self.watched)
+            seen = {uuid: dict(c) for uuid, c in self.events.items()}
+        out = {uuid: {**dict.fromkeys(watched.get(uuid, ()), 0), **seen.get(uuid, {})}
+               for uuid in watched.keys() | seen.keys()}
+        return {uuid: c for uuid, c in out.items() if c}
 
     def _run(self) -> None:
         lib = self.lib
@@ -120,9 +144,9 @@ class XidWatcher(EventWatcher):
                 log.debug("event wait failed: %s", e)
                 self._stop.wait(0.5)
                 return
-            if not data.eventType & XID_EVENT:
+            kind = int(data.eventType)
+            if not kind & WANTED:
                 continue
-            code = int(data.eventData)
             uuid = self._handles.get(handle_key(data.device))
             if uuid is None:  # not a handle we registered: ask NVML which device it is
                 try:
@@ -130,12 +154,20 @@ class XidWatcher(EventWatcher):
                 except Exception as e:
                     self._failed(e)
                     continue
+            dev = self.session.devices.get(uuid)
+            if not kind & XID_EVENT:
+                name = next(k for bit, k in OTHER_EVENTS.items() if kind & bit)
+                with self._lock:
+                    self.events[uuid][name] += 1
+                log.warning("GPU %s (%s): %s event (data %d)", dev.identity.name if dev else "?",
+                            uuid, name.replace("_", " "), int(data.eventData))
+                continue
+            code = int(data.eventData)
             with self._lock:
                 counts = self.counts[uuid]
                 if code not in counts and len(counts) >= MAX_CODES_PER_DEVICE:
                     code = 0
                 counts[code] += 1
-            dev = self.session.devices.get(uuid)
             log.warning("XID %d on GPU %s (%s)", code, dev.identity.name if dev else "?", uuid)
 
 
@@ -154,16 +186,18 @@ class NvidiaEvents:
         errors: Counter = Counter()
         if not self.session.ensure(errors, deadline, drive=False):
             return CollectorResult(ok=self.session.absent, errors=errors)
-        self.watcher.ensure_running()
-        self.watcher.attempted.wait(max(0.0, min(1.0, deadline - time.monotonic())))
-        counts, watch_errors = self.watcher.snapshot()
+        w = self.watcher
+        w.ensure_running()
+        w.attempted.wait(max(0.0, min(1.0, deadline - time.monotonic())))
+        counts, watch_errors = w.snapshot()
         errors.update(watch_errors)
         out: dict[str, dict[int, int]] = {}
-        for uuid in self.watcher.registered | set(counts):
-            merged = dict.fromkeys(self.codes, 0) if uuid in self.watcher.registered else {}
+        for uuid in w.registered | set(counts):
+            merged = dict.fromkeys(self.codes, 0) if uuid in w.registered else {}
             merged.update(counts.get(uuid, {}))
             out[uuid] = merged
-        return CollectorResult(ok=self.watcher.healthy, xid_counts=out, errors=errors)
+        return CollectorResult(ok=w.healthy, xid_counts=out, event_counts=w.event_counts(),
+                               errors=errors)
 
     def close(self) -> None:
         self.watcher.stop()

@@ -5,17 +5,30 @@ NVML lists compute, graphics and MPS clients with their used memory (bytes); the
 MIG mode the instances list their own processes and the parent lists none, so nothing is
 counted twice. Process lists walk every context in the driver, so this runs less often than
 the telemetry collector.
+
+Each process's busy ratio is its SM utilization in the driver's latest sample period (about
+a sixth of a second), from ``nvmlDeviceGetProcessesUtilizationInfo`` or, on drivers before
+it, ``nvmlDeviceGetProcessUtilization``. The driver keeps samples only of processes that ran
+in a period, and a call returns those newer than the last one seen (NOT_FOUND if none): a
+listed process without one was idle, 0. A MIG instance cannot tell: absent.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
 from gpuprobe.probes.backend import Processes, Query, holders
 from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession
+
+# the newer call first; the driver's NOT_FOUND (and pynvml's raise of SUCCESS on an empty
+# first call) mean "no samples since the last seen", not an error
+UTILIZATION_CALLS = ("nvmlDeviceGetProcessesUtilizationInfo", "nvmlDeviceGetProcessUtilization")
+NO_SAMPLES = frozenset({0, 6})  # NVML_SUCCESS, NVML_ERROR_NOT_FOUND
+# pid -> (used bytes, busy ratio)
+Listing = dict[int, tuple[int | None, float | None]]
 
 LIST_CALLS = (
     ("processes.compute", "nvmlDeviceGetComputeRunningProcesses"),
@@ -44,6 +57,39 @@ def list_processes(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, i
     return out
 
 
+def _newer(lib: Any, fn: Callable[..., Any]) -> Callable[[Any, int], list]:
+    """``fn(handle, last_seen)`` with "no samples newer" as an empty list."""
+    def call(handle: Any, last_seen: int) -> list:
+        try:
+            return fn(handle, last_seen)
+        except lib.NVMLError as e:
+            if getattr(e, "value", None) in NO_SAMPLES:
+                return []
+            raise
+    return call
+
+
+def utilization(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, float] | None:
+    """pid -> SM busy ratio of its latest sample since the last call, for the processes
+    that ran; None where the device cannot tell (or the call failed this time)."""
+    lib = session.lib
+    last_seen = dev.state.get("util_seen", 0)
+    calls: list[tuple[str | Callable[..., Any], tuple]] = [
+        (_newer(lib, fn) if fn is not None else name, (dev.handle, last_seen))
+        for name in UTILIZATION_CALLS for fn in (getattr(lib, name, None),)]
+    samples = q.first(dev, "processes.utilization", calls)
+    if samples is None:
+        return None
+    latest: dict[int, tuple[int, int]] = {}  # pid -> (timestamp, sm %)
+    for s in samples:
+        stamp, sm = int(s.timeStamp), int(s.smUtil)
+        if stamp > latest.get(s.pid, (-1, 0))[0] and 0 <= sm <= 100:  # else not a percentage
+            latest[s.pid] = (stamp, sm)
+    if latest:
+        dev.state["util_seen"] = max(last_seen, *(stamp for stamp, _ in latest.values()))
+    return {pid: sm / 100 for pid, (_, sm) in latest.items()}
+
+
 def _targets(session: NvmlSession, dev: NvDevice) -> list[NvDevice]:
     """A GPU in MIG mode lists nothing itself: its instances list their own processes."""
     return [d for d in session.known() if d.parent is dev] if dev.mig_enabled else [dev]
@@ -61,24 +107,30 @@ class NvidiaProcesses(Processes[NvmlSession, NvDevice]):
     def targets(self) -> list[NvDevice]:
         return [d for d in self.session.known() if d.up and not d.mig_enabled]
 
-    def list(self, dev: NvDevice, q: Query) -> Mapping[int, Any]:
-        return list_processes(self.session, dev, q)
+    def list(self, dev: NvDevice, q: Query) -> Listing:
+        used = list_processes(self.session, dev, q)
+        if not used:
+            return {}
+        busy = utilization(self.session, dev, q)
+        if busy is None:
+            return {pid: (b, None) for pid, b in used.items()}
+        return {pid: (b, busy.get(pid, 0.0)) for pid, b in used.items()}
 
     def samples(self, listings: dict[str, Any], errors: Counter) -> CollectorResult:
         results = listings
         if self.probe_children:  # gpuprobe's own probe, not a user's process
-            results = {u: {p: m for p, m in r.items() if p not in self.probe_children}
+            results = {u: {p: v for p, v in r.items() if p not in self.probe_children}
                        if isinstance(r, dict) else r for u, r in results.items()}
         listed = [(uuid, r) for uuid, r in results.items() if r]
         host = self.resolver.resolve_all([pid for _, r in listed for pid in r])
         samples = []
         for uuid, r in listed:
-            for pid, used in r.items():
+            for pid, (used, busy) in r.items():
                 h = host.get(pid)
                 if h is None:
-                    samples.append(ProcessSample(uuid, pid, used))
+                    samples.append(ProcessSample(uuid, pid, used, busy_ratio=busy))
                 else:
                     samples.append(ProcessSample(uuid, pid, used, h.name, h.start_ticks,
-                                                 h.container_id, h.pod_uid))
+                                                 h.container_id, h.pod_uid, busy))
         return CollectorResult(ok=True, processes=tuple(samples), errors=errors,
                                timestamp=self.now())

@@ -53,6 +53,7 @@ NOT_AVAILABLE_ULL = 0xFFFFFFFFFFFFFFFF  # NVML_VALUE_NOT_AVAILABLE in an unsigne
 # L0-to-recovery transitions a clean link has made since boot (power-state changes, link
 # retraining at driver load): the H100 of docs/hardware/ read 326 idle and error-free.
 RECOVERY_BASELINE = 320
+SUPPORTED_EVENTS = 0xFF9F  # nvmlDeviceGetSupportedEventTypes on the H100 of docs/hardware/
 
 _P = _pynvml
 SUCCESS = _P.NVML_SUCCESS
@@ -722,6 +723,55 @@ class SimNvmlLibrary:
         self._resolve(handle, self._t())
         return self._process_list(handle, count, infos, [])
 
+    # Per-process utilization: the driver samples every sixth of a second and keeps, for each
+    # process that had non-zero utilization in a period, one sample stamped with the CPU time
+    # (microseconds); a call returns those newer than lastSeenTimeStamp, NOT_FOUND if none.
+    UTIL_PERIOD = 1 / 6
+
+    def _process_samples(self, handle: Any, last_seen: int) -> list[tuple[int, int, int, int]]:
+        """(pid, timestamp, sm %, memory %) of the latest sample period, if newer than
+        ``last_seen``; NOT_FOUND when there is none, as from the driver."""
+        t = self._t()
+        dev = self._dev(handle, t)  # a MIG instance: NOT_SUPPORTED
+        self._supports(dev, "process_engine_time")
+        self._world.sync_processes(t, dev)
+        stamp = int(int(t / self.UTIL_PERIOD) * self.UTIL_PERIOD * 1e6)
+        busy = [p for p in dev.state(t).processes if p.memory > 0 and p.utilization > 0]
+        if stamp <= last_seen or not busy:
+            raise NvmlStatus(_P.NVML_ERROR_NOT_FOUND)
+        total = max(1.0, sum(p.utilization for p in busy))  # the SMs are shared out
+        return [(p.pid, stamp, round(100 * p.utilization / total),
+                 round(45 * p.utilization / total)) for p in busy]
+
+    @entry
+    def nvmlDeviceGetProcessUtilization(self, handle: Any, samples: Any, count_ref: Any,
+                                        last_seen: Any) -> int | None:
+        listed = self._process_samples(handle, int(_v(last_seen)))
+        count = _out(count_ref)
+        room, count.value = count.value, len(listed)
+        if samples is None or room < len(listed):
+            return _P.NVML_ERROR_INSUFFICIENT_SIZE
+        for i, (pid, stamp, sm, mem) in enumerate(listed):
+            out = samples[i]
+            out.pid, out.timeStamp, out.smUtil, out.memUtil = pid, stamp, sm, mem
+            out.encUtil = out.decUtil = 0
+        return None
+
+    @entry
+    def nvmlDeviceGetProcessesUtilizationInfo(self, handle: Any, ref: Any) -> int | None:
+        info = _out(ref)
+        if info.version != _P.ProcessesUtilizationInfo_v1:
+            return _P.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+        listed = self._process_samples(handle, int(info.lastSeenTimeStamp))
+        room, info.processSamplesCount = info.processSamplesCount, len(listed)
+        if not info.procUtilArray or room < len(listed):
+            return _P.NVML_ERROR_INSUFFICIENT_SIZE
+        for i, (pid, stamp, sm, mem) in enumerate(listed):
+            out = info.procUtilArray[i]
+            out.pid, out.timeStamp, out.smUtil, out.memUtil = pid, stamp, sm, mem
+            out.encUtil = out.decUtil = out.jpgUtil = out.ofaUtil = 0
+        return None
+
     # -- GPM -------------------------------------------------------------------------------------
 
     @entry
@@ -820,15 +870,17 @@ class SimNvmlLibrary:
     def nvmlDeviceGetSupportedEventTypes(self, handle: Any, ref: Any) -> None:
         # as the H100 answers (docs/hardware/): XIDs among many others
         self._uint(handle, ref,
-                   lambda d, t: 0 if "xid_events" in d.spec.unsupported else 0xFF9F)
+                   lambda d, t: 0 if "xid_events" in d.spec.unsupported else SUPPORTED_EVENTS)
 
     @entry
     def nvmlDeviceRegisterEvents(self, handle: Any, mask: Any, event_set: Any) -> None:
         t = self._t()
         dev = self._dev(handle, t)
         es = self._event_set(event_set)
-        if _v(mask) & _P.nvmlEventTypeXidCriticalError:
-            es.registered[self._index[id(dev)]] = [_addr(handle), t, 0]
+        if _v(mask) & ~SUPPORTED_EVENTS:
+            raise NvmlStatus(_P.NVML_ERROR_NOT_SUPPORTED)  # none of them registered
+        if _v(mask):
+            es.registered[self._index[id(dev)]] = [_addr(handle), t, 0, int(_v(mask))]
 
     @entry
     def nvmlEventSetWait_v2(self, event_set: Any, ref: Any, timeout_ms: Any) -> None:
@@ -837,25 +889,25 @@ class SimNvmlLibrary:
         give_up = time.monotonic() + _v(timeout_ms) / 1000.0
         # The real call blocks in the driver; looked at every 50 ms only where an XID can
         # come, this one costs no CPU either on a quiet host.
-        step = 0.05 if any(self._devices[i].has_xids() for i in es.registered) else 1e9
+        step = 0.05 if any(self._devices[i].has_events() for i in es.registered) else 1e9
         while True:
             t = self._world.clock.now()
             best = None
             for index, entry_ in es.registered.items():
-                _, since, delivered = entry_
-                events = self._devices[index].xids_between(since, t)
+                _, since, delivered, mask = entry_
+                events = self._devices[index].events_between(since, t, mask)
                 if len(events) > delivered and (best is None or
                                                 events[delivered][0] < best[2][0]):
                     best = (entry_, events, events[delivered])
             if best is not None:
-                entry_, events, (te, code) = best
+                entry_, events, (te, kind, code) = best
                 entry_[2] += 1
                 if entry_[2] == len(events) or events[entry_[2]][0] > te:
                     # every event up to te delivered: look on from te, so that later calls
                     # do not list every event since the set was registered
                     entry_[1], entry_[2] = te, 0
                 _set_pointer(data, entry_[0], type(data).device.offset)
-                data.eventType = _P.nvmlEventTypeXidCriticalError
+                data.eventType = kind
                 data.eventData = code
                 data.gpuInstanceId = data.computeInstanceId = 0xFFFFFFFF
                 return

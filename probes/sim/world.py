@@ -59,6 +59,10 @@ class ManualClock:
         self.t += seconds
 
 
+# NVML event types the simulated driver delivers (nvmlEventType*)
+EVENT_XID, EVENT_UNAVAILABLE, EVENT_RECOVERY_ACTION = 0x8, 0x4000, 0x8000
+
+
 @dataclass(frozen=True)
 class SimProcess:
     pid: int
@@ -319,22 +323,33 @@ class SimDevice:
     def replays(self, t: float) -> int:
         return int(self.spec.replay_rate * max(t, 0.0))
 
-    def has_xids(self) -> bool:
-        """Whether the scenario gives this device any XID (a fall off the bus included)."""
-        return any(e.kind in ("xid", "fall_off_bus") for e in self.spec.events)
+    def has_events(self) -> bool:
+        """Whether the scenario gives this device any driver event: an XID (a fall off the
+        bus included) or a reset it needs."""
+        return any(e.kind in ("xid", "fall_off_bus", "reset_required") for e in self.spec.events)
 
-    def xids_between(self, t0: float, t1: float) -> list[tuple[float, int]]:
-        """XID events (time, code) in (t0, t1], including the 79 of a fall off the bus."""
-        out: list[tuple[float, int]] = []
-        spans = [(e.at, e.code, e.count, e.spacing) for e in self.spec.events if e.kind == "xid"]
-        spans += [(e.at, 79, 1, 0.0) for e in self.spec.events if e.kind == "fall_off_bus"]
+    def events_between(self, t0: float, t1: float,
+                       types: int = EVENT_XID) -> list[tuple[float, int, int]]:
+        """Driver events (time, NVML event type, data) in (t0, t1] of the ``types`` asked:
+        XIDs (data: the code; a fall off the bus is XID 79 and makes the GPU unavailable)
+        and, when a reset is needed, a recovery action (data: 1, GPU reset)."""
+        out: list[tuple[float, int, int]] = []
+        spans = []
+        for e in self.spec.events:
+            if e.kind == "xid":
+                spans.append((e.at, EVENT_XID, e.code, e.count, e.spacing))
+            elif e.kind == "fall_off_bus":
+                spans += [(e.at, EVENT_XID, 79, 1, 0.0), (e.at, EVENT_UNAVAILABLE, 0, 1, 0.0)]
+            elif e.kind == "reset_required":
+                spans.append((e.at, EVENT_RECOVERY_ACTION, 1, 1, 0.0))
+        spans = [span for span in spans if span[1] & types]
         if not spans or t1 <= t0:
             return out
         k0 = self._cycle(max(t0, 0.0))[0]
         k1 = self._cycle(t1)[0]
         for k in range(k0, k1 + 1):
             base = k * (self.duration or 0.0)
-            for at, code, count, spacing in spans:
+            for at, kind, data, count, spacing in spans:
                 # only the repeats that can fall in (t0, t1], not all `count` of them
                 first, last = 0, count - 1
                 if spacing > 0:
@@ -343,7 +358,7 @@ class SimDevice:
                 for n in range(first, last + 1):
                     te = base + at + n * spacing
                     if t0 < te <= t1:
-                        out.append((te, code))
+                        out.append((te, kind, data))
         return sorted(out)
 
 
