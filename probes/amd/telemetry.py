@@ -54,7 +54,7 @@ from gpuprobe.probes.amd.library import (
 )
 from gpuprobe.probes.amd.links import read_links
 from gpuprobe.probes.amd.session import SENSORS, AmdDevice, AmdSession
-from gpuprobe.probes.backend import TRANSIENT, Query, Telemetry
+from gpuprobe.probes.backend import TRANSIENT, Query, Telemetry, within
 
 # (clock label, AmdSmiClkType member)
 CLOCKS = (("graphics", "GFX"), ("memory", "MEM"), ("soc", "SOC"), ("video", "VCLK0"))
@@ -352,11 +352,12 @@ class Reader:
                 break
             top = dev.state.get(("fan_max", str(i)))
             if top is None:
-                top = number(q(dev, f"fan.{i}.max", lib.amdsmi_get_gpu_fan_speed_max, h, i),
-                             64)
+                # AMDSMI_MAX_FAN_SPEED is 255; a maximum past 16 bits is not a fan's
+                top = within(number(q(dev, f"fan.{i}.max", lib.amdsmi_get_gpu_fan_speed_max,
+                                      h, i), 64), 1, 0xFFFF)
                 if top:
                     dev.state[("fan_max", str(i))] = top
-            if top:
+            if top and 0 <= speed <= top:
                 fans[str(i)] = speed / top
         return fans
 

@@ -2,7 +2,8 @@
 and error codes:
 
 * :mod:`.errors`: the four error classes (unsupported, transient, device-fatal,
-  library-fatal), the exceptions of the last two, and text as str;
+  library-fatal), the exceptions of the last two, text as str, and a value outside what the
+  hardware can have as absent (``within``);
 * :mod:`.query`: the ``Query`` choke point every library call goes through;
 * :mod:`.devices`: devices known by UUID, each GPU with its worker and lane, lost and found again
   with backoff;
@@ -33,6 +34,7 @@ from gpuprobe.probes.backend.errors import (
     LibraryDown,
     NotFound,
     text,
+    within,
 )
 from gpuprobe.probes.backend.events import EventWatcher
 from gpuprobe.probes.backend.lifetime import Lifetime, Names
@@ -43,4 +45,5 @@ __all__ = [
     "TRANSIENT", "UNSUPPORTED", "Device", "DeviceLost", "ErrorCodes", "EventWatcher",
     "LibraryDown", "Lifetime", "Names", "NotFound", "Processes", "Query", "Tally", "Telemetry",
     "down_sample", "found_again", "holders", "lose", "run_on_devices", "settle_seconds", "text",
+    "within",
 ]

@@ -78,3 +78,13 @@ def text(value: Any) -> Any:
     """A library's text as str: bytes (what older pynvml returns for strings, and what
     ctypes gives for a char array such as ``busId``) decoded, anything else as it is."""
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def within(value: Any, low: float, high: float) -> float | None:
+    """``value`` as a float where it is a number in [low, high], else None: what a library
+    returns outside what the hardware can have (all-ones "not available" words, a field
+    the firmware never wrote) is absent, not exported."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    v = float(value)
+    return v if low <= v <= high else None

@@ -16,7 +16,7 @@ listed process without one was idle, 0. A MIG instance cannot tell: absent.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
@@ -69,9 +69,11 @@ def _newer(lib: Any, fn: Callable[..., Any]) -> Callable[[Any, int], list]:
     return call
 
 
-def utilization(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, float] | None:
-    """pid -> SM busy ratio of its latest sample since the last call, for the processes
-    that ran; None where the device cannot tell (or the call failed this time)."""
+def utilization(session: NvmlSession, dev: NvDevice, q: Query,
+                pids: Collection[int]) -> dict[int, float] | None:
+    """pid -> SM busy ratio of its latest sample since the last call, for those of ``pids``
+    that ran; None where the device cannot tell (or the call failed this time). Only their
+    samples move the last seen time, so that one garbage entry cannot hide later samples."""
     lib = session.lib
     last_seen = dev.state.get("util_seen", 0)
     calls: list[tuple[str | Callable[..., Any], tuple]] = [
@@ -83,7 +85,7 @@ def utilization(session: NvmlSession, dev: NvDevice, q: Query) -> dict[int, floa
     latest: dict[int, tuple[int, int]] = {}  # pid -> (timestamp, sm %)
     for s in samples:
         stamp, sm = int(s.timeStamp), int(s.smUtil)
-        if stamp > latest.get(s.pid, (-1, 0))[0] and 0 <= sm <= 100:  # else not a percentage
+        if s.pid in pids and 0 <= sm <= 100 and stamp > latest.get(s.pid, (-1, 0))[0]:
             latest[s.pid] = (stamp, sm)
     if latest:
         dev.state["util_seen"] = max(last_seen, *(stamp for stamp, _ in latest.values()))
@@ -111,7 +113,7 @@ class NvidiaProcesses(Processes[NvmlSession, NvDevice]):
         used = list_processes(self.session, dev, q)
         if not used:
             return {}
-        busy = utilization(self.session, dev, q)
+        busy = utilization(self.session, dev, q, used)
         if busy is None:
             return {pid: (b, None) for pid, b in used.items()}
         return {pid: (b, busy.get(pid, 0.0)) for pid, b in used.items()}

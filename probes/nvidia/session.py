@@ -42,6 +42,7 @@ from gpuprobe.probes.backend import (
     Query,
     found_again,
     text,
+    within,
 )
 
 log = logging.getLogger("gpuprobe.nvidia")
@@ -55,6 +56,8 @@ _CODES = ErrorCodes(
     # LIB_RM_VERSION_MISMATCH
 )
 NVML_ERROR_NOT_FOUND = 6
+MAX_BOARD_MILLIWATTS = 5_000_000  # a power limit beyond 5 kW is not a GPU board's
+MAX_FANS = 16
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
 NVML_ERROR_NO_PERMISSION = 4
 
@@ -269,12 +272,15 @@ class NvmlSession(Lifetime[NvDevice]):
         bounds = q(dev, "power.constraints", lib.nvmlDeviceGetPowerManagementLimitConstraints,
                    h)
         if bounds is not None:
-            s["power_limit_min"], s["power_limit_max"] = (b / 1000.0 for b in bounds)
-        default = q(dev, "power.default", lib.nvmlDeviceGetPowerManagementDefaultLimit, h)
-        if default:
+            low, high = (within(b, 1, MAX_BOARD_MILLIWATTS) for b in bounds)
+            if low is not None and high is not None and low <= high:
+                s["power_limit_min"], s["power_limit_max"] = low / 1000.0, high / 1000.0
+        default = within(q(dev, "power.default", lib.nvmlDeviceGetPowerManagementDefaultLimit,
+                           h), 1, MAX_BOARD_MILLIWATTS)
+        if default is not None:
             s["power_limit_default"] = default / 1000.0
         # Passively cooled boards answer NOT_SUPPORTED (or 0 fans).
-        s["fans"] = q(dev, "fans", lib.nvmlDeviceGetNumFans, h) or 0
+        s["fans"] = int(within(q(dev, "fans", lib.nvmlDeviceGetNumFans, h), 0, MAX_FANS) or 0)
         dev.static = s
 
 

@@ -27,7 +27,7 @@ from gpuprobe.daemon.core.model import (
     Thermal,
     Throttle,
 )
-from gpuprobe.probes.backend import Query, Telemetry
+from gpuprobe.probes.backend import Query, Telemetry, within
 from gpuprobe.probes.nvidia import fieldvalues
 from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
 from gpuprobe.probes.nvidia.links import read_links
@@ -57,6 +57,7 @@ PCIE_ERROR_FIELDS = {"correctable": 173, "receiver_error": 175, "bad_tlp": 176,
                      "unsupported_request": 181, "lcrc": 182, "lane": 183}
 F_RESET_STATUS, F_DRAIN_AND_RESET, F_RECOVERY_ACTION = 226, 227, 230
 F_NVLINK_COUNT = 91
+NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS
 
 FIELD_IDS = (
     F_ECC_CURRENT, F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG, F_ECC_DBE_AGG,
@@ -245,7 +246,8 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
 
     fans = {}
     for fan in range(s.get("fans", 0)):
-        speed = q(dev, f"fan.{fan}", lib.nvmlDeviceGetFanSpeed_v2, h, fan)
+        # percent of the fan's maximum; NVML says it may exceed 100
+        speed = within(q(dev, f"fan.{fan}", lib.nvmlDeviceGetFanSpeed_v2, h, fan), 0, 200)
         if speed is not None:
             fans[str(fan)] = speed / 100.0
     action = count(F_RECOVERY_ACTION)
@@ -319,7 +321,8 @@ def read_device(session: NvmlSession, dev: NvDevice, q: Query, gpm_enabled: bool
         performance_state=pstate if pstate is not None and 0 <= pstate <= 15 else None,
         compute_mode=COMPUTE_MODES.get(mode) if mode is not None else None,
         fans=fans,
-        interconnect=read_links(session, dev, q, int(fields.get(F_NVLINK_COUNT, 0))),
+        interconnect=read_links(session, dev, q,
+                                int(within(fields.get(F_NVLINK_COUNT), 0, NVLINK_MAX_LINKS) or 0)),
         recovery=Recovery(
             reset_required=flag(F_RESET_STATUS),
             drain_recommended=flag(F_DRAIN_AND_RESET),

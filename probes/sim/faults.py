@@ -3,12 +3,15 @@ happens on entry to every call (``Face``).
 
 ``faults.add("nvmlDeviceGetPowerUsage", device=1, error=3)`` makes that call fail with the
 library's error 3 on the second GPU of the face's vendor; ``hang=threading.Event()`` blocks
-it until the event is set (or ``hang=0.5`` for half a second); ``times=1`` only once. Each
-face decides what an error code becomes (an ``NVMLError``, an ``AmdSmiLibraryException``).
+it until the event is set (or ``hang=0.5`` for half a second); ``garbage=True`` lets it
+succeed and then fills what it returns by reference with all-ones bytes (a library bug, a
+firmware field never written); ``times=1`` only once. Each face decides what an error code
+becomes (an ``NVMLError``, an ``AmdSmiLibraryException``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections import Counter
@@ -24,6 +27,7 @@ class Fault:
     error: int | None = None
     hang: float | threading.Event | None = None
     times: int | None = None  # None: every call
+    garbage: bool = False
 
 
 class Faults:
@@ -32,8 +36,9 @@ class Faults:
         self._lock = threading.Lock()
 
     def add(self, function: str, device: int | None = None, *, error: int | None = None,
-            hang: float | threading.Event | None = None, times: int | None = None) -> Fault:
-        rule = Fault(function, device, error, hang, times)
+            hang: float | threading.Event | None = None, times: int | None = None,
+            garbage: bool = False) -> Fault:
+        rule = Fault(function, device, error, hang, times, garbage)
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -57,9 +62,12 @@ class Faults:
         return None
 
     def trigger(self, function: str, device: int | None,
-                error: Callable[[int], Exception]) -> None:
-        """Apply the first matching rule: hang, then raise ``error(code)``."""
-        fire(self.match(function, device), error)
+                error: Callable[[int], Exception]) -> Fault | None:
+        """Apply the first matching rule: hang, then raise ``error(code)``; the rule (for
+        a garbage one, to :func:`scribble` on the call's results)."""
+        rule = self.match(function, device)
+        fire(rule, error)
+        return rule
 
 
 def fire(rule: Fault | None, error: Callable[[int], Exception]) -> None:
@@ -72,6 +80,16 @@ def fire(rule: Fault | None, error: Callable[[int], Exception]) -> None:
         time.sleep(rule.hang)
     if rule.error is not None:
         raise error(rule.error)
+
+
+def scribble(args: tuple) -> None:
+    """Fill every output of a call (what is passed ``byref``, and arrays) with all-ones
+    bytes; handles and values passed by value are left alone."""
+    for arg in args:
+        obj = getattr(arg, "_obj", None) if type(arg).__name__ == "CArgObject" else arg
+        if isinstance(obj, ctypes.Array | ctypes.Structure | ctypes.Union) or (
+                obj is not None and obj is not arg and isinstance(obj, ctypes._SimpleCData)):
+            ctypes.memset(ctypes.addressof(obj), 0xFF, ctypes.sizeof(obj))
 
 
 class Face:
@@ -102,7 +120,7 @@ class Face:
         """The GPU call ``name`` with ``args`` is about, None for none."""
         raise NotImplementedError
 
-    def _enter(self, name: str, args: tuple) -> None:
+    def _enter(self, name: str, args: tuple) -> Fault | None:
         self.calls[name] += 1
         if self.library_missing:
             raise self._err(self._missing_error(name))
@@ -110,7 +128,7 @@ class Face:
             raise self._err(self._NOT_INITIALIZED)
         device = self._device_of(name, args)
         self.calls_by_device[(name, device)] += 1
-        self.faults.trigger(name, device, self._err)
+        return self.faults.trigger(name, device, self._err)
 
     def _t(self) -> float:
         return self._world.now()

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuprobe.daemon.core.model import pcie_link_bytes_per_second
-from gpuprobe.probes.sim.faults import Face, Faults
+from gpuprobe.probes.sim.faults import Face, Faults, scribble
 from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
 MIB = 1024 * 1024
@@ -91,12 +91,14 @@ class _Symbol:
 
     def __call__(self, *args: Any) -> int:
         try:
-            self._lib._enter(self.name, args)
+            rule = self._lib._enter(self.name, args)
             if self._fn is None:
                 return NOT_SUPPORTED
             self._fn(*args)
         except _Status as e:
             return e.code
+        if rule is not None and rule.garbage:
+            scribble(args)
         return SUCCESS
 
 

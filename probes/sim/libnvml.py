@@ -12,7 +12,8 @@ FUNCTION_NOT_FOUND, as with an older driver.
 Fault injection for tests, on ``Simulation.libnvml``: ``faults.add("nvmlDeviceGetPowerUsage",
 device=1, error=3)`` makes that call return NOT_SUPPORTED on the second NVIDIA GPU; a rule
 names the C symbol with or without its ``_vN`` suffix (``nvmlInit`` names
-``nvmlInitWithFlags``); ``hang=threading.Event()`` blocks it until the event is set.
+``nvmlInitWithFlags``); ``hang=threading.Event()`` blocks it until the event is set;
+``garbage=True`` fills what it returns with all-ones bytes.
 ``library_missing = True`` makes the library vanish: not found (LIBRARY_NOT_FOUND) when
 pynvml first loads it, every call UNINITIALIZED once loaded (pynvml never unloads it).
 ``calls`` and ``calls_by_device`` count the calls by that unsuffixed name.
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 
 import pynvml as _pynvml  # the installed copy: its path, and its constants here
 
-from gpuprobe.probes.sim.faults import Faults, fire
+from gpuprobe.probes.sim.faults import Fault, Faults, fire, scribble
 from gpuprobe.probes.sim.world import SimDevice, SimWorld
 
 _ARCH_CODES = {"kepler": 2, "maxwell": 3, "pascal": 4, "volta": 5, "turing": 6, "ampere": 7,
@@ -168,20 +169,23 @@ class SimNvmlLibrary:
             device = self._device_of(name, args)
             self.calls_by_device[(base, device)] += 1
             try:
-                self._fault(names, device)
+                rule = self._fault(names, device)
                 got = method(self, *args)
             except NvmlStatus as e:
                 return e.code
+            if got is None and rule is not None and rule.garbage:
+                scribble(args)
             return SUCCESS if got is None else got
         return c_function
 
-    def _fault(self, names: tuple[str, ...], device: int | None) -> None:
+    def _fault(self, names: tuple[str, ...], device: int | None) -> Fault | None:
         rule = None
         for n in names:
             rule = self.faults.match(n, device)
             if rule is not None:
                 break
         fire(rule, NvmlStatus)
+        return rule
 
     def _device_of(self, name: str, args: tuple) -> int | None:
         if name == "nvmlDeviceGetHandleByIndex_v2" and args:
