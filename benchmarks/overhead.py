@@ -94,8 +94,9 @@ def bare_cycle(nvml, handles, field_ids, samples) -> list:
         if links:  # one scoped call for every link's fields, as probes/nvidia/links.py makes
             scoped = [(f, link) for link in range(links)
                       for f in (165, 166, 138, 139, 163, 161, 162)]
-            for v in nvml.nvmlDeviceGetFieldValues(h, scoped):
-                out.append((v.fieldId, v.scopeId, v.nvmlReturn, v.value.ullVal))
+            # kept, not read: reading 126 entries through ctypes attributes costs more than
+            # gpuprobe's decoding of them, and would flatter the ratio
+            out.append(nvml.nvmlDeviceGetFieldValues(h, scoped))
         out.append(nvml.nvmlDeviceGetTemperatureV(h, 0))
         out.append(nvml.nvmlDeviceGetPowerUsage(h))
         out.append(nvml.nvmlDeviceGetEnforcedPowerLimit(h))
