@@ -272,8 +272,9 @@ class _Reader:
     def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str:
         v = self.data.get(name, default)
         if not isinstance(v, str) or v not in choices:
+            # the value cut short: the choices (nine event kinds) fill most of the line
             raise ScenarioError(f"{self.sub(name)}: must be one of {', '.join(choices)}; "
-                                f"got {short(v)}")
+                                f"got {short(v, 24)}")
         return v
 
     def bool_(self, name: str, default: bool) -> bool:
