@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import itertools
 import re
+import struct
 import sys
 import threading
 import time
@@ -70,6 +71,20 @@ _LINK_FIELDS = frozenset((_P.NVML_FI_DEV_NVLINK_GET_STATE, _P.NVML_FI_DEV_NVLINK
                           _P.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
                           _P.NVML_FI_DEV_NVLINK_ERROR_DL_CRC, _P.NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY,
                           _P.NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY))
+
+@functools.cache
+def _field_layout(entry: Any) -> tuple[tuple[struct.Struct, int], ...]:
+    """(struct, offset) pairs over one ``c_nvmlFieldValue_t``, from the binding's own
+    offsets: fieldId and scopeId; timestamp and latencyUsec; valueType and nvmlReturn; the
+    value as unsigned long long; as unsigned int; and the entry's size (struct None)."""
+    f = {name: getattr(entry, name).offset for name, *_ in entry._fields_}
+    assert f["scopeId"] == f["fieldId"] + 4 and f["latencyUsec"] == f["timestamp"] + 8
+    assert f["nvmlReturn"] == f["valueType"] + 4
+    two_u32, two_i64 = struct.Struct("=II"), struct.Struct("=qq")
+    return ((two_u32, f["fieldId"]), (two_i64, f["timestamp"]), (two_u32, f["valueType"]),
+            (struct.Struct("=Q"), f["value"]), (struct.Struct("=I"), f["value"]),
+            (two_u32, ctypes.sizeof(entry)))
+
 
 class NvmlStatus(Exception):
     """Raised inside an entry point: the call returns this status code."""
@@ -662,20 +677,25 @@ class SimNvmlLibrary:
         dev = self._dev(handle, t)
         values = _out(ref)
         now_us = int(time.time() * 1e6)
+        # Through the array's memory, not pynvml's structure attributes, whose __setattr__
+        # and __getattribute__ were most of this call's cost (cProfile; docs/performance.md).
+        (ids, o_ids), (stamp, o_stamp), (ret, o_ret), (ull, o_val), (uint, _), (_, size) = \
+            _field_layout(type(values)._type_)
+        mem = memoryview(values).cast("B")
+        link_fields = _LINK_FIELDS
         for i in range(int(_v(count))):
-            v = values[i]
-            v.timestamp, v.latencyUsec = now_us, 1
-            got = self._link_field(dev, t, v.fieldId, v.scopeId) \
-                if v.fieldId in _LINK_FIELDS else self._field(dev, t, v.fieldId)
+            base = i * size
+            fid, scope = ids.unpack_from(mem, base + o_ids)
+            got = self._link_field(dev, t, fid, scope) if fid in link_fields \
+                else self._field(dev, t, fid)
+            stamp.pack_into(mem, base + o_stamp, now_us, 1)
             if got is None:
-                v.nvmlReturn = _P.NVML_ERROR_NOT_SUPPORTED
+                ret.pack_into(mem, base + o_ret, 0, _P.NVML_ERROR_NOT_SUPPORTED)
                 continue
             vtype, value = got
-            v.valueType, v.nvmlReturn = vtype, SUCCESS
-            if vtype == _P.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG:
-                v.value.ullVal = int(value)
-            else:
-                v.value.uiVal = int(value)
+            ret.pack_into(mem, base + o_ret, vtype, SUCCESS)
+            (ull if vtype == _P.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG else uint).pack_into(
+                mem, base + o_val, int(value))
 
     # -- processes -------------------------------------------------------------------------------
 
