@@ -12,9 +12,9 @@ from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession
 
 F_STATE, F_VERSION = 165, 166  # NVML_FI_DEV_NVLINK_GET_STATE, _GET_VERSION
 F_TX, F_RX = 138, 139  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX / _RX: KiB since the driver loaded
-# NVML_FI_DEV_NVLINK_ERROR_DL_CRC, _DL_REPLAY, _DL_RECOVERY
-ERROR_FIELDS = {163: "crc", 161: "replay", 162: "recovery"}
-PER_LINK = (F_STATE, F_VERSION, F_TX, F_RX, *ERROR_FIELDS)
+# NVML_FI_DEV_NVLINK_ERROR_DL_CRC, _DL_REPLAY, _DL_RECOVERY, in read_links' order
+F_CRC, F_REPLAY, F_RECOVERY = 163, 161, 162
+PER_LINK = (F_STATE, F_VERSION, F_TX, F_RX, F_CRC, F_REPLAY, F_RECOVERY)
 # nvmlNvlinkVersion_t -> the NVLink version it names
 VERSIONS = {1: 1.0, 2: 2.0, 3: 2.2, 4: 3.0, 5: 3.1, 6: 4.0, 7: 5.0, 8: 6.0}
 KIB = 1024
@@ -34,33 +34,39 @@ def read_links(session: NvmlSession, dev: NvDevice, q: Query, count: int) -> Int
     values = q(dev, "nvlink", session.lib.nvmlDeviceGetFieldValues, dev.handle, ids)
     if values is None:
         return Interconnect()
-    read: dict[int, dict[int, float]] = {}
-    for (fid, link), (_, ret, _, value) in zip(ids, fieldvalues.decode(values), strict=True):
-        if ret == 0 and value is not None:  # a field's own error: that value is absent
-            read.setdefault(link, {})[fid] = value
+    # The entries come back in the order asked: PER_LINK's fields for link 0, then link 1...
+    # (the id is not checked per entry; a field's own error leaves that value absent).
+    got = [value if ret == 0 else None for _, ret, _, value in fieldvalues.decode(values)]
+    if len(got) != len(ids):  # not the array asked for
+        return Interconnect()
+    width = len(PER_LINK)
     links: dict[str, Link] = {}
     version = None
     tx_total = rx_total = 0.0
+    any_tx = any_rx = False
     errors: dict[str, int] = {}
     for link in range(count):
-        got = read.get(link, {})
-        if F_STATE not in got:
+        state, ver, tx_kib, rx_kib, crc, replay, recovery = got[link * width:(link + 1) * width]
+        if state is None:  # the device does not report this link
             continue
-        if version is None and got.get(F_VERSION) in VERSIONS:
-            version = VERSIONS[int(got[F_VERSION])]
-        tx = got[F_TX] * KIB if F_TX in got else None
-        rx = got[F_RX] * KIB if F_RX in got else None
-        tx_total += tx or 0.0
-        rx_total += rx or 0.0
-        counts = {kind: int(got[fid]) for fid, kind in ERROR_FIELDS.items() if fid in got}
+        if version is None and ver in VERSIONS:
+            version = VERSIONS[int(ver)]
+        tx = tx_kib * KIB if tx_kib is not None else None
+        rx = rx_kib * KIB if rx_kib is not None else None
+        if tx is not None:
+            tx_total += tx
+            any_tx = True
+        if rx is not None:
+            rx_total += rx
+            any_rx = True
+        counts = {kind: int(n) for kind, n in
+                  (("crc", crc), ("replay", replay), ("recovery", recovery)) if n is not None}
         for kind, n in counts.items():
             errors[kind] = errors.get(kind, 0) + n
-        links[str(link)] = Link(up=got[F_STATE] == 1, tx_bytes_total=tx, rx_bytes_total=rx,
+        links[str(link)] = Link(up=state == 1, tx_bytes_total=tx, rx_bytes_total=rx,
                                 errors=counts)
     if not links:
         return Interconnect()
-    any_tx = any(link.tx_bytes_total is not None for link in links.values())
-    any_rx = any(link.rx_bytes_total is not None for link in links.values())
     return Interconnect(kind="nvlink", version=version, links=links,
                         tx_bytes_total=tx_total if any_tx else None,
                         rx_bytes_total=rx_total if any_rx else None, errors=errors)
