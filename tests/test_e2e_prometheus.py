@@ -211,6 +211,17 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
         down = {k[1] for k in seen if k[0] == "GpuprobeDeviceDown"}
         assert down == {FALLS_OFF}, sorted(seen)
 
+        # The fleet's recording rules evaluate cleanly and each records a series, here with
+        # no cluster label on the target (every host in one empty cluster).
+        groups = prom.api("rules", type="record")["groups"]
+        records = {r["name"]: r for g in groups for r in g["rules"]}
+        assert len(records) >= 20 and all(r["health"] == "ok" for r in records.values()), [
+            (n, r.get("lastError")) for n, r in records.items() if r["health"] != "ok"]
+        without = [n for n in records if not prom.api("query", query=n)["result"]]
+        assert not without, f"recording rules with no series: {without}"
+        gpus = prom.api("query", query="instance:gpuprobe_gpus:count")["result"]
+        assert [float(r["value"][1]) for r in gpus] == [9.0], gpus  # 7 NVIDIA and 2 AMD
+
         end = str(time.time())
         target = f"127.0.0.1:{daemon.port}"
 
