@@ -24,8 +24,9 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 # The device selector every device panel uses.
 # $gpu holds UUIDs: NVIDIA GPU 0 and AMD GPU 0 are both gpu="0", so the index alone would
 # select both and list "0" once. Its options read "<vendor>:<gpu> on <instance>" (GPU_VAR).
-S = 'instance=~"$instance", vendor=~"$vendor", uuid=~"$gpu"'
-I = 'instance=~"$instance"'  # noqa: E741 - the instance selector
+S = 'cluster=~"$cluster", instance=~"$instance", vendor=~"$vendor", uuid=~"$gpu"'
+I = 'cluster=~"$cluster", instance=~"$instance"'  # noqa: E741 - the host selector
+C = 'cluster=~"$cluster"'  # the cluster selector of the cluster and model records
 RI = "$__rate_interval"
 G = "{{vendor}}:{{gpu}}"  # a GPU in a legend: NVIDIA 0 and AMD 0 are both gpu="0"
 
@@ -66,21 +67,26 @@ def _var_query(name: str, label: str, query: str, multi: bool = True, regex: str
 # name label_join builds ("nvidia:0 on node1:14787"), picked out by the regex's named groups
 # text and value (Grafana 7.4+), in whatever order the labels come.
 GPU_NAME = "gpuprobe_gpu"
-GPU_VAR_EXPR = (f'label_join(label_join(gpuprobe_device_info{{instance=~"$instance", '
-                f'vendor=~"$vendor"}}, "{GPU_NAME}", ":", "vendor", "gpu"), "{GPU_NAME}", '
-                f'" on ", "{GPU_NAME}", "instance")')
+GPU_VAR_EXPR = (f'label_join(label_join(gpuprobe_device_info{{cluster=~"$cluster", '
+                f'instance=~"$instance", vendor=~"$vendor"}}, "{GPU_NAME}", ":", "vendor", '
+                f'"gpu"), "{GPU_NAME}", " on ", "{GPU_NAME}", "instance")')
 GPU_VAR_REGEX = (f'/^(?=.*\\b{GPU_NAME}="(?<text>[^"]+)")'
                  '(?=.*\\buuid="(?<value>[^"]+)")/')
 
 
 def variables(one_gpu: bool = False) -> list[dict]:
-    """The four variables; `one_gpu` makes host and GPU single choices (the device page)."""
+    """The five variables; `one_gpu` makes host and GPU single choices (the device page).
+    `cluster` is the label the scraping Prometheus sets on its targets; where there is none,
+    its "All" (.*) matches the series without it."""
     return [
         _var_datasource(),
-        _var_query("instance", "Host", "label_values(gpuprobe_build_info, instance)",
+        _var_query("cluster", "Cluster", "label_values(gpuprobe_build_info, cluster)"),
+        _var_query("instance", "Host",
+                   'label_values(gpuprobe_build_info{cluster=~"$cluster"}, instance)',
                    multi=not one_gpu),
         _var_query("vendor", "Vendor",
-                   'label_values(gpuprobe_device_info{instance=~"$instance"}, vendor)'),
+                   'label_values(gpuprobe_device_info{cluster=~"$cluster", '
+                   'instance=~"$instance"}, vendor)'),
         _var_query("gpu", "GPU", f"query_result({GPU_VAR_EXPR})", multi=not one_gpu,
                    regex=GPU_VAR_REGEX, sort=1),
     ]
@@ -166,60 +172,99 @@ def per_gpu(legends: dict[str, str], rate: bool = False) -> list[Q]:
 
 
 def fleet() -> dict:
+    """Built on the rules file's gpuprobe-fleet recording rules (docs/deploy.md), so that it
+    stays readable at a thousand hosts: counts, the ten worst hosts or GPUs, and roll-ups per
+    cluster and GPU model, never a line per GPU."""
+    def top(expr: str) -> str:
+        return f"topk(10, {expr})"
+
+    def bottom(expr: str) -> str:
+        return f"bottomk(10, {expr})"
+
     return dashboard("gpuprobe-fleet", "gpuprobe / Fleet overview",
-                     "Every GPU of every host: up or down, heat, memory, throttling, errors.", [
-        P("GPUs up", "none", [Q(f"sum(gpuprobe_device_up{{{S}}})")], "stat", width=4, height=4),
-        P("GPUs down", "none", [Q(f"sum(1 - gpuprobe_device_up{{{S}}})")], "stat", width=4,
-          height=4, thresholds=[(None, "green"), (1, "red")]),
-        P("Suspected memory leaks", "none",
-          [Q(f"sum(gpuprobe_process_memory_leak_suspected{{{S}}})")], "stat", width=4,
+                     "Every host of every cluster at a glance: GPUs up or down, the ten "
+                     "fullest, hottest and busiest, and the roll-ups per cluster and GPU "
+                     "model.", [
+        P("Hosts", "none", [Q(f"count(instance:gpuprobe_gpus:count{{{I}}})")], "stat",
+          width=3, height=4),
+        P("GPUs", "none", [Q(f"sum(instance:gpuprobe_gpus:count{{{I}}})")], "stat", width=3,
+          height=4),
+        P("GPUs down", "none", [Q(f"sum(instance:gpuprobe_gpus_down:count{{{I}}})")], "stat",
+          width=3, height=4, thresholds=[(None, "green"), (1, "red")]),
+        P("Hosts with a GPU down", "none",
+          [Q(f"count(instance:gpuprobe_gpus_down:count{{{I}}} > 0) or vector(0)")], "stat",
+          width=3, height=4, thresholds=[(None, "green"), (1, "red")]),
+        P("GPUs throttled by heat or hardware", "none",
+          [Q(f"sum(instance:gpuprobe_gpus_throttled:count{{{I}}})")], "stat", width=3,
           height=4, thresholds=[(None, "green"), (1, "orange")]),
-        P("Collectors failing", "none", [Q(f"sum(1 - gpuprobe_collector_up{{{I}}})")], "stat",
-          width=4, height=4, thresholds=[(None, "green"), (1, "red")]),
+        P("GPU-to-GPU links down", "none",
+          [Q(f"sum(instance:gpuprobe_interconnect_links_down:sum{{{I}}}) or vector(0)")],
+          "stat", width=3, height=4, thresholds=[(None, "green"), (1, "orange")],
+          description="NVLink and XGMI links down that were up within the last day."),
+        P("Suspected memory leaks", "none",
+          [Q(f"sum(instance:gpuprobe_processes_leaking:count{{{I}}})")], "stat", width=3,
+          height=4, thresholds=[(None, "green"), (1, "orange")]),
         P("GPUs needing a reset or recovery", "none",
           [Q(f'count(gpuprobe_reset_required{{{S}}} == 1 or gpuprobe_recovery_action'
-             f'{{{S}, action!="none"}} == 1) or vector(0)')], "stat", width=4, height=4,
+             f'{{{S}, action!="none"}} == 1) or vector(0)')], "stat", width=3, height=4,
           thresholds=[(None, "green"), (1, "red")]),
-        P("GPU-to-GPU links down", "none",
-          [Q(f"sum(gpuprobe_interconnect_links{{{S}}}) - sum(gpuprobe_interconnect_links_up"
-             f"{{{S}}})")], "stat", width=4, height=4,
-          thresholds=[(None, "green"), (1, "orange")],
-          description="Links the GPUs have that are not up, including any a board never "
-                      "connects."),
-        P("Hosts", "none", [Q(f"count(gpuprobe_build_info{{{I}}})")], "stat", width=4,
-          height=4),
-        P("GPUs", "none", [Q(f"count(gpuprobe_device_info{{{S}}})")], "stat", width=4,
-          height=4),
-        P("GPUs up and down per host", "none",
-          [Q(f"sum by (instance) (gpuprobe_device_up{{{S}}})", "{{instance}} up"),
-           Q(f"sum by (instance) (1 - gpuprobe_device_up{{{S}}})", "{{instance}} down")]),
-        P("Headroom to the slowdown temperature", "celsius",
-          [Q(f'gpuprobe_temperature_threshold_celsius{{{S}, threshold="slowdown"}} '
-             f"- ignoring (threshold) gpuprobe_temperature_celsius{{{S}}}",
+        P("Clusters", "none",
+          [Q(f"cluster:gpuprobe_gpus:sum{{{C}}}", "GPUs"),
+           Q(f"cluster:gpuprobe_gpus_down:sum{{{C}}}", "down"),
+           Q(f"cluster:gpuprobe_gpus_throttled:sum{{{C}}}", "throttled"),
+           Q(f"cluster:gpuprobe_processes_leaking:sum{{{C}}}", "leaking"),
+           Q(f"cluster:gpuprobe_utilization_ratio:avg{{{C}}}", "utilization"),
+           Q(f"cluster:gpuprobe_power_draw_watts:sum{{{C}}}", "power (W)")], "table",
+          width=24, height=6,
+          description="One row per cluster and measure (the cluster label of the scraping "
+                      "Prometheus; empty where there is none)."),
+        P("Utilization per cluster", "percentunit",
+          [Q(f"cluster:gpuprobe_utilization_ratio:avg{{{C}}}", "{{cluster}}")]),
+        P("Memory used per cluster", "percentunit",
+          [Q(f"cluster:gpuprobe_memory_used_bytes:sum{{{C}}} / "
+             f"cluster:gpuprobe_memory_total_bytes:sum{{{C}}}", "{{cluster}}")]),
+        P("The ten hosts with the least memory headroom", "percentunit",
+          [Q(bottom(f"instance:gpuprobe_memory_headroom_ratio:min{{{I}}}"),
+             "{{cluster}} {{instance}}")],
+          description="Free share of each host's fullest device (MIG instances and "
+                      "partitions included).",
+          thresholds=[(None, "red"), (0.05, "orange"), (0.15, "green")]),
+        P("The ten busiest hosts", "percentunit",
+          [Q(top(f"instance:gpuprobe_utilization_ratio:avg{{{I}}}"),
+             "{{cluster}} {{instance}}")]),
+        P("The ten GPUs closest to their slowdown temperature", "celsius",
+          [Q(bottom(f'gpuprobe_temperature_threshold_celsius{{{S}, threshold="slowdown"}} '
+                    f"- ignoring (threshold) gpuprobe_temperature_celsius{{{S}}}"),
              "{{instance}} GPU " + G + " {{sensor}}")],
           description="Degrees below the temperature at which each sensor's GPU cuts its "
                       "clocks; the device's own threshold, not a constant.",
           thresholds=[(None, "red"), (5, "orange"), (10, "green")]),
-        P("Memory used", "percentunit",
-          [Q(f"gpuprobe_memory_used_bytes{{{S}}} / gpuprobe_memory_total_bytes{{{S}}}",
-             "{{instance}} GPU " + G)]),
-        P("Time throttled, by reason", "percentunit",
-          [Q(sum_by("instance, vendor, gpu, reason", "rate", "gpuprobe_throttle_seconds_total",
-                    f'{S}, reason!="gpu_idle"'), "{{instance}} GPU " + G + " {{reason}}")]),
-        P("Power draw", "watt", [Q(f"gpuprobe_power_draw_watts{{{S}}}",
-                                   "{{instance}} GPU " + G)]),
-        P("Hardware errors in the last hour", "short",
-          [Q(sum_by("instance, vendor, gpu, xid", "increase", "gpuprobe_xid_errors_total",
-                    window="1h"),
-             "{{instance}} GPU " + G + " XID {{xid}}"),
-           Q(sum_by("instance, vendor, gpu", "increase", "gpuprobe_ecc_uncorrected_errors_total",
-                    window="1h"), "{{instance}} GPU " + G + " uncorrectable ECC")]),
+        P("The ten hosts drawing most power", "watt",
+          [Q(top(f"instance:gpuprobe_power_draw_watts:sum{{{I}}}"),
+             "{{cluster}} {{instance}}")]),
+        P("Utilization per GPU model", "percentunit",
+          [Q(f"model:gpuprobe_utilization_ratio:avg{{{C}}}", "{{cluster}} {{model}}")]),
+        P("Power per GPU model", "watt",
+          [Q(f"model:gpuprobe_power_draw_watts:sum{{{C}}}", "{{cluster}} {{model}}")]),
+        P("GPU models", "none",
+          [Q(f"model:gpuprobe_gpus:count{{{C}}}", "GPUs"),
+           Q(f"model:gpuprobe_memory_used_bytes:sum{{{C}}}", "memory used (bytes)"),
+           Q(f"model:gpuprobe_utilization_ratio:avg{{{C}}}", "utilization")], "table",
+          width=24, height=6, description="One row per cluster, model and measure."),
+        P("The ten GPUs with most hardware errors in the last hour", "short",
+          [Q(top(sum_by("instance, vendor, gpu, xid", "increase", "gpuprobe_xid_errors_total",
+                        window="1h")), "{{instance}} GPU " + G + " XID {{xid}}"),
+           Q(top(sum_by("instance, vendor, gpu", "increase",
+                        "gpuprobe_ecc_uncorrected_errors_total", window="1h")),
+             "{{instance}} GPU " + G + " uncorrectable ECC")]),
         P("Probe runs failed or timed out in the last hour", "short",
-          [Q(sum_by("instance, vendor, gpu, probe, outcome", "increase",
-                    "gpuprobe_probe_runs_total", f'{S}, outcome=~"failed|timeout"', "1h"),
+          [Q(top(sum_by("instance, vendor, gpu, probe, outcome", "increase",
+                        "gpuprobe_probe_runs_total", f'{S}, outcome=~"failed|timeout"', "1h")),
              "{{instance}} GPU " + G + " {{probe}} {{outcome}}")],
           description="As GpuprobeProbeFailing counts them: a skipped run (a busy GPU) is "
                       "not a failure.", thresholds=[(None, "green"), (2, "orange")]),
+        P("Collectors failing", "none", [Q(f"sum(1 - gpuprobe_collector_up{{{I}}})")], "stat",
+          width=6, height=4, thresholds=[(None, "green"), (1, "red")]),
     ])
 
 

@@ -231,7 +231,8 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
         gpus = {r["metric"]["gpu"] for r in prom.api("query", query="gpuprobe_device_up")[
             "result"]}
         assert len(gpus) == 11 and {"0", DEVICE_LEAK_GPU, "4/1", "0/1"} <= gpus, gpus
-        expected = {"instance": {target}, "vendor": {"nvidia", "amd"}}
+        # No cluster label on the target: the variable lists none, and its All (.*) matches.
+        expected = {"cluster": set(), "instance": {target}, "vendor": {"nvidia", "amd"}}
         uuids = {r["metric"]["uuid"] for r in prom.api("query", query="gpuprobe_device_up")[
             "result"]}
         for name, dash in dashboards().items():
@@ -240,7 +241,7 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
                     q = re.fullmatch(r"query_result\((.+)\)", var["query"]["query"])
                     assert q, (name, var["query"])
                     rows = prom.api("query", query=substitute(q.group(1), {
-                        "instance": ".+", "vendor": ".+"}))["result"]
+                        "cluster": ".*", "instance": ".+", "vendor": ".+"}))["result"]
                     regex = re.compile(var["regex"].strip("/").replace("(?<", "(?P<"))
                     options = [regex.match(r["metric"]["__name__"] + "{" + ",".join(
                         f'{k}="{v}"' for k, v in r["metric"].items() if k != "__name__")
@@ -252,7 +253,8 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
                     continue
                 m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["query"]["query"])
                 assert m and m.group(2) == var["name"], (name, var["query"])
-                match = substitute(m.group(1), {"instance": ".+", "vendor": ".+"})
+                match = substitute(m.group(1), {"cluster": ".*", "instance": ".+",
+                                                "vendor": ".+"})
                 found = prom.api(f"label/{var['name']}/values", **{"match[]": match},
                                  start=str(start), end=end)
                 assert set(found) == expected[var["name"]], (name, var["name"], found)
@@ -261,14 +263,16 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
         # chosen ("All"; the device page's host its one choice, and its GPU any).
         empty = []
         for dash, title, expr in panel_queries(
-                {"datasource": "", "instance": target, "vendor": ".+", "gpu": ".+"}):
+                {"datasource": "", "cluster": ".*", "instance": target, "vendor": ".+",
+                 "gpu": ".+"}):
             data = prom.api("query_range", query=expr, start=str(start), end=end, step="2")
             if not data["result"]:
                 empty.append(f"{dash}: {title}: {expr}")
         assert not empty, "panels without data:\n" + "\n".join(empty)
         # And so did every metric a query names, also those behind an `or`.
         from .test_grafana import metric_names
-        named = {n for _, _, expr in panel_queries({"datasource": "", "instance": ".+",
+        named = {n for _, _, expr in panel_queries({"datasource": "", "cluster": ".*",
+                                                    "instance": ".+",
                                                     "vendor": ".+", "gpu": ".+"})
                  for n in metric_names(expr)}
         assert set(NO_DATA_IN_SIMULATION) <= named
@@ -287,3 +291,67 @@ def test_dashboards_alerts_and_metrics_against_a_real_prometheus(
             if os.environ.get("GPUPROBE_KEEP_E2E"):
                 shutil.copy(tmp_path / "prometheus.log", "/tmp/e2e-prometheus.log")
         daemon.stop()
+
+
+def test_the_fleet_dashboard_over_three_hosts_in_two_clusters(
+        tmp_path, prometheus_binary):
+    """Three daemons of the default scenario, scraped as hosts of clusters east (two) and
+    west (one): the recording rules roll them up per host and cluster, and every fleet panel
+    has data with all clusters chosen and with one; a cluster's choice keeps the other's
+    hosts out."""
+    scenario = yaml.safe_load((ROOT / "probes/sim/scenarios/default.yaml").read_text())
+    scenario_file = write_yaml(tmp_path / "scenario.yaml", scenario)
+    config = write_yaml(tmp_path / "gpuprobe.yaml", CONFIG)
+    rules = scaled_rules(tmp_path / "rules.yml")
+    daemons = [RunningDaemon("--simulate", str(scenario_file), "--config", str(config))
+               for _ in range(3)]
+    prom = None
+    try:
+        for d in daemons:
+            d.wait_ready()
+        targets = [f"127.0.0.1:{d.port}" for d in daemons]
+        clusters = {targets[0]: "east", targets[1]: "east", targets[2]: "west"}
+        prom = Prometheus(prometheus_binary, tmp_path, targets[0], rules, scrape={
+            "static_configs": [{"targets": [t], "labels": {"cluster": c}}
+                               for t, c in clusters.items()]})
+        wait_for(prom.ready, timeout=60, interval=0.2)
+        start = time.time()
+
+        def rolled_up() -> bool:
+            hosts = prom.api("query", query="instance:gpuprobe_gpus:count")["result"]
+            errors = prom.api("query", query="sum(instance:gpuprobe_interconnect_links_down:sum)")
+            return len(hosts) == 3 and bool(errors["result"])
+        wait_for(rolled_up, timeout=90, interval=1.0)
+        time.sleep(15)  # long enough for the rates and windows of the panels
+        end = str(time.time())
+
+        per_cluster = {r["metric"]["cluster"]: float(r["value"][1]) for r in
+                       prom.api("query", query="cluster:gpuprobe_gpus:sum")["result"]}
+        assert per_cluster == {"east": 16.0, "west": 8.0}, per_cluster  # 8 GPUs a host
+        found = prom.api("label/cluster/values", **{"match[]": "gpuprobe_build_info"},
+                         start=str(start), end=end)
+        assert set(found) == {"east", "west"}, found
+
+        fleet = dashboards()["gpuprobe-fleet.json"]
+        for chosen in (".*", "west"):
+            values = {**BUILTINS, "datasource": "", "cluster": chosen, "instance": ".+",
+                      "vendor": ".+", "gpu": ".+"}
+            empty, strays = [], []
+            for panel in fleet["panels"]:
+                for t in panel.get("targets", []):
+                    expr = substitute(t["expr"], values)
+                    data = prom.api("query_range", query=expr, start=str(start), end=end,
+                                    step="2")
+                    if not data["result"]:
+                        empty.append(f"{panel['title']}: {expr}")
+                    if chosen == "west":
+                        strays += [f"{panel['title']}: {r['metric']}" for r in data["result"]
+                                   if r["metric"].get("cluster", "west") != "west"
+                                   or r["metric"].get("instance", targets[2]) != targets[2]]
+            assert not empty, f"cluster {chosen}: panels without data:\n" + "\n".join(empty)
+            assert not strays, "another cluster's series:\n" + "\n".join(strays)
+    finally:
+        if prom is not None:
+            prom.stop()
+        for d in daemons:
+            d.stop()

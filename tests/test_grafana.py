@@ -22,7 +22,11 @@ OTHER = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
          "process_resident_memory_bytes", "process_cpu_seconds_total"}
 FUNCTIONS = {"sum", "min", "max", "count", "rate", "increase", "by", "without", "ignoring",
              "on", "or", "and", "unless", "time", "avg_over_time", "group_left", "label_join",
-             "query_result", "vector"}
+             "query_result", "vector", "topk", "bottomk"}
+# The rules file's recording rules, which the fleet dashboard is built on.
+RECORDS = {r["record"] for g in yaml.safe_load(
+    (ROOT / "deploy" / "prometheus" / "gpuprobe-rules.yml").read_text(encoding="utf-8"))["groups"]
+    for r in g["rules"] if "record" in r}
 
 
 def panels(dash: dict) -> list[dict]:
@@ -52,10 +56,10 @@ def test_dashboard_schema_variables_units_and_queries(path):
     dash = json.loads(path.read_text(encoding="utf-8"))
     assert dash["schemaVersion"] >= 39 and dash["uid"] and dash["title"]
     names = [v["name"] for v in dash["templating"]["list"]]
-    assert names == ["datasource", "instance", "vendor", "gpu"]
+    assert names == ["datasource", "cluster", "instance", "vendor", "gpu"]
     assert dash["templating"]["list"][0]["type"] == "datasource"
     assert dash["templating"]["list"][0]["query"] == "prometheus"
-    known = {m.name for m in catalog.CATALOG} | OTHER
+    known = {m.name for m in catalog.CATALOG} | OTHER | RECORDS
     ids = [p["id"] for p in panels(dash)]
     assert len(ids) == len(set(ids))
     for p in panels(dash):
@@ -68,6 +72,8 @@ def test_dashboard_schema_variables_units_and_queries(path):
             assert metric_names(expr) <= known, (p["title"], metric_names(expr) - known)
             if any(n.startswith("gpuprobe_") for n in metric_names(expr)):
                 assert '$instance' in expr, (p["title"], expr)
+            if metric_names(expr) & RECORDS:  # records per host, cluster or model
+                assert '$cluster' in expr, (p["title"], expr)
         pos = p["gridPos"]
         assert pos["x"] + pos["w"] <= 24
 
@@ -98,7 +104,7 @@ def test_variables_and_query_modes(path):
     dash = json.loads(path.read_text(encoding="utf-8"))
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     one_gpu = path.name == "gpuprobe-device.json"
-    for name in ("instance", "vendor", "gpu"):
+    for name in ("cluster", "instance", "vendor", "gpu"):
         v = variables[name]
         assert v["type"] == "query" and v["datasource"] == {"type": "prometheus",
                                                             "uid": "${datasource}"}
@@ -111,7 +117,7 @@ def test_variables_and_query_modes(path):
             assert metric_names(query[len("label_values("):]) <= {
                 "gpuprobe_build_info", "gpuprobe_device_info", name}, query
         assert not re.search(r'vendor\s*=~?\s*"(?!\$vendor)', query), query
-        single = one_gpu and name != "vendor"
+        single = one_gpu and name in ("instance", "gpu")
         assert v["multi"] is (not single) and v["includeAll"] is (not single), (name, v)
     for p in panels(dash):
         for t in p["targets"]:
@@ -164,7 +170,8 @@ def test_no_two_gpus_share_a_name_in_the_gpu_variable(promtool, tmp_path):
     groups give each option its text and value. Three options, three names, three UUIDs."""
     sys.path.insert(0, str(ROOT / "grafana"))
     import build  # grafana/ is not a package
-    expr = build.GPU_VAR_EXPR.replace("$instance", ".*").replace("$vendor", ".*")
+    expr = (build.GPU_VAR_EXPR.replace("$cluster", ".*").replace("$instance", ".*")
+            .replace("$vendor", ".*"))
     info = ('gpuprobe_device_info{{instance="{}",job="gpuprobe",gpu="0",uuid="{}",'
             'vendor="{}"}}')
     devices = [("node1:14787", "GPU-a", "nvidia"), ("node1:14787", "AMD-b", "amd"),
