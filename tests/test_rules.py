@@ -184,3 +184,32 @@ def test_example_prometheus_config_is_valid_and_loads_the_rules(promtool):
     assert "SUCCESS" in out and f"{len(every)} rules found" in out, out
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     assert [j["job_name"] for j in data["scrape_configs"]] == ["gpuprobe"]
+
+
+# -- the optional compatibility rules (docs/migration.md) -----------------------------------
+
+COMPAT = ROOT / "deploy" / "prometheus" / "gpuprobe-compat-rules.yml"
+COMPAT_TESTS = ROOT / "deploy" / "prometheus" / "gpuprobe-compat-rules.test.yml"
+
+
+def test_compat_rules_are_current_clean_and_each_old_name_tested(promtool):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen-compat-rules.py"),
+                        "--check"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = promtool_run(promtool, "check", "rules", str(COMPAT))
+    assert "SUCCESS" in out and "WARNING" not in out.upper(), out
+    out = promtool_run(promtool, "test", "rules", COMPAT_TESTS.name, cwd=COMPAT_TESTS.parent)
+    assert "SUCCESS" in out, out
+    records = {r["record"] for g in yaml.safe_load(COMPAT.read_text(encoding="utf-8"))["groups"]
+               for r in g["rules"]}
+    tested = {case["expr"] for t in yaml.safe_load(COMPAT_TESTS.read_text(encoding="utf-8"))[
+        "tests"] for case in t["promql_expr_test"]}
+    assert len(records) >= 40 and records == tested
+    known = {m.name for m in catalog.CATALOG}
+    for g in yaml.safe_load(COMPAT.read_text(encoding="utf-8"))["groups"]:
+        for rule in g["rules"]:
+            used = set(re.findall(r"\bgpuprobe_[a-z0-9_]+", rule["expr"]))
+            assert used and used <= known, (rule["record"], used - known)
+    doc = (ROOT / "docs" / "migration.md").read_text(encoding="utf-8")
+    missing = {n for n in records if f"`{n}`" not in doc}
+    assert not missing, f"not in docs/migration.md: {sorted(missing)}"
