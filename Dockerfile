@@ -1,4 +1,4 @@
-# The gpuprobe image for the Kubernetes DaemonSet (deploy/kubernetes/). It holds no driver
+# The gpuprobe image for the Kubernetes DaemonSets (deploy/kubernetes/). It holds no driver
 # library: the NVIDIA container runtime mounts libnvidia-ml and libcuda from the host.
 #   docker build -t <registry>/gpuprobe:0.1.0 .
 FROM python:3.11-slim

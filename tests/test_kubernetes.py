@@ -14,7 +14,8 @@ from gpuprobe.daemon.core import config as config_mod
 
 from .conftest import ROOT
 
-K8S = ROOT / "deploy" / "kubernetes"
+K8S = ROOT / "deploy" / "kubernetes" / "base"
+OVERLAYS = ROOT / "deploy" / "kubernetes"
 RULES = ROOT / "deploy" / "prometheus" / "gpuprobe-rules.yml"
 CORE = ["namespace.yaml", "configmap.yaml", "daemonset.yaml", "service.yaml",
         "networkpolicy.yaml"]
@@ -43,9 +44,7 @@ def test_daemonset_has_what_process_attribution_and_gpus_need():
     c = pod["containers"][0]
     assert c["securityContext"]["privileged"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and "compute" in env[
-        "NVIDIA_DRIVER_CAPABILITIES"]
+    assert "runtimeClassName" not in pod and "env" not in c  # the overlays' business
     assert c["ports"][0] == {"name": "metrics", "containerPort": 14787, "protocol": "TCP"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -111,14 +110,76 @@ def test_network_policy_lets_only_prometheus_reach_the_metrics_port():
     assert [p["port"] for p in rule["ports"]] == [p["name"] for p in ports]
 
 
-def test_kustomize_renders_every_manifest():
+def _render(path) -> list[dict]:
     import shutil
 
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not installed")
-    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_kustomize_renders_every_manifest():
+    kinds = {d["kind"] for d in _render(K8S)}
     assert {"DaemonSet", "NetworkPolicy", "ConfigMap", "Service"} <= kinds
+
+
+CORE_KINDS = {"Namespace", "ConfigMap", "DaemonSet", "Service", "NetworkPolicy"}
+
+
+def _daemonset(docs: list[dict]) -> dict:
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    return ds
+
+
+def _node_terms(ds: dict) -> list[dict]:
+    affinity = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    return [{e["key"]: (e["operator"], e["values"]) for e in t["matchExpressions"]}
+            for t in terms]
+
+
+@pytest.mark.parametrize("vendor", ["nvidia", "amd"])
+def test_each_overlay_renders_and_validates_strictly(vendor):
+    docs = _render(OVERLAYS / vendor)
+    assert {"DaemonSet", "ServiceMonitor", "PrometheusRule"} <= {d["kind"] for d in docs}
+    for d in docs:
+        if d["kind"] in CORE_KINDS:
+            kubernetes_validate.validate(d, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_nvidia_overlay_runs_on_nvidia_nodes_only_with_the_nvidia_runtime():
+    ds = _daemonset(_render(OVERLAYS / "nvidia"))
+    assert ds["metadata"]["name"] == "gpuprobe"  # the Service and the alerts' job name
+    assert _node_terms(ds) == [{"nvidia.com/gpu.present": ("In", ["true"])},
+                               {"feature.node.kubernetes.io/pci-10de.present": ("In", ["true"])}]
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    c = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and "compute" in env[
+        "NVIDIA_DRIVER_CAPABILITIES"]
+    assert c["securityContext"]["privileged"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_amd_overlay_runs_on_amd_nodes_with_the_device_nodes_and_the_hosts_rocm():
+    ds = _daemonset(_render(OVERLAYS / "amd"))
+    assert ds["metadata"]["name"] == "gpuprobe-amd"  # beside the NVIDIA one in a mixed cluster
+    assert _node_terms(ds) == [{"feature.node.kubernetes.io/amd-gpu": ("In", ["true"])},
+                               {"feature.node.kubernetes.io/pci-1002.present": ("In", ["true"])}]
+    pod = ds["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in pod
+    c = pod["containers"][0]
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in c["env"]}
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["PYTHONPATH"] == "/opt/rocm/share/amd_smi" and env["ROCM_PATH"] == "/opt/rocm"
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v.get("hostPath", {}).get("path") for v in pod["volumes"]}
+    for path in ("/dev/kfd", "/dev/dri", "/opt/rocm"):
+        assert volumes[mounts[path]] == path, path
+    assert c["securityContext"]["privileged"] is True
+    assert "/etc/gpuprobe" in mounts and "/tmp" in mounts  # the base's mounts kept
