@@ -124,8 +124,27 @@ def test_xid_and_self_metrics():
     errors = {(s[0]["collector"], s[0]["class"]): s[1]
               for s in samples(fams, "gpuprobe_collector_errors_total")}
     assert errors[("nvidia_events", "timeout")] == 1.0
-    assert errors[("nvidia", "library_fatal")] == 0.0  # every class exists from the start
+    # internal exists from the start (a bug's first error shows as an increase); the other
+    # classes appear with their first error
+    assert errors[("nvidia", "internal")] == 0.0 and ("nvidia", "library_fatal") not in errors
+    assert ("nvidia_events", "transient") not in errors
     assert len(samples(fams, "gpuprobe_build_info")) == 1
+
+
+def test_probe_outcomes_an_alert_counts_start_at_zero_the_others_with_their_first_run():
+    from gpuprobe.daemon.core.model import ProbeSample
+
+    result = CollectorResult(devices=(device(GPU0),), probes=(
+        ProbeSample(GPU0.uuid, "pcie", runs={"ok": 3}),
+        ProbeSample(GPU0.uuid, "launch", runs={"ok": 1, "skipped": 2, "discarded": 1},
+                    skips={"busy": 2})))
+    fams, _ = render({"pcie_probe": result})
+    runs = {(s[0]["probe"], s[0]["outcome"]): s[1]
+            for s in samples(fams, "gpuprobe_probe_runs_total")}
+    assert runs == {("pcie", "ok"): 3.0, ("pcie", "failed"): 0.0, ("pcie", "timeout"): 0.0,
+                    ("launch", "ok"): 1.0, ("launch", "failed"): 0.0,
+                    ("launch", "timeout"): 0.0, ("launch", "skipped"): 2.0,
+                    ("launch", "discarded"): 1.0}
 
 
 def test_catalogue_follows_prometheus_naming():

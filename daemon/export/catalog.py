@@ -33,6 +33,10 @@ Series = Iterable[tuple[tuple[str, ...], float]]
 Labels = dict[str, str]
 Samples = Iterable[tuple[Labels, float]]
 DEVICE_LABELS = ("gpu", "uuid", "vendor")
+# Outcomes exported at 0 before they happen: what the probe alert counts, and ok beside it.
+# A skip is told by gpuprobe_probe_skips_total's reasons, a discarded run is rare: both
+# appear with their first run, which saves two series per probe and GPU (docs/deploy.md).
+ALWAYS_OUTCOMES = frozenset({"ok", "failed", "timeout"})
 ERROR_CLASSES = ("unsupported", "transient", "device_fatal", "library_fatal", "timeout",
                  "internal")
 
@@ -923,10 +927,12 @@ CATALOG: tuple[MetricSpec, ...] = (
       samples=_probe(_probe_field(lambda ps: (({}, ps.last_success),)))),
     M("gpuprobe_probe_runs_total", "counter",
       "Probe runs by outcome: ok, skipped (see gpuprobe_probe_skips_total), failed, timeout "
-      "(killed at probes.timeout), discarded (a process appeared during the run).", "",
+      "(killed at probes.timeout), discarded (a process appeared during the run). ok, "
+      "failed and timeout start at 0; skipped and discarded appear with their first run.", "",
       "probe", "orchestrator", "orchestrator", labels=("probe", "outcome"),
       samples=_probe(_probe_field(lambda ps: (({"outcome": o}, ps.runs.get(o, 0))
-                                              for o in PROBE_OUTCOMES)))),
+                                              for o in PROBE_OUTCOMES
+                                              if o in ALWAYS_OUTCOMES or ps.runs.get(o))))),
     M("gpuprobe_probe_skips_total", "counter",
       "Probe runs skipped, by reason: device_down, mig (a MIG instance or a GPU in MIG "
       "mode), partitioned (an AMD partition or a partitioned AMD GPU), compute_mode, mps, "
@@ -967,13 +973,15 @@ CATALOG: tuple[MetricSpec, ...] = (
     M("gpuprobe_collector_errors_total", "counter",
       "Vendor-call errors by class: unsupported (metric absent, not asked again), transient "
       "(retried next cycle), device_fatal, library_fatal; timeout (run past its deadline) and "
-      "internal (a bug in gpuprobe).", "", "collector", "the backend's error choke point",
+      "internal (a bug in gpuprobe). internal starts at 0; the others appear with their first "
+      "error.", "", "collector", "the backend's error choke point",
       labels=("collector", "class"),
       amd=(
       "the backend's error choke point (amdsmi status codes and the binding's Python "
       'errors)'),
       samples=_collector(lambda h: (({"class": c}, h.errors_total.get(c, 0))
-                                    for c in ERROR_CLASSES))),
+                                    for c in ERROR_CLASSES
+                                    if c == "internal" or h.errors_total.get(c)))),
     M("gpuprobe_backend_up", "gauge",
       "1 when the vendor library is loaded and initialised; 0 while it is missing or being "
       "re-initialised.", "", "backend", "nvmlInit", labels=("backend",),
