@@ -303,12 +303,15 @@ def test_the_fleet_dashboard_over_three_hosts_in_two_clusters(
     scenario_file = write_yaml(tmp_path / "scenario.yaml", scenario)
     config = write_yaml(tmp_path / "gpuprobe.yaml", CONFIG)
     rules = scaled_rules(tmp_path / "rules.yml")
-    daemons = [RunningDaemon("--simulate", str(scenario_file), "--config", str(config))
-               for _ in range(3)]
+    daemons: list[RunningDaemon] = []
     prom = None
     try:
-        for d in daemons:
-            d.wait_ready()
+        # one at a time: a port free_port() hands out is free only until someone binds it,
+        # and the next call may hand out the same one (CI got "Address already in use")
+        for _ in range(3):
+            daemons.append(RunningDaemon("--simulate", str(scenario_file), "--config",
+                                         str(config)))
+            daemons[-1].wait_ready()
         targets = [f"127.0.0.1:{d.port}" for d in daemons]
         clusters = {targets[0]: "east", targets[1]: "east", targets[2]: "west"}
         prom = Prometheus(prometheus_binary, tmp_path, targets[0], rules, scrape={
