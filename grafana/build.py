@@ -484,8 +484,9 @@ def processes() -> dict:
         P("Device memory growth", "Bps",
           [Q(f"gpuprobe_memory_growth_bytes_per_second{{{S}}}", "GPU " + G + " {{instance}}")]),
         P("Memory per container", "bytes",
-          [Q(f'sum by (instance, container_id, pod_uid) (gpuprobe_process_memory_used_bytes'
-             f'{{{S}, container_id!=""}})', "{{container_id}} pod {{pod_uid}}")], width=24),
+          [Q(f'sum by (instance, container_id, namespace, pod, pod_uid) '
+             f'(gpuprobe_process_memory_used_bytes{{{S}, container_id!=""}})',
+             "{{namespace}}/{{pod}} {{container_id}} pod {{pod_uid}}")], width=24),
     ])
 
 

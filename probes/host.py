@@ -1,7 +1,8 @@
 """What the host knows about a GPU process: name, start time, container and pod.
 
 Vendor libraries give only a pid. This module reads ``<proc_root>/<pid>/stat`` (name and start
-time) and ``<proc_root>/<pid>/cgroup`` (container id and Kubernetes pod UID) once per process.
+time) and ``<proc_root>/<pid>/cgroup`` (container id and Kubernetes pod UID) once per process,
+and asks :class:`~gpuprobe.probes.pods.PodNames` for the pod's name and namespace.
 A pid seen in the previous poll is taken to be the same process until its start time is
 checked again, at most ``revalidate`` seconds later (60 by default): a pid reused by a new
 GPU process within that time is noticed that much late. Re-reading every pid on every poll
@@ -20,15 +21,19 @@ import threading
 import time
 from dataclasses import dataclass
 
+from gpuprobe.probes.pods import PodNames
+
 log = logging.getLogger("gpuprobe.host")
 
 # A container id is the last 64-hex-digit component of a cgroup path, whatever the runtime:
 # docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope,
 # /docker/<id>, /kubepods/burstable/pod<uid>/<id>.
 _CONTAINER_RE = re.compile(r"(?:^|[/\-:])([0-9a-f]{64})(?:\.scope)?(?=/|$)")
-# kubepods-burstable-pod<uid with _>.slice (systemd driver) or /pod<uid>/ (cgroupfs driver)
+# kubepods-burstable-pod<uid with _>.slice (systemd driver) or /pod<uid>/ (cgroupfs driver); a
+# static pod's UID is the 32-hex-digit hash of its manifest.
 _POD_RE = re.compile(
-    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
+    r"|[0-9a-f]{32}(?=\.slice|/|$))")
 
 
 # The process (EMFILE) or the system (ENFILE) has no file descriptor left: a /proc read fails
@@ -57,6 +62,8 @@ class HostProcess:
     name: str
     container_id: str | None = None
     pod_uid: str | None = None
+    pod_namespace: str | None = None
+    pod_name: str | None = None
 
 
 def parse_stat(text: str) -> tuple[str, int]:
@@ -88,8 +95,10 @@ def parse_cgroup(text: str) -> tuple[str | None, str | None]:
 class ProcessResolver:
     """pid -> HostProcess, cached per (pid, start time) so a reused pid is a new process."""
 
-    def __init__(self, proc_root: str = "/proc", revalidate: float = 60.0) -> None:
+    def __init__(self, proc_root: str = "/proc", revalidate: float = 60.0,
+                 pods: PodNames | None = None) -> None:
         self.proc_root = proc_root
+        self.pods = pods
         self.revalidate = revalidate
         self._cache: dict[tuple[int, int], HostProcess] = {}
         self._current: dict[int, tuple[HostProcess, float]] = {}  # pid -> (process, checked)
@@ -121,13 +130,21 @@ class ProcessResolver:
             return None
         key = (pid, start)
         cached = self._cache.get(key)
-        if cached is not None:
+        if cached is not None and (cached.pod_name is not None or cached.pod_uid is None
+                                   or self.pods is None):
             return cached
-        cgroup = self._read(pid, "cgroup") or ""
-        container, pod = parse_cgroup(cgroup)
-        proc = HostProcess(pid, start, name, container, pod)
-        self._cache[key] = proc
-        return proc
+        if cached is None:
+            cgroup = self._read(pid, "cgroup") or ""
+            container, pod = parse_cgroup(cgroup)
+            cached = HostProcess(pid, start, name, container, pod)
+        if cached.pod_uid is not None and self.pods is not None:
+            # asked again while unnamed: the pod directory may have appeared since
+            found = self.pods.lookup(cached.pod_uid)
+            if found is not None:
+                cached = HostProcess(pid, start, name, cached.container_id, cached.pod_uid,
+                                     *found)
+        self._cache[key] = cached
+        return cached
 
     def resolve_all(self, pids: list[int]) -> dict[int, HostProcess]:
         """Resolve the pids of one poll and forget processes that are gone. The NVIDIA and

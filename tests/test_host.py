@@ -36,6 +36,9 @@ def test_parse_stat_handles_names_with_spaces_and_parentheses():
      CID, POD),
     ("0::/user.slice/user-1000.slice/session-2.scope", None, None),
     ("", None, None),
+    # a static pod's UID is its manifest's hash
+    ("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"
+     f"{'ab' * 16}.slice/cri-containerd-{CID}.scope", CID, "ab" * 16),
 ])
 def test_parse_cgroup(text, container, pod):
     assert parse_cgroup(text) == (container, pod)

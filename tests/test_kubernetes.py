@@ -183,3 +183,19 @@ def test_the_amd_overlay_runs_on_amd_nodes_with_the_device_nodes_and_the_hosts_r
         assert volumes[mounts[path]] == path, path
     assert c["securityContext"]["privileged"] is True
     assert "/etc/gpuprobe" in mounts and "/tmp" in mounts  # the base's mounts kept
+
+
+@pytest.mark.parametrize("vendor", ["nvidia", "amd"])
+def test_pods_are_named_from_the_kubelets_directory_mounted_read_only(vendor):
+    docs = _render(OVERLAYS / vendor)
+    pod = _daemonset(docs)["spec"]["template"]["spec"]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    logs = yaml.safe_load(cm["data"]["gpuprobe.yaml"])["host"]["pod_logs_dir"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == logs]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["hostPath"]["path"] == "/var/log/pods"
+    # the pod's namespace and pod labels must not be renamed exported_*
+    (sm,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert all(e.get("honorLabels") is True for e in sm["spec"]["endpoints"])
+

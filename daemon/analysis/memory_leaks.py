@@ -143,7 +143,8 @@ class MemoryLeaks:
                                       a.confidence, a.growth_seconds,
                                       _exhaustion(a, free.get(p.device_uuid)), pid=p.pid,
                                       name=p.name, container_id=p.container_id,
-                                      pod_uid=p.pod_uid))
+                                      pod_uid=p.pod_uid, pod_namespace=p.pod_namespace,
+                                      pod_name=p.pod_name))
         return CollectorResult(ok=True, leaks=tuple(out))
 
     def close(self) -> None:

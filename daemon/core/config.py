@@ -160,6 +160,9 @@ class HttpConfig:
 @dataclass(frozen=True)
 class HostConfig:
     proc_root: str = field(default="/proc", metadata={"path": True, "nonempty": True})
+    # The kubelet's pod log directory, whose entries name each pod (probes/pods.py); empty
+    # leaves pod and namespace off the process series.
+    pod_logs_dir: str = field(default="/var/log/pods", metadata={"path": True})
 
 
 @dataclass(frozen=True)

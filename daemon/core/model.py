@@ -263,6 +263,9 @@ class ProcessSample(NamedTuple):
     pod_uid: str | None = None
     # Share of the last interval the process kept the graphics/compute engine busy.
     busy_ratio: float | None = None
+    # the Kubernetes pod's, from the kubelet's pod directory (probes/pods.py)
+    pod_namespace: str | None = None
+    pod_name: str | None = None
 
 
 # How a probe run can end: ok, skipped (a gate said no), failed, timeout (killed at
@@ -306,6 +309,8 @@ class LeakSample:
     name: str | None = None
     container_id: str | None = None
     pod_uid: str | None = None
+    pod_namespace: str | None = None
+    pod_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

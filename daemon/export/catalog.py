@@ -25,6 +25,7 @@ from gpuprobe.daemon.core.model import (
     LeakSample,
     Link,
     ProbeSample,
+    ProcessSample,
 )
 from gpuprobe.daemon.core.probekinds import PROBE_KINDS, ProbeKind, ProbeMetric
 from gpuprobe.daemon.core.state import View
@@ -151,10 +152,16 @@ def _present(labels: dict[str, str | None]) -> Labels:
     return {k: str(v) for k, v in labels.items() if v is not None and v != ""}
 
 
-def process_labels(base: Labels, pid: int, name: str | None, container_id: str | None,
-                   pod_uid: str | None) -> Labels:
-    return {**base, "pid": str(pid), **_present(
-        {"process_name": name, "container_id": container_id, "pod_uid": pod_uid})}
+# A process's own labels, after its device's; namespace and pod are the Kubernetes pod's,
+# as dcgm-exporter and kube-state-metrics name them, so joins need no label_replace.
+_PROCESS_LABELS = ("pid", "process_name", "container_id", "pod_uid", "namespace", "pod")
+
+
+def process_labels(base: Labels, p: ProcessSample | LeakSample) -> Labels:
+    """A process's series labels: the device's, then pid, name, container and pod."""
+    return {**base, "pid": str(p.pid), **_present(
+        {"process_name": p.name, "container_id": p.container_id, "pod_uid": p.pod_uid,
+         "namespace": p.pod_namespace, "pod": p.pod_name})}
 
 
 class Scrape:
@@ -180,8 +187,7 @@ class Scrape:
             for p in ranked[:max_processes]:
                 if p.used_memory_bytes is None:
                     continue
-                labels = process_labels(self.ids[uuid], p.pid, p.name, p.container_id,
-                                        p.pod_uid)
+                labels = process_labels(self.ids[uuid], p)
                 shown_labels[(uuid, p.pid)] = labels
                 self.shown.append((labels, p))
         # (labels, leak) of every assessment exported: a device's always; a process's when
@@ -197,8 +203,7 @@ class Scrape:
             elif process_metrics and leak.pid is not None:
                 found = shown_labels.get((leak.device_uuid, leak.pid))
                 if found is None and leak.suspected:
-                    found = process_labels(base, leak.pid, leak.name, leak.container_id,
-                                           leak.pod_uid)
+                    found = process_labels(base, leak)
                 if found is not None:
                     self.process_leaks.append((found, leak))
         self.probes = [(self.ids[ps.device_uuid], ps) for ps in view.probes()
@@ -822,12 +827,13 @@ CATALOG: tuple[MetricSpec, ...] = (
       "(config exporter.max_processes_per_device); ended processes disappear.", "bytes",
       "process", "nvmlDeviceGetComputeRunningProcesses, GetGraphicsRunningProcesses, "
       "GetMPSComputeRunningProcesses .usedGpuMemory; name and start time from /proc/<pid>/stat, "
-      "container_id and pod_uid from /proc/<pid>/cgroup",
-      labels=("pid", "process_name", "container_id", "pod_uid"),
+      "container_id and pod_uid from /proc/<pid>/cgroup; namespace and pod from the name of the "
+      "kubelet's pod directory <namespace>_<pod>_<pod_uid> in /var/log/pods (host.pod_logs_dir)",
+      labels=_PROCESS_LABELS,
       amd=(
       'amdsmi_get_gpu_process_list memory_usage.vram_mem (bytes), per partition; pids '
       "not in /proc and the daemon's own are dropped; name, start time, container and "
-      'pod from /proc'),
+      'pod from /proc and /var/log/pods, as on NVIDIA'),
       samples=_process(lambda p: p.used_memory_bytes)),
     M("gpuprobe_process_utilization_ratio", "gauge",
       "Share of its most recent interval the graphics/compute engine worked for the "
@@ -837,7 +843,7 @@ CATALOG: tuple[MetricSpec, ...] = (
       "smUtil (%) of the process's latest sample since the previous listing; 0 for a listed "
       "process the driver has no sample of (it samples only processes that ran); absent on "
       "MIG instances",
-      labels=("pid", "process_name", "container_id", "pod_uid"),
+      labels=_PROCESS_LABELS,
       amd="amdsmi_get_gpu_process_list engine_usage.gfx (cumulative ns), its growth over the "
       "wall time between listings",
       samples=_process(lambda p: p.busy_ratio)),
@@ -883,7 +889,7 @@ CATALOG: tuple[MetricSpec, ...] = (
       " bytes per second; present only while growth is seen.",
       "bytes", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid"),
+      labels=_PROCESS_LABELS,
       samples=_leak("process", lambda x: x.growth_bytes_per_second, _rate_shown)),
     M("gpuprobe_process_memory_leak_suspected", "gauge",
       "1 while the leak detector sees sustained growth of the process's memory that a sawtooth, a"
@@ -891,28 +897,28 @@ CATALOG: tuple[MetricSpec, ...] = (
       "exported, even beyond exporter.max_processes_per_device.",
       "", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid"),
+      labels=_PROCESS_LABELS,
       samples=_leak("process", lambda x: x.suspected)),
     M("gpuprobe_process_memory_leak_confidence_ratio", "gauge",
       "How sure the leak detector is of the growth of the process's memory (0-1): its margin over"
       " the noise and how long it has lasted. Present only while growth is seen.",
       "ratio", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid"),
+      labels=_PROCESS_LABELS,
       samples=_leak("process", lambda x: x.confidence, _growing)),
     M("gpuprobe_process_memory_growth_duration_seconds", "gauge",
       "How long the leak-like growth of the process's memory has lasted without a break longer "
       "than leaks.max_pause; present only while growth is seen.",
       "seconds", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid"),
+      labels=_PROCESS_LABELS,
       samples=_leak("process", lambda x: x.growth_seconds, _growing)),
     M("gpuprobe_process_memory_exhaustion_seconds", "gauge",
       "Projected time until the device's memory is full if the process's memory goes on growing "
       "at its current rate; present only while a leak is suspected.",
       "seconds", "process_leak", "derived by gpuprobe from gpuprobe_process_memory_used_bytes",
       amd="derived by gpuprobe from gpuprobe_process_memory_used_bytes",
-      labels=("pid", "process_name", "container_id", "pod_uid"),
+      labels=_PROCESS_LABELS,
       samples=_leak("process", lambda x: x.exhaustion_seconds)),
     # -- active probes ---------------------------------------------------------------------
     # the metrics of each probe kind's values, from its table (daemon/core/probekinds.py)

@@ -57,7 +57,7 @@ def render_snapshot(view: Any) -> str:
         for p in sorted(procs, key=lambda p: (rank.get(p.device_uuid, (len(rank), "?")), p.pid)):
             prow.append([rank.get(p.device_uuid, (0, "?"))[1], str(p.pid), p.name or "?",
                          _human_bytes(p.used_memory_bytes), (p.container_id or "-")[:12],
-                         p.pod_uid or "-"])
+                         f"{p.pod_namespace}/{p.pod_name}" if p.pod_name else p.pod_uid or "-"])
         out.append(table(prow))
     backends = view.backends()
     for b in backends.values():

@@ -43,6 +43,7 @@ class Sources:
         self.snapshot = snapshot
         self.simulation = simulation
         self.proc_root = simulation.proc_root if simulation else config.host.proc_root
+        self.pod_logs_dir = simulation.pod_logs_dir if simulation else config.host.pod_logs_dir
         self.probe_children: set[int] = set()  # pids of running probe children
         self.listers: dict[str, ProcessLister] = {}  # vendor -> who holds one of its GPUs
         self._nvml_library = simulation.nvml if simulation else nvml
@@ -95,8 +96,10 @@ class Sources:
     def processes(self) -> ProcessResolver:
         if self._processes is None:
             from gpuprobe.probes.host import ProcessResolver
+            from gpuprobe.probes.pods import PodNames
 
-            self._processes = self._keep(ProcessResolver(self.proc_root))
+            self._processes = self._keep(ProcessResolver(
+                self.proc_root, pods=PodNames(self.pod_logs_dir or "")))
         return self._processes
 
     def xid_watcher(self) -> XidWatcher:

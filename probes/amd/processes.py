@@ -104,7 +104,8 @@ class AmdProcesses(Processes[AmdSession, AmdDevice]):
                     if prev is not None and now > prev[1] and engine >= prev[0]:
                         busy = min(1.0, (engine - prev[0]) / ((now - prev[1]) * 1e9))
                 samples.append(ProcessSample(uuid, pid, vram, h.name, h.start_ticks,
-                                             h.container_id, h.pod_uid, busy))
+                                             h.container_id, h.pod_uid, busy,
+                                                 h.pod_namespace, h.pod_name))
         self._engine = seen
         return CollectorResult(ok=True, processes=tuple(samples), errors=errors,
                                timestamp=now)

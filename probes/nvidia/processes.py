@@ -133,6 +133,7 @@ class NvidiaProcesses(Processes[NvmlSession, NvDevice]):
                     samples.append(ProcessSample(uuid, pid, used, busy_ratio=busy))
                 else:
                     samples.append(ProcessSample(uuid, pid, used, h.name, h.start_ticks,
-                                                 h.container_id, h.pod_uid, busy))
+                                                 h.container_id, h.pod_uid, busy,
+                                                 h.pod_namespace, h.pod_name))
         return CollectorResult(ok=True, processes=tuple(samples), errors=errors,
                                timestamp=self.now())

@@ -63,5 +63,10 @@ class Simulation:
     def proc_root(self) -> str | None:
         return self.world.procfs.root if self.world.procfs else None
 
+    @property
+    def pod_logs_dir(self) -> str | None:
+        """The simulated kubelet's pod log directory (its entries name the pods)."""
+        return self.world.procfs.pod_logs if self.world.procfs else None
+
     def close(self) -> None:
         self.world.close()

@@ -118,6 +118,9 @@ class ProcessSpec:
     utilization: float = 0.5
     container: str | None = None
     pod: str | None = None
+    # the pod's name and namespace, in the kubelet's pod directory (probes/pods.py)
+    pod_name: str | None = None
+    namespace: str | None = None
     instance: int | None = None  # MIG instance / partition index it runs in
 
 
@@ -419,12 +422,25 @@ def _points(r: _Reader, base_dir: Path | None) -> tuple[tuple[float, float], ...
     return tuple(pts)
 
 
+_DNS_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+
+
 def _process(data: Any, key: str, base_dir: Path | None) -> ProcessSpec:
     r = _Reader(data, key, ("pid", "name", "memory", "start", "end", "utilization",
-                            "container", "pod", "instance"))
+                            "container", "pod", "pod_name", "namespace", "instance"))
     container = r.str_("container")
     if container is not None and not re.fullmatch(r"[0-9a-f]{64}", container):
         raise ScenarioError(f"{r.sub('container')}: expected a 64-hex-digit container id")
+    pod = r.str_("pod")
+    if pod is not None and not re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", pod):
+        raise ScenarioError(f"{r.sub('pod')}: expected a pod UID (8-4-4-4-12 hex digits)")
+    pod_name, namespace = r.str_("pod_name"), r.str_("namespace")
+    for k, v, most in (("pod_name", pod_name, 253), ("namespace", namespace, 63)):
+        if v is not None and not (len(v) <= most and _DNS_NAME.fullmatch(v)):
+            raise ScenarioError(f"{r.sub(k)}: expected a Kubernetes name (lower-case letters, "
+                                f"digits, '-' and '.', at most {most}), got {v!r}")
+    if (pod_name is None) != (namespace is None) or (pod_name is not None and pod is None):
+        raise ScenarioError(f"{r.key}: pod_name and namespace go together, with pod")
     return ProcessSpec(
         pid=r.int_("pid", 0, lo=2, hi=MAX_PID),
         name=r.str_("name", "python3") or "python3",
@@ -433,7 +449,9 @@ def _process(data: Any, key: str, base_dir: Path | None) -> ProcessSpec:
         end=r.seconds("end", 0) if r.get("end") is not None else None,
         utilization=r.num("utilization", 0.5, 0.0, 1.0),
         container=container,
-        pod=r.str_("pod"),
+        pod=pod,
+        pod_name=pod_name,
+        namespace=namespace,
         instance=r.int_("instance", 0, hi=MAX_INSTANCES - 1)
         if r.get("instance") is not None else None,
     )

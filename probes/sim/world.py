@@ -373,6 +373,9 @@ class SimProcTree:
         self.base = tempfile.mkdtemp(prefix="gpuprobe-sim-", dir=fast)
         self.root = os.path.join(self.base, "proc")
         os.makedirs(self.root)
+        # the kubelet's /var/log/pods: a directory per pod, named <namespace>_<name>_<uid>
+        self.pod_logs = os.path.join(self.base, "pods")
+        os.makedirs(self.pod_logs)
         self._present: dict[int, dict[int, int]] = {}  # device index: {pid: start ticks}
         self._lock = threading.Lock()
 
@@ -398,6 +401,11 @@ class SimProcTree:
                             f"0 20 0 1 0 {p.start_ticks} 0 0 18446744073709551615 0 0 0\n")
                 with open(os.path.join(d, "cgroup"), "w") as f:
                     f.write(_cgroup(p.spec) + "\n")
+                if p.spec.pod and p.spec.pod_name and p.spec.namespace:
+                    # made before the pod's containers start, as the kubelet does; kept
+                    # after they end (until the pod would be removed: here, never)
+                    os.makedirs(os.path.join(self.pod_logs, "_".join(
+                        (p.spec.namespace, p.spec.pod_name, p.spec.pod))), exist_ok=True)
                 present[pid] = p.start_ticks
 
     def close(self) -> None:
