@@ -199,3 +199,33 @@ def test_pods_are_named_from_the_kubelets_directory_mounted_read_only(vendor):
     (sm,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
     assert all(e.get("honorLabels") is True for e in sm["spec"]["endpoints"])
 
+
+def test_runbook_base_gives_every_alert_an_absolute_runbook_url(promtool, tmp_path):
+    base = "https://docs.example.com/gpuprobe/alerts.html"
+    gen = [sys.executable, str(ROOT / "scripts" / "gen-prometheusrule.py")]
+    r = subprocess.run([*gen, "--runbook-base", base, "--out-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    shipped = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    made = yaml.safe_load((tmp_path / "gpuprobe-rules.yml").read_text(encoding="utf-8"))
+    pr = yaml.safe_load((tmp_path / "prometheusrule.yaml").read_text(encoding="utf-8"))
+    assert pr["spec"]["groups"] == made["groups"]
+    alerts = 0
+    for g_made, g in zip(made["groups"], shipped, strict=True):
+        for r_made, rule in zip(g_made["rules"], g["rules"], strict=True):
+            if "alert" not in rule:
+                assert r_made == rule
+                continue
+            alerts += 1
+            ann = dict(r_made["annotations"])
+            anchor = rule["annotations"]["runbook"].split("#")[1]
+            assert ann.pop("runbook_url") == f"{base}#{anchor}"
+            assert {**r_made, "annotations": ann} == rule
+    assert alerts >= 15
+    check = subprocess.run([promtool, "check", "rules", str(tmp_path / "gpuprobe-rules.yml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for bad in ("docs.example.com/alerts", "ftp://x/alerts", f"{base}#x"):
+        r = subprocess.run([*gen, "--runbook-base", bad, "--out-dir", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--runbook-base" in r.stderr
