@@ -78,3 +78,27 @@ def test_a_structure_laid_out_otherwise_is_read_member_by_member() -> None:
     fieldId=9, nvmlReturn=0, valueType=3, value=SimpleNamespace(ullVal=11))]])
 def test_a_plain_sequence_is_read_member_by_member(values) -> None:
     assert list(fieldvalues.decode(values)) == [(v.fieldId, 0, 3, 11) for v in values]
+
+
+def test_an_array_read_again_is_read_whole_and_a_changed_type_falls_back() -> None:
+    known = (pynvml.c_nvmlFieldValue_t * len(CASES))()
+    for i, (vtype, member, value) in enumerate(CASES):
+        known[i].fieldId, known[i].valueType = 300 + i, vtype
+        setattr(known[i].value, member, value)
+    first = list(fieldvalues.decode(known))
+    key = (pynvml.c_nvmlFieldValue_t, len(CASES))
+    assert fieldvalues._whole[key][0] == tuple(c[0] for c in CASES)
+    # read whole now: the same numbers, and new values are read, not remembered
+    known[3].value.ullVal = 42
+    again = list(fieldvalues.decode(known))
+    assert again == _by_attributes(known) and again[3][3] == 42 and again != first
+    # a field whose type changes (a driver update, an error) is read per entry and learnt
+    known[1].valueType, known[1].value.dVal = 0, 2.25
+    assert list(fieldvalues.decode(known)) == _by_attributes(known)
+    assert fieldvalues._whole[key][0][1] == 0
+    assert list(fieldvalues.decode(known)) == _by_attributes(known)
+    # an array with an unknown type is never read whole
+    mixed = _filled()
+    list(fieldvalues.decode(mixed))
+    assert (pynvml.c_nvmlFieldValue_t, len(mixed)) not in fieldvalues._whole
+    assert list(fieldvalues.decode(mixed)) == _by_attributes(mixed)

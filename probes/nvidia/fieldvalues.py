@@ -6,6 +6,11 @@ counters (benchmarks/overhead.py). The array is plain C memory laid out as pynvm
 ``c_nvmlFieldValue_t`` says, so one ``struct`` pass over it reads the same numbers in about
 3 us. The layout is taken from the binding's own structure (offsets and sizes), and a binding
 whose structure does not match what is expected is read member by member as before.
+
+An array of one length read again (every poll asks the same fields) is read in one
+``unpack`` of the whole array, with each value in the type the entry had the last time:
+the types come back in the same call and are compared, and a change falls back to the pass
+per entry. The 126 NVLink entries of an H100 take about 5 us so, against 33 us.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: 
                 6: "usVal"}
 
 _layouts: dict[Any, tuple[struct.Struct, dict[int, struct.Struct]] | None] = {}
+# (entry structure, array length) -> (the value types last seen, in order; the struct that
+# reads the whole array with them)
+_whole: dict[tuple[Any, int], tuple[tuple[int, ...], struct.Struct]] = {}
+_MAX_WHOLE = 64  # distinct (structure, length) pairs kept: a poll asks a few
 
 
 def _layout(entry: Any) -> tuple[struct.Struct, dict[int, struct.Struct]] | None:
@@ -54,13 +63,51 @@ def decode(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
         _layouts[entry] = _layout(entry) if isinstance(entry, type) else None
     layout = _layouts[entry]
     if layout is None:  # not a ctypes array of the expected structure
-        for v in values:
-            vtype = int(v.valueType)
-            member = VALUE_MEMBER.get(vtype)
-            yield (int(v.fieldId), int(v.nvmlReturn), vtype,
-                   getattr(v.value, member) if member is not None else None)
-        return
+        return _by_member(values)
+    buf = memoryview(values).cast("B")
+    key = (entry, len(values))
+    whole = _whole.get(key)
+    if whole is not None:
+        types, reader = whole
+        flat = reader.unpack(buf)
+        if flat[1::4] == types:
+            return zip(flat[0::4], flat[2::4], types, flat[3::4], strict=True)
     head, by_type = layout
-    for fid, vtype, ret, raw in head.iter_unpack(memoryview(values).cast("B")):
+    out = []
+    for fid, vtype, ret, raw in head.iter_unpack(buf):
         v = by_type.get(vtype)
-        yield fid, ret, vtype, v.unpack_from(raw)[0] if v is not None else None
+        out.append((fid, ret, vtype, v.unpack_from(raw)[0] if v is not None else None))
+    _learn(key, entry, [e[2] for e in out])
+    return iter(out)
+
+
+def _by_member(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
+    for v in values:
+        vtype = int(v.valueType)
+        member = VALUE_MEMBER.get(vtype)
+        yield (int(v.fieldId), int(v.nvmlReturn), vtype,
+               getattr(v.value, member) if member is not None else None)
+
+
+def _learn(key: tuple[Any, int], entry: Any, types: list[int]) -> None:
+    """Keep a struct that reads an array of ``key``'s length whole, its values in ``types``;
+    none where a type is unknown or the native layout would not match the structure's."""
+    if any(t not in VALUE_MEMBER for t in types):
+        _whole.pop(key, None)
+        return
+    fid, vtype, ret, value = (getattr(entry, n) for n in
+                              ("fieldId", "valueType", "nvmlReturn", "value"))
+    union = dict(entry._fields_)["value"]
+    size = ctypes.sizeof(entry)
+    parts = []
+    for t in types:
+        member = getattr(union, VALUE_MEMBER[t])
+        code = dict(union._fields_)[VALUE_MEMBER[t]]._type_
+        parts.append(f"I{vtype.offset - 4}xII{value.offset - ret.offset - 4}x{code}"
+                     f"{size - value.offset - member.size}x")
+    reader = struct.Struct("@" + "".join(parts))
+    if reader.size != size * len(types) or fid.offset != 0:
+        return
+    if len(_whole) >= _MAX_WHOLE and key not in _whole:
+        _whole.clear()
+    _whole[key] = (tuple(types), reader)
