@@ -392,7 +392,8 @@ def device() -> dict:
              "link {{link}} transmit " + G),
            Q(f"rate(gpuprobe_link_receive_bytes_total{{{S}}}[{RI}])",
              "link {{link}} receive " + G)],
-          description="Per-link series are on with exporter.link_metrics (the default)."),
+          description="Per-link series need exporter.link_metrics: true (off by default: 126 "
+                      "series per H100); the per-GPU totals above are always there."),
         P("Link state", "none", [Q(f"gpuprobe_link_up{{{S}}}", "link {{link}} " + G)],
           description="1 up, 0 down or not connected."),
         P("Link errors, last hour", "short",

@@ -49,6 +49,7 @@ SMALL_SCENARIO = {
 }
 
 FAST = {
+    "exporter": {"link_metrics": True},  # the per-link families are tested too (off by default)
     "nvidia": {"retry_initial": "10ms", "retry_max": "50ms", "discovery_interval": "1h"},
     "collectors": {"nvidia": {"interval": "1s", "timeout": "500ms"},
                    "nvidia_processes": {"interval": "1s", "timeout": "500ms"},

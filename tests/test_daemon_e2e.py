@@ -18,6 +18,7 @@ FAST_CONFIG = {
     "collectors": real_time_collectors(),
     "nvidia": {"retry_initial": "100ms", "retry_max": "500ms"},
     "probes": {"pcie": {"every": "2s"}, "launch": {"every": "2s"}},
+    "exporter": {"link_metrics": True},  # every family, the per-link ones (off by default) too
 }
 # Families the built-in scenario has no hardware for (none since the simulated MI300X reports
 # retired pages).

@@ -53,6 +53,7 @@ DEVICE_LEAK_GPU = "6"
 CONFIG = {
     "collectors": real_time_collectors(processes="1s"),
     "probes": {"pcie": {"every": "2s"}, "launch": {"every": "2s"}},
+    "exporter": {"link_metrics": True},  # the per-link panels (off by default) have data
 }
 # Grafana's built-in variables, as Grafana would set them for this run (a 1 s scrape).
 BUILTINS = {"__rate_interval": "10s", "__interval": "2s", "__range": "5m"}

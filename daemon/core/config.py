@@ -136,9 +136,10 @@ class LeaksConfig:
 @dataclass(frozen=True)
 class ExporterConfig:
     process_metrics: bool = True
-    # The per-link families (gpuprobe_link_*): an H100 has 18 NVLinks, 126 series per GPU;
-    # the per-device interconnect totals stay either way (docs/deploy.md).
-    link_metrics: bool = True
+    # The per-link families (gpuprobe_link_*): an H100 has 18 NVLinks, 126 series per GPU,
+    # more than all its other series; off by default, as in dcgm-exporter's default counters.
+    # The per-device interconnect totals, and the alerts on them, stay either way.
+    link_metrics: bool = False
     max_processes_per_device: int = field(default=32, metadata={"min": 0, "max": 4096})
 
 

@@ -48,7 +48,7 @@ class MetricSpec:
     type: str  # gauge, counter or info
     help: str
     unit: str
-    # device, link (a device metric per link, off with exporter.link_metrics), process, xid,
+    # device, link (a device metric per link, on with exporter.link_metrics), process, xid,
     # event, leak, process_leak, probe, collector, backend, build, http
     scope: str
     nvidia: str
@@ -798,25 +798,25 @@ CATALOG: tuple[MetricSpec, ...] = (
       amd="absent: amdsmi reports an XGMI error status, not counts"),
     M("gpuprobe_link_up", "gauge",
       "1 while a GPU-to-GPU link is up, 0 while it is down or not connected (config "
-      "exporter.link_metrics).", "", "link",
+      "exporter.link_metrics, off by default).", "", "link",
       "field NVML_FI_DEV_NVLINK_GET_STATE (165, scopeId = link)",
       labels=("link",), values=_links(lambda link: link.up),
       amd="amdsmi_get_gpu_xgmi_link_status: U is 1, D and X 0"),
     M("gpuprobe_link_transmit_bytes_total", "counter",
       "Bytes the device sent over one GPU-to-GPU link since the driver loaded (config "
-      "exporter.link_metrics).", "bytes", "link",
+      "exporter.link_metrics, off by default).", "bytes", "link",
       "field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX (138, KiB, scopeId = link)",
       labels=("link",), values=_links(lambda link: link.tx_bytes_total),
       amd="gpu_metrics xgmi_write_data_acc[link] (KB since the driver loaded, x 1000)"),
     M("gpuprobe_link_receive_bytes_total", "counter",
       "Bytes the device received over one GPU-to-GPU link since the driver loaded (config "
-      "exporter.link_metrics).", "bytes", "link",
+      "exporter.link_metrics, off by default).", "bytes", "link",
       "field NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX (139, KiB, scopeId = link)",
       labels=("link",), values=_links(lambda link: link.rx_bytes_total),
       amd="gpu_metrics xgmi_read_data_acc[link] (KB since the driver loaded, x 1000)"),
     M("gpuprobe_link_errors_total", "counter",
       "Errors on one GPU-to-GPU link by kind (crc, replay, recovery) since the driver "
-      "loaded (config exporter.link_metrics).", "", "link",
+      "loaded (config exporter.link_metrics, off by default).", "", "link",
       "fields NVML_FI_DEV_NVLINK_ERROR_DL_CRC (163), _DL_REPLAY (161), _DL_RECOVERY (162), "
       "scopeId = link, in one batched nvmlDeviceGetFieldValues call",
       labels=("link", "kind"), values=_link_errors,
