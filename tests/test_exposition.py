@@ -312,6 +312,54 @@ def test_publishes_close_together_are_encoded_once():
         ex.stop()
 
 
+def test_a_poll_cycle_still_publishing_is_encoded_once_when_its_last_collector_is_done():
+    import threading
+
+    from .conftest import wait_for
+
+    v, ex = _gated()
+    ex.render()
+    running = {"nvidia", "nvidia_processes", "memory_leaks"}
+    lock = threading.Lock()
+    ex.settling = lambda: bool(running)
+    ex.start()
+    try:
+        for value, name in ((2.0, "nvidia"), (3.0, "memory_leaks")):
+            with lock:
+                running.discard(name)
+            v.publish(value)
+            ex.changed()
+            time.sleep(0.1)
+            assert ex.encodes == 1  # one collector of the cycle is still running
+        running.clear()
+        v.publish(4.0)
+        ex.changed()
+        wait_for(lambda: ex.encodes == 2, timeout=5)
+        assert b"gpuprobe_test_versioned 4.0" in ex.render()[0] and ex.encodes == 2
+    finally:
+        ex.stop()
+
+
+def test_a_collector_that_never_finishes_delays_the_encode_only_settle_seconds(monkeypatch):
+    from gpuprobe.daemon.export import exposition
+
+    from .conftest import wait_for
+
+    monkeypatch.setattr(exposition, "SETTLE_SECONDS", 0.3)
+    v, ex = _gated()
+    ex.render()
+    ex.settling = lambda: True  # hung, and not yet marked stalled
+    ex.start()
+    try:
+        v.publish(2.0)
+        t0 = time.monotonic()
+        ex.changed()
+        wait_for(lambda: ex.encodes == 2, timeout=5)
+        assert 0.3 <= time.monotonic() - t0 < 2.0
+    finally:
+        ex.stop()
+
+
 def test_while_the_new_snapshot_is_encoded_a_scrape_gets_the_previous_at_once():
     import threading
 

@@ -110,3 +110,25 @@ def test_exception_counts_as_internal_error_and_keeps_the_loop(caplog):
     assert h["good"].up and h["good"].errors_total["transient"] >= 3
     # The traceback is logged once, not on every run.
     assert sum(r.exc_info is not None and r.levelname == "ERROR" for r in caplog.records) == 1
+
+
+def test_settling_while_a_run_is_under_way_and_not_once_published_or_stalled():
+    release = threading.Event()
+    slow = Fake("slow", hang=release)
+    store = Store()
+    seen: list[bool] = []
+    s = Scheduler([(slow, cfg(10.0, 0.3)), (Fake("quick"), cfg(10.0, 0.3))], store)
+    store.subscribe(lambda: seen.append(s.settling()))
+    assert not s.settling()  # nothing started
+    s.start()
+    try:
+        wait_for(lambda: slow.calls == 1, timeout=5)
+        assert s.settling()  # "slow" has not published; "quick" did, with slow still out
+        assert seen and seen[0] is True
+        # past its deadline it is stalled: the rest of the cycle does not wait for it
+        wait_for(lambda: not s.settling(), timeout=5)
+        release.set()
+        wait_for(lambda: len(seen) >= 3 and seen[-1] is False, timeout=5)
+    finally:
+        release.set()
+        s.stop()

@@ -63,6 +63,7 @@ class Daemon:
                                    self.landing, self.web, self.config.http)
             self.registry.register(self.http.stats)
             self.exposition = self.http.exposition
+            self.exposition.settling = self.scheduler.settling  # a poll cycle encoded once
             self.store.subscribe(self.exposition.changed)  # encoded ahead of scrapes
             self.http.start()
         self.scheduler.start()
@@ -73,6 +74,7 @@ class Daemon:
         if self.serving is None:
             self.serving = ServingProcess.launch(self.config, self.web)
         self.exposition = Exposition(self.registry, on_encoded=self.serving.post)
+        self.exposition.settling = self.scheduler.settling  # a poll cycle encoded once
         self.store.subscribe(self.exposition.changed)
         self.serving.start(self._state)
         self.exposition.start()

@@ -42,6 +42,7 @@ class _Entry:
     runs: int = 0
     up: bool = False
     stalled: bool = False
+    pending: bool = False  # a run has started and not yet published
     failed: bool = False
     last_success: float | None = None
     last_duration: float | None = None
@@ -79,6 +80,12 @@ class Scheduler:
             self._thread.join(timeout)
         for e in self._entries:
             e.worker.stop()
+
+    def settling(self) -> bool:
+        """A collector's run is under way and not yet published (stalled ones aside): more
+        of this poll's results are coming. Collectors due together start together, so the
+        exposition waits for the last of them and encodes the poll once (app.py)."""
+        return any(e.pending and not e.stalled for e in self._entries)
 
     def attempted_all(self) -> bool:
         """Every collector has finished at least one run, or is stalled in its first."""
@@ -122,6 +129,7 @@ class Scheduler:
         interval = e.config.interval
         # Keep the cadence, but never queue up runs that were missed while one hung.
         e.next_due = max(e.next_due + interval, now + interval * 0.5) if e.runs else now + interval
+        e.pending = True
         e.future = e.worker.submit(self._run, e, now + DEADLINE_SHARE * e.config.deadline())
 
     def _check_stall(self, e: _Entry, now: float) -> None:
@@ -154,6 +162,7 @@ class Scheduler:
             recovered = e.stalled
             e.runs += 1
             e.stalled = False
+            e.pending = False
             e.failed = failed
             e.last_duration = duration
             if failed:
