@@ -21,6 +21,7 @@ from typing import Any
 from gpuprobe.daemon.core import config as config_mod
 from gpuprobe.daemon.core.probekinds import PROBE_KINDS
 from gpuprobe.daemon.export.exporter import version
+from gpuprobe.daemon.service import malloc
 from gpuprobe.daemon.service.supervise import supervise
 from gpuprobe.daemon.service.systemd import Notifier
 from gpuprobe.daemon.service.tables import probe_row, render_snapshot, snapshot_json, table
@@ -102,6 +103,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     setup_logging(cfg.log_level)
+    malloc.tune()  # before the serving process forks and any thread starts
     web = _web_config(cfg)
     serving = None
     if cfg.http.separate_process:  # forked first, small: before the simulation and the
