@@ -46,7 +46,7 @@ from gpuprobe.daemon.analysis.memory_leaks import MemoryLeaks
 from gpuprobe.daemon.core import config as config_mod
 from gpuprobe.daemon.core.state import CollectorHealth
 from gpuprobe.daemon.export import exposition
-from gpuprobe.daemon.service.app import Daemon
+from gpuprobe.daemon.service.app import GC_THRESHOLDS, Daemon
 from gpuprobe.probes.sim import ManualClock, Simulation
 from gpuprobe.probes.sim.scenario import parse
 
@@ -175,6 +175,7 @@ def measure_real(cycles: int) -> dict:
         for h, (smp, _) in zip(handles, samples, strict=True):
             bare_nvml.nvmlGpmSampleGet(h, smp)
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)  # as Daemon.start() does
         b_ours, b_bare = Counter(ours_nvml.calls_by_device), Counter(bare_nvml.calls_by_device)
         time.sleep(0.11)
         ours.scheduler.run_once()
@@ -244,7 +245,8 @@ def compare_poll(gpus: int, procs: int, cycles: int,
             ours_clock.advance(5)
             bare_clock.advance(5)
             time.sleep(0.11)
-        gc.freeze()  # as Daemon.start() does
+        gc.freeze()  # as Daemon.start() does, with its thresholds
+        gc.set_threshold(*GC_THRESHOLDS)
         # Fairness check: one steady cycle of each makes the same calls.
         b_ours = Counter(ours.simulation.libnvml.calls_by_device)
         b_bare = Counter(bare_sim.libnvml.calls_by_device)

@@ -1,4 +1,4 @@
-"""glibc malloc settings made by `gpuprobe run` (daemon/service/malloc.py)."""
+"""Memory settings of a running daemon: glibc malloc (daemon/service/malloc.py), GC thresholds."""
 
 from __future__ import annotations
 
@@ -36,3 +36,20 @@ def test_a_variable_the_user_set_wins():
 def test_other_systems_are_left_alone(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert malloc.tune() == {}
+
+
+def test_a_started_daemon_collects_young_objects_every_10000_allocations():
+    import gc
+
+    from gpuprobe.daemon.service.app import GC_THRESHOLDS
+
+    from .conftest import make_daemon
+
+    before = gc.get_threshold()
+    d = make_daemon()
+    try:
+        d.start(serve=False)
+        assert gc.get_threshold() == GC_THRESHOLDS == (10_000, 10, 10)
+    finally:
+        d.stop()
+        gc.set_threshold(*before)
