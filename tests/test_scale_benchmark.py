@@ -123,3 +123,21 @@ def test_poll_comparison_in_fresh_processes() -> None:
     assert r["calls_per_cycle"] > 0
     with pytest.raises(SystemExit, match="at least one device"):
         overhead.compare_poll_runs(0, 2, 1, 1)
+
+
+def test_threads_profile_names_the_threads_encodes_and_collections() -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "threads.py"
+    done = subprocess.run([sys.executable, str(script), "--size", "2x2", "--window", "3",
+                           "--warmup", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("2 x 2, idle, 3 s: CPU seconds per minute by thread")
+    assert "all threads" in out and "snapshot encodes:" in out
+    assert out.count("gc generation") == 3
+    bad = subprocess.run([sys.executable, str(script), "--size", "2by2"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("--size:") \
+        and bad.stderr.count("\n") == 1
