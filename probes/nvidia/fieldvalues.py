@@ -10,7 +10,8 @@ whose structure does not match what is expected is read member by member as befo
 An array of one length read again (every poll asks the same fields) is read in one
 ``unpack`` of the whole array, with each value in the type the entry had the last time:
 the types come back in the same call and are compared, and a change falls back to the pass
-per entry. The 126 NVLink entries of an H100 take about 5 us so, against 33 us.
+per entry. The 126 NVLink entries of an H100, decoded into a list, took 15 us so against
+35-39 us entry by entry (timeit on a 2-CPU VM).
 """
 
 from __future__ import annotations
