@@ -19,23 +19,29 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 # nvmlValueType_t -> the member of c_nvmlValue_t that holds the value
 VALUE_MEMBER = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
                 6: "usVal"}
 
-_layouts: dict[Any, tuple[struct.Struct, dict[int, struct.Struct]] | None] = {}
+
+
+class _Layout(NamedTuple):
+    head: struct.Struct  # one entry: fieldId, valueType, nvmlReturn, the value's raw bytes
+    values: dict[int, struct.Struct]  # valueType -> the struct of its value
+    entries: dict[int, str]  # valueType -> the format of one entry holding such a value
+
+
+_layouts: dict[Any, _Layout | None] = {}
 # (entry structure, array length) -> (the value types last seen, in order; the struct that
 # reads the whole array with them)
 _whole: dict[tuple[Any, int], tuple[tuple[int, ...], struct.Struct]] = {}
 _MAX_WHOLE = 64  # distinct (structure, length) pairs kept: a poll asks a few
 
 
-def _layout(entry: Any) -> tuple[struct.Struct, dict[int, struct.Struct]] | None:
-    """(the struct of one entry: fieldId, valueType, nvmlReturn, the value's raw bytes;
-    valueType -> the struct of its value), or None where ``entry`` is not laid out as
-    expected."""
+def _layout(entry: Any) -> _Layout | None:
+    """How ``entry`` is read, or None where it is not laid out as expected."""
     try:
         fid, vtype, ret, value = (getattr(entry, n) for n in
                                   ("fieldId", "valueType", "nvmlReturn", "value"))
@@ -47,13 +53,15 @@ def _layout(entry: Any) -> tuple[struct.Struct, dict[int, struct.Struct]] | None
     if (fid.offset, fid.size, vtype.size, ret.size) != (0, 4, 4, 4) \
             or ret.offset != vtype.offset + 4 or value.offset < ret.offset + 4:
         return None
-    head = struct.Struct(f"@I{vtype.offset - 4}xII{value.offset - ret.offset - 4}x"
-                         f"{value.size}s{ctypes.sizeof(entry) - value.offset - value.size}x")
+    size = ctypes.sizeof(entry)
+    prefix = f"I{vtype.offset - 4}xII{value.offset - ret.offset - 4}x"
+    head = struct.Struct(f"@{prefix}{value.size}s{size - value.offset - value.size}x")
     values = {t: struct.Struct(f"@{codes[t]}") for t in VALUE_MEMBER}
-    if head.size != ctypes.sizeof(entry) or any(
+    if head.size != size or any(
             v.size != members[t] or v.size > value.size for t, v in values.items()):
         return None
-    return head, values
+    entries = {t: f"{prefix}{codes[t]}{size - value.offset - members[t]}x" for t in VALUE_MEMBER}
+    return _Layout(head, values, entries)
 
 
 def decode(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
@@ -73,12 +81,11 @@ def decode(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
         flat = reader.unpack(buf)
         if flat[1::4] == types:
             return zip(flat[0::4], flat[2::4], types, flat[3::4], strict=True)
-    head, by_type = layout
     out = []
-    for fid, vtype, ret, raw in head.iter_unpack(buf):
-        v = by_type.get(vtype)
+    for fid, vtype, ret, raw in layout.head.iter_unpack(buf):
+        v = layout.values.get(vtype)
         out.append((fid, ret, vtype, v.unpack_from(raw)[0] if v is not None else None))
-    _learn(key, entry, [e[2] for e in out])
+    _learn(key, layout, [e[2] for e in out])
     return iter(out)
 
 
@@ -90,24 +97,14 @@ def _by_member(values: Any) -> Iterator[tuple[int, int, int, float | int | None]
                getattr(v.value, member) if member is not None else None)
 
 
-def _learn(key: tuple[Any, int], entry: Any, types: list[int]) -> None:
+def _learn(key: tuple[Any, int], layout: _Layout, types: list[int]) -> None:
     """Keep a struct that reads an array of ``key``'s length whole, its values in ``types``;
-    none where a type is unknown or the native layout would not match the structure's."""
+    none where a type is unknown or the native alignment would not match the structure's."""
     if any(t not in VALUE_MEMBER for t in types):
         _whole.pop(key, None)
         return
-    fid, vtype, ret, value = (getattr(entry, n) for n in
-                              ("fieldId", "valueType", "nvmlReturn", "value"))
-    union = dict(entry._fields_)["value"]
-    size = ctypes.sizeof(entry)
-    parts = []
-    for t in types:
-        member = getattr(union, VALUE_MEMBER[t])
-        code = dict(union._fields_)[VALUE_MEMBER[t]]._type_
-        parts.append(f"I{vtype.offset - 4}xII{value.offset - ret.offset - 4}x{code}"
-                     f"{size - value.offset - member.size}x")
-    reader = struct.Struct("@" + "".join(parts))
-    if reader.size != size * len(types) or fid.offset != 0:
+    reader = struct.Struct("@" + "".join(layout.entries[t] for t in types))
+    if reader.size != layout.head.size * len(types):
         return
     if len(_whole) >= _MAX_WHOLE and key not in _whole:
         _whole.clear()
