@@ -102,7 +102,11 @@ def test_exception_counts_as_internal_error_and_keeps_the_loop(caplog):
     s = Scheduler([(bad, cfg(0.05, 0.04)), (good, cfg(0.05, 0.04))], store)
     s.start()
     try:
-        wait_for(lambda: bad.calls >= 3, timeout=3)
+        # both have published three runs (the good one's third may still be running when
+        # the bad one's third call starts)
+        wait_for(lambda: bad.calls >= 3 and store.view().health["good"].errors_total.get(
+            "transient", 0) >= 3 and store.view().health["bad"].errors_total.get(
+            "internal", 0) >= 3, timeout=3)
     finally:
         s.stop()
     h = store.view().health
