@@ -312,11 +312,13 @@ def serve_static(body_path: str, port: int) -> int:
     zipped = gzip.compress(body)
 
     class Static(Exposition):
-        def render(self, names: list[str] | None = None, accept_encoding: str | None = None
-                   ) -> tuple[bytes, list[tuple[str, str]]]:
+        def render_parts(self, names: list[str] | None = None,
+                         accept_encoding: str | None = None
+                         ) -> tuple[list[bytes], list[tuple[str, str]]]:
             if accept_encoding and "gzip" in accept_encoding:
-                return zipped, [("Content-Type", CONTENT_TYPE), ("Content-Encoding", "gzip")]
-            return body, [("Content-Type", CONTENT_TYPE)]
+                return [zipped], [("Content-Type", CONTENT_TYPE),
+                                  ("Content-Encoding", "gzip")]
+            return [body], [("Content-Type", CONTENT_TYPE)]
 
     server = HttpServer("127.0.0.1", port, CollectorRegistry(auto_describe=True),
                         health=lambda: (True, {}), ready=lambda: (True, {}),

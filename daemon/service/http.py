@@ -200,12 +200,16 @@ class _Conn:
             return True
 
 
+# A response body: whole, or (a /metrics body) the parts written one after another.
+Body = bytes | list[bytes]
+
+
 @dataclass
 class _Render:
     """A /metrics render in flight and the connections waiting for it."""
 
     waiters: list[_Conn]
-    future: asyncio.Future[tuple[bytes, list[tuple[str, str]]]] | None = None
+    future: asyncio.Future[tuple[list[bytes], list[tuple[str, str]]]] | None = None
 
 
 class _Refused(Exception):
@@ -498,14 +502,18 @@ class HttpServer:
             close = status >= 400 and status not in (401, 404, 405)
             if close:
                 headers = [*headers, ("Connection", "close")]
+            chunks = body if isinstance(body, list) else [body]
             head = h.send(h11.Response(status_code=status, headers=_headers(
-                headers, web, len(body)), reason=_REASONS.get(status, b"")))
-            # The body goes to the transport as it is, not joined to the head: a 2 MiB
-            # body was copied twice per scrape that way, and with glibc's mmap threshold at
-            # 128 KiB (malloc.py) each copy was mapped and faulted in anew.
+                headers, web, sum(map(len, chunks))), reason=_REASONS.get(status, b"")))
+            # The body goes to the transport as it is, not joined to the head nor its parts
+            # to each other: a 2 MiB body was copied twice per scrape that way, and with
+            # glibc's mmap threshold at 128 KiB (malloc.py) each copy was mapped and faulted
+            # in anew.
             out = [head]
-            if event.method != b"HEAD" and body:
-                out += h.send_with_data_passthrough(h11.Data(data=body)) or []
+            if event.method != b"HEAD":
+                for chunk in chunks:
+                    if chunk:
+                        out += h.send_with_data_passthrough(h11.Data(data=chunk)) or []
             out.append(h.send(h11.EndOfMessage()))
             self.stats.request(handler, status)
             for part in out:
@@ -553,7 +561,7 @@ class HttpServer:
     # -- requests ------------------------------------------------------------------------
 
     async def _respond(self, req: h11.Request, conn: _Conn, web: WebConfig
-                       ) -> tuple[int, bytes, list[tuple[str, str]], str]:
+                       ) -> tuple[int, Body, list[tuple[str, str]], str]:
         """(status, body, headers, handler label) for one request; never raises."""
         handler = "other"
         try:
@@ -613,7 +621,7 @@ class HttpServer:
             return 500, b"internal server error\n", _TEXT, handler
 
     async def _metrics(self, query: str, req: h11.Request, conn: _Conn,
-                       handler: str) -> tuple[int, bytes, list[tuple[str, str]], str]:
+                       handler: str) -> tuple[int, Body, list[tuple[str, str]], str]:
         try:
             names = parse_qs(query, max_num_fields=200).get("name[]")
         except ValueError:
@@ -628,13 +636,13 @@ class HttpServer:
             shared = _Render([conn])
             queued = time.monotonic()
 
-            def job() -> tuple[bytes, list[tuple[str, str]]]:
+            def job() -> tuple[list[bytes], list[tuple[str, str]]]:
                 # Queued behind other renders, its clients may all have left meanwhile. (Not
                 # asked of a render that starts at once: a client that half-closes its side
                 # after its request, as `nc -N` does, still gets its answer.)
                 if time.monotonic() - queued > 0.05 and all(c.gone() for c in shared.waiters):
                     raise ConnectionResetError("every client of this render left")
-                return self.exposition.render(names, accept)
+                return self.exposition.render_parts(names, accept)
 
             shared.future = asyncio.get_running_loop().run_in_executor(self._pool, job)
             self._renders[key] = shared
