@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -142,6 +143,37 @@ def test_the_serving_process_ends_with_the_main_process():
         d.proc.wait(10)
         child.wait(10)
         assert not child.is_running()
+    finally:
+        d.stop()
+
+
+def _nice(tid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_main_process_runs_below_the_serving_process_and_a_new_child_at_its_priority():
+    """``gpuprobe run``: every thread of the main process (polls, encoding; probe children
+    come from them) 10 nice steps below the serving process, but the one that forks it again,
+    so that a child forked again starts at the serving priority."""
+    base = _nice(0)
+    lowered = min(19, base + 10)
+    d = RunningDaemon("--simulate")
+    try:
+        d.wait_ready(timeout=30)
+        main = psutil.Process(d.proc.pid)
+        # (Python 3.11 names no OS thread: the one left is told by its count)
+        nice = {t.id: _nice(t.id) for t in main.threads()}
+        assert nice[main.pid] == lowered
+        assert sorted(nice.values()) == [base] + [lowered] * (len(nice) - 1), nice
+        assert len(nice) >= 6
+        (child,) = _serving(main)
+        assert _nice(child.pid) == base
+        child.kill()
+        wait_for(lambda: [c.pid for c in _serving(main)] not in ([], [child.pid]), timeout=10)
+        (again,) = _serving(main)
+        assert _nice(again.pid) == base
+        wait_for(lambda: _up(d.port), timeout=10)
     finally:
         d.stop()
 

@@ -156,6 +156,10 @@ class HttpConfig:
     # a scrape never waits for the interpreter lock behind the polls; false serves from a
     # thread of the daemon's one process.
     separate_process: bool = True
+    # How many nice steps the main process's threads (polls, encoding, probes) run below
+    # the serving process, so a scrape is run first on busy CPUs (daemon/service/priority.py);
+    # 0 leaves them equal. Only with separate_process.
+    poll_nice: int = field(default=10, metadata={"min": 0, "max": 19})
 
 
 @dataclass(frozen=True)

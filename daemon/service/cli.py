@@ -21,7 +21,7 @@ from typing import Any
 from gpuprobe.daemon.core import config as config_mod
 from gpuprobe.daemon.core.probekinds import PROBE_KINDS
 from gpuprobe.daemon.export.exporter import version
-from gpuprobe.daemon.service import malloc
+from gpuprobe.daemon.service import malloc, priority
 from gpuprobe.daemon.service.supervise import supervise
 from gpuprobe.daemon.service.systemd import Notifier
 from gpuprobe.daemon.service.tables import probe_row, render_snapshot, snapshot_json, table
@@ -114,6 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise _Fail(f"cannot listen on {cfg.listen}: {e.strerror or e}",
                         EXIT_RUNTIME) from None
+        # this thread, and all it starts from now on (polls, encoding, probes), yields the
+        # CPU to scrapes; the thread that re-forks the serving process keeps its priority
+        priority.lower_threads(cfg.http.poll_nice, keep={serving.forking_thread() or 0})
     try:
         sim = _simulation(cfg)
         from gpuprobe.daemon.service.app import Daemon

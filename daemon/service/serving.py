@@ -134,15 +134,23 @@ class ServingProcess:
         registry.register(http.stats)
         serving = cls(http, relay, mirror)
         serving._fork()
+        serving._thread("serving-watch", serving._watch)  # a child that dies is forked again
         return serving
 
     def start(self, state: Callable[[], State]) -> None:
         """Feed the child: ``state`` is asked once a second, in this process."""
         self._state = state
-        for name, target in (("serving-feed", self._feed), ("serving-watch", self._watch)):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._thread("serving-feed", self._feed)
+
+    def _thread(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def forking_thread(self) -> int | None:
+        """The native id of the thread that forks a child again: the child starts at that
+        thread's priority (priority.py)."""
+        return self._threads[0].native_id if self._threads else None
 
     def post(self, encoded: Encoded) -> None:
         """A new snapshot, encoded: sent to the child at once (a newer one replaces it)."""
