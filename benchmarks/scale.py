@@ -83,14 +83,17 @@ HEADING = "## Scaling with the host (`benchmarks/scale.py`)"
 INTERVAL = 5.0
 
 
-def daemon_config(interval: float, max_processes: int | None = None) -> dict[str, Any]:
+def daemon_config(interval: float, max_processes: int | None = None,
+                  poll_nice: int | None = None) -> dict[str, Any]:
     """gpuprobe's defaults, with the NVIDIA telemetry and process collectors at ``interval``
     (their deadline follows, at 0.8 of it) and, where given,
-    exporter.max_processes_per_device."""
+    exporter.max_processes_per_device and http.poll_nice."""
     conf: dict[str, Any] = {"collectors": {"nvidia": {"interval": f"{interval:g}s"},
                                            "nvidia_processes": {"interval": f"{interval:g}s"}}}
     if max_processes is not None:
         conf["exporter"] = {"max_processes_per_device": max_processes}
+    if poll_nice is not None:
+        conf["http"] = {"poll_nice": poll_nice}
     return conf
 
 
@@ -375,7 +378,8 @@ def measure_size(gpus: int, procs: int, args: argparse.Namespace) -> dict[str, A
         scen = tmp / "scenario.yaml"
         scen.write_text(yaml.safe_dump(scenario(gpus, procs)))
         conf = tmp / "config.yaml"
-        conf.write_text(yaml.safe_dump(daemon_config(args.interval, args.max_processes)))
+        conf.write_text(yaml.safe_dump(daemon_config(args.interval, args.max_processes,
+                                                     args.poll_nice)))
         port = free_port()
         try:
             ours = measure_child(
@@ -615,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-processes-per-device", dest="max_processes", type=int,
                     default=None, help="gpuprobe's exporter.max_processes_per_device (default: "
                     "its own default, 32; nvitop-exporter exports every process)")
+    ap.add_argument("--poll-nice", type=int, default=None,
+                    help="gpuprobe's http.poll_nice, how many nice steps its polls run below "
+                    "its serving process (default: its own default, 10)")
     ap.add_argument("--no-nvitop", dest="nvitop", action="store_false",
                     help="skip the nvitop-exporter arm")
     ap.add_argument("--write", metavar="FILE", help="put the table in this markdown file")
@@ -631,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if args.max_processes is not None and not 0 <= args.max_processes <= 4096:
             raise ValueError("--max-processes-per-device must be 0 to 4096")
+        if args.poll_nice is not None and not 0 <= args.poll_nice <= 19:
+            raise ValueError("--poll-nice must be 0 to 19")
         if not 0.25 <= args.interval <= 60:  # nvitop-exporter refuses under 0.25 s
             raise ValueError("--interval must be 0.25 to 60 seconds")
         if args.gap is None:

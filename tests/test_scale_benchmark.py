@@ -36,8 +36,14 @@ def test_parse_sizes() -> None:
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert scale.main(["--sizes", "8by32"]) == 2
     assert scale.main(["--scrapes", "0"]) == 2
+    assert scale.main(["--poll-nice", "20"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("scale.py: ") for line in err)
+    assert len(err) == 3 and all(line.startswith("scale.py: ") for line in err)
+
+
+def test_poll_nice_reaches_the_daemon_config() -> None:
+    assert scale.daemon_config(5, None, 0)["http"] == {"poll_nice": 0}
+    assert "http" not in scale.daemon_config(5)  # gpuprobe's own default
 
 
 def test_tiny_run_without_nvitop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -3,9 +3,10 @@
 The serving process (serving.py) answers a scrape in about 2 ms of CPU; the main process's
 polls, encodes and probes are bulk work that no client waits on. On a host whose CPUs are
 busy (the poll itself, the training job's data loaders) the scheduler then runs a scrape
-first. Measured with ``benchmarks/scale.py --sizes 64x128`` on 2 CPUs: scrape p99 5.06 ms at
-the same priority, 4.00 ms with the main process 10 steps lower, against 3.5-3.6 ms for the
-same bytes served alone (docs/performance.md).
+first. Measured with ``benchmarks/scale.py --sizes 64x128 --poll-nice 0`` (and ``10``) on 2
+CPUs, two runs each: scrape p99 6.31 and 5.95 ms at the same priority, 3.74 and 3.69 ms with
+the main process 10 steps lower, against 3.3-3.7 ms for the same bytes served alone
+(docs/performance.md).
 
 Linux keeps a nice value per thread and a new thread takes its creator's, so lowering every
 thread that exists (but the one that forks the serving process again if it dies) covers the
