@@ -28,8 +28,16 @@ def _get(port: int, path: str = "/metrics") -> tuple[int, str]:
 
 
 def _serving(main: psutil.Process) -> list[psutil.Process]:
-    """The main process's forked serving process (probe children run other commands)."""
-    return [c for c in main.children() if c.cmdline() == main.cmdline()]
+    """The main process's forked serving process (probe children run other commands); one
+    killed and not yet reaped by the main process is a zombie, and not counted."""
+    found = []
+    for c in main.children():
+        try:
+            if c.cmdline() == main.cmdline():
+                found.append(c)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 def _up(port: int) -> bool:

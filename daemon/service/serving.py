@@ -111,6 +111,7 @@ class ServingProcess:
         self._lock = threading.Lock()  # the connection, and what is left to send
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._watcher: threading.Thread | None = None
 
     # -- the main process ---------------------------------------------------------------
 
@@ -134,7 +135,8 @@ class ServingProcess:
         registry.register(http.stats)
         serving = cls(http, relay, mirror)
         serving._fork()
-        serving._thread("serving-watch", serving._watch)  # a child that dies is forked again
+        # a child that dies is forked again, by this thread
+        serving._watcher = serving._thread("serving-watch", serving._watch)
         return serving
 
     def start(self, state: Callable[[], State]) -> None:
@@ -142,15 +144,16 @@ class ServingProcess:
         self._state = state
         self._thread("serving-feed", self._feed)
 
-    def _thread(self, name: str, target: Callable[[], None]) -> None:
+    def _thread(self, name: str, target: Callable[[], None]) -> threading.Thread:
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+        return t
 
     def forking_thread(self) -> int | None:
-        """The native id of the thread that forks a child again: the child starts at that
-        thread's priority (priority.py)."""
-        return self._threads[0].native_id if self._threads else None
+        """The native id of the thread that forks a child again (None before launch): the
+        child starts at that thread's priority (priority.py)."""
+        return self._watcher.native_id if self._watcher is not None else None
 
     def post(self, encoded: Encoded) -> None:
         """A new snapshot, encoded: sent to the child at once (a newer one replaces it)."""
