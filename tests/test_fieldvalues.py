@@ -102,3 +102,26 @@ def test_an_array_read_again_is_read_whole_and_a_changed_type_falls_back() -> No
     list(fieldvalues.decode(mixed))
     assert (pynvml.c_nvmlFieldValue_t, len(mixed)) not in fieldvalues._whole
     assert list(fieldvalues.decode(mixed)) == _by_attributes(mixed)
+
+
+def _answers_by_attributes(values) -> list:
+    return [v if ret == 0 else None for _, ret, _, v in _by_attributes(values)]
+
+
+def test_answers_are_the_values_with_errors_absent_read_whole_or_not() -> None:
+    known = (pynvml.c_nvmlFieldValue_t * len(CASES))()
+    for i, (vtype, member, value) in enumerate(CASES):
+        known[i].fieldId, known[i].valueType = 400 + i, vtype
+        setattr(known[i].value, member, value)
+    key = (pynvml.c_nvmlFieldValue_t, len(CASES))
+    fieldvalues._whole.pop(key, None)
+    assert fieldvalues.answers(known) == [c[2] for c in CASES]  # not yet learnt: per entry
+    assert key in fieldvalues._whole
+    known[2].value.ulVal = 99
+    assert fieldvalues.answers(known) == _answers_by_attributes(known)  # whole
+    known[4].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED  # an entry's own error: absent
+    got = fieldvalues.answers(known)
+    assert got == _answers_by_attributes(known) and got[4] is None and got[2] == 99
+    mixed = _filled()  # an unknown value type: None, as decode gives it
+    assert fieldvalues.answers(mixed) == _answers_by_attributes(mixed)
+    assert fieldvalues.answers([]) == []

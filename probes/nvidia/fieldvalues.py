@@ -89,6 +89,20 @@ def decode(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
     return iter(out)
 
 
+def answers(values: Any) -> list[float | int | None]:
+    """Each entry's value, or None where the entry has an error of its own: what
+    :func:`decode` gives, without the ids and types. An array read whole in which every
+    entry succeeded (the usual case) is two slices of one unpack."""
+    entry = getattr(values, "_type_", None)
+    whole = _whole.get((entry, len(values))) if _layouts.get(entry) is not None else None
+    if whole is not None:
+        types, reader = whole
+        flat = reader.unpack(memoryview(values).cast("B"))
+        if flat[1::4] == types and not any(flat[2::4]):
+            return list(flat[3::4])
+    return [value if ret == 0 else None for _, ret, _, value in decode(values)]
+
+
 def _by_member(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
     for v in values:
         vtype = int(v.valueType)

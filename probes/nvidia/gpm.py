@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from gpuprobe.probes.backend import Query
+from gpuprobe.probes.nvidia import structs
 from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession
 
 # (NVML_GPM_METRIC_* id, name in the result)
@@ -68,16 +69,18 @@ def read_gpm(session: NvmlSession, dev: NvDevice, q: Query) -> dict[str, float] 
     get.numMetrics = len(GPM_METRICS)
     get.sample1 = prev
     get.sample2 = cur
+    metrics = get.metrics  # the array inside ``get``, not a copy
     for i, (metric_id, _name) in enumerate(GPM_METRICS):
-        get.metrics[i].metricId = metric_id
+        metrics[i].metricId = metric_id
     if q(dev, "gpm.metrics", lib.nvmlGpmMetricsGet, get) is None:
         return None
     out = {}
+    read = structs.reader(type(metrics[0]), ("nvmlReturn", "value"))
     for i, (_metric_id, name) in enumerate(GPM_METRICS):
-        m = get.metrics[i]
-        if m.nvmlReturn != 0 or math.isnan(m.value):
+        ret, value = read(metrics[i])
+        if ret != 0 or math.isnan(value):
             continue  # a metric this driver does not know
-        out[name] = m.value / 100.0 if name in PERCENT else m.value * MIB
+        out[name] = value / 100.0 if name in PERCENT else value * MIB
     return out
 
 

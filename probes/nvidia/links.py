@@ -18,6 +18,8 @@ PER_LINK = (F_STATE, F_VERSION, F_TX, F_RX, F_CRC, F_REPLAY, F_RECOVERY)
 # nvmlNvlinkVersion_t -> the NVLink version it names
 VERSIONS = {1: 1.0, 2: 2.0, 3: 2.2, 4: 3.0, 5: 3.1, 6: 4.0, 7: 5.0, 8: 6.0}
 KIB = 1024
+NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS: callers pass a count of at most this
+LINK_NAMES = tuple(str(link) for link in range(NVLINK_MAX_LINKS))  # link labels, made once
 
 
 def read_links(session: NvmlSession, dev: NvDevice, q: Query, count: int) -> Interconnect:
@@ -36,35 +38,44 @@ def read_links(session: NvmlSession, dev: NvDevice, q: Query, count: int) -> Int
         return Interconnect()
     # The entries come back in the order asked: PER_LINK's fields for link 0, then link 1...
     # (the id is not checked per entry; a field's own error leaves that value absent).
-    got = [value if ret == 0 else None for _, ret, _, value in fieldvalues.decode(values)]
+    got = fieldvalues.answers(values)
     if len(got) != len(ids):  # not the array asked for
         return Interconnect()
-    width = len(PER_LINK)
     links: dict[str, Link] = {}
     version = None
     tx_total = rx_total = 0.0
     any_tx = any_rx = False
-    errors: dict[str, int] = {}
-    for link in range(count):
-        state, ver, tx_kib, rx_kib, crc, replay, recovery = got[link * width:(link + 1) * width]
+    crc_total = replay_total = recovery_total = None
+    # one tuple of PER_LINK's values per link (this loop runs for every link of every GPU
+    # each poll: its per-link dicts and generators were most of read_links' own time)
+    for link, (state, ver, tx_kib, rx_kib, crc, replay, recovery) in enumerate(
+            zip(*[iter(got)] * len(PER_LINK), strict=True)):
         if state is None:  # the device does not report this link
             continue
         if version is None and ver in VERSIONS:
             version = VERSIONS[int(ver)]
-        tx = tx_kib * KIB if tx_kib is not None else None
-        rx = rx_kib * KIB if rx_kib is not None else None
-        if tx is not None:
+        tx = rx = None
+        if tx_kib is not None:
+            tx = tx_kib * KIB
             tx_total += tx
             any_tx = True
-        if rx is not None:
+        if rx_kib is not None:
+            rx = rx_kib * KIB
             rx_total += rx
             any_rx = True
-        counts = {kind: int(n) for kind, n in
-                  (("crc", crc), ("replay", replay), ("recovery", recovery)) if n is not None}
-        for kind, n in counts.items():
-            errors[kind] = errors.get(kind, 0) + n
-        links[str(link)] = Link(up=state == 1, tx_bytes_total=tx, rx_bytes_total=rx,
-                                errors=counts)
+        counts = {}
+        if crc is not None:
+            counts["crc"] = n = int(crc)
+            crc_total = n if crc_total is None else crc_total + n
+        if replay is not None:
+            counts["replay"] = n = int(replay)
+            replay_total = n if replay_total is None else replay_total + n
+        if recovery is not None:
+            counts["recovery"] = n = int(recovery)
+            recovery_total = n if recovery_total is None else recovery_total + n
+        links[LINK_NAMES[link]] = Link(state == 1, tx, rx, counts)  # positional: cheaper
+    errors = {kind: n for kind, n in (("crc", crc_total), ("replay", replay_total),
+                                      ("recovery", recovery_total)) if n is not None}
     if not links:
         return Interconnect()
     return Interconnect(kind="nvlink", version=version, links=links,

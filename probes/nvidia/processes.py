@@ -21,6 +21,7 @@ from typing import Any
 
 from gpuprobe.daemon.core.model import CollectorResult, ProcessSample
 from gpuprobe.probes.backend import Processes, Query, holders
+from gpuprobe.probes.nvidia import structs
 from gpuprobe.probes.nvidia.session import NvDevice, NvmlSession
 
 # the newer call first; the driver's NOT_FOUND (and pynvml's raise of SUCCESS on an empty
@@ -83,10 +84,12 @@ def utilization(session: NvmlSession, dev: NvDevice, q: Query,
     if samples is None:
         return None
     latest: dict[int, tuple[int, int]] = {}  # pid -> (timestamp, sm %)
-    for s in samples:
-        stamp, sm = int(s.timeStamp), int(s.smUtil)
-        if s.pid in pids and 0 <= sm <= 100 and stamp > latest.get(s.pid, (-1, 0))[0]:
-            latest[s.pid] = (stamp, sm)
+    if samples:  # the older call's samples are of another structure
+        read = structs.reader(type(samples[0]), ("pid", "timeStamp", "smUtil"))
+        for s in samples:
+            pid, stamp, sm = read(s)
+            if pid in pids and 0 <= sm <= 100 and stamp > latest.get(pid, (-1, 0))[0]:
+                latest[pid] = (int(stamp), int(sm))
     if latest:
         dev.state["util_seen"] = max(last_seen, *(stamp for stamp, _ in latest.values()))
     return {pid: sm / 100 for pid, (_, sm) in latest.items()}

@@ -30,7 +30,7 @@ from gpuprobe.daemon.core.model import (
 from gpuprobe.probes.backend import Query, Telemetry, within
 from gpuprobe.probes.nvidia import fieldvalues
 from gpuprobe.probes.nvidia.gpm import clamp_ratio, free_samples, read_gpm
-from gpuprobe.probes.nvidia.links import read_links
+from gpuprobe.probes.nvidia.links import NVLINK_MAX_LINKS, read_links
 from gpuprobe.probes.nvidia.session import CLOCK_DOMAINS, NvDevice, NvmlSession
 
 # nvmlDeviceGetFieldValues ids (NVML_FI_DEV_*), read in one batch per GPU.
@@ -57,7 +57,6 @@ PCIE_ERROR_FIELDS = {"correctable": 173, "receiver_error": 175, "bad_tlp": 176,
                      "unsupported_request": 181, "lcrc": 182, "lane": 183}
 F_RESET_STATUS, F_DRAIN_AND_RESET, F_RECOVERY_ACTION = 226, 227, 230
 F_NVLINK_COUNT = 91
-NVLINK_MAX_LINKS = 18  # NVML_NVLINK_MAX_LINKS
 
 FIELD_IDS = (
     F_ECC_CURRENT, F_ECC_SBE_VOL, F_ECC_DBE_VOL, F_ECC_SBE_AGG, F_ECC_DBE_AGG,
