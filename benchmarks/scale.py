@@ -10,9 +10,10 @@ For each size (GPUs x processes per GPU), over scenarios this script generates
    daemon's own polling CPU) and a scrape window
    (``--scrapes`` GETs of /metrics, ``--gap`` apart, on one kept-alive connection, so that
    the window spans several poll cycles and some scrapes meet a fresh snapshot). Reported:
-   series, body bytes, scrape p50/p99, CPU seconds per minute in each window (psutil, all
-   threads, the serving process included), resident memory after the window (the daemon's
-   RSS plus its serving process's USS, which is also given alone: _harness.footprint).
+   series, body bytes, scrape p50/p99, CPU seconds per minute in each window (every thread's
+   schedstat, in nanoseconds, the serving process included: _harness.cpu_ns), resident
+   memory after the window (the daemon's RSS plus its serving process's USS, which is also
+   given alone: _harness.footprint).
 2. static: gpuprobe's own HttpServer in a child process of its own, its /metrics answering
    the daemon's last body as a fixed byte string; scraped the same way. ratio = gpuprobe
    p99 / static p99: what the daemon adds to serving the bytes.
@@ -57,6 +58,7 @@ from _harness import (
     PID_RE,
     ROOT,
     child_env,
+    cpu_ns,
     device_up,
     footprint,
     footprint_parts,
@@ -255,11 +257,12 @@ def measure_child(cmd: list[str], port: int, ready: Ready | None,
                             else (0.0, 0))
         except RuntimeError as e:
             raise RuntimeError(f"{e}; its last log line: {_last_line(log)}") from None
-        c0, t0 = footprint(proc.pid)[0], time.monotonic()
+        c0, t0 = _cpu(proc.pid), time.monotonic()
         time.sleep(args.idle)
-        c1, t1 = footprint(proc.pid)[0], time.monotonic()
+        c1, t1 = _cpu(proc.pid), time.monotonic()
         w = scrape_window(port, args.scrapes, args.gap, args.max_scrape_seconds)
-        c2, main_rss, children_uss = footprint_parts(proc.pid)
+        c2 = _cpu(proc.pid)
+        _, main_rss, children_uss = footprint_parts(proc.pid)
         rss = main_rss + children_uss
         t2 = time.monotonic()
         body = w["body"]
@@ -274,6 +277,13 @@ def measure_child(cmd: list[str], port: int, ready: Ready | None,
     if ready is not None and r["series"]:  # not of the static server, which polls nothing
         r["cpu_ms_per_min_per_series"] = round(r["cpu_s_per_min_idle"] * 1e3 / r["series"], 4)
     return r
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children: nanosecond schedstat where the kernel has
+    it (_harness.cpu_ns), else psutil's clock ticks."""
+    ns = cpu_ns(pid)
+    return ns / 1e9 if ns is not None else footprint(pid)[0]
 
 
 def _last_line(log: Path) -> str:
@@ -502,7 +512,8 @@ def render_table(result: dict[str, Any]) -> str:
         f"each arm scraped "
         f"{result['scrapes']} times {result['gap_ms']:g} ms apart on one connection (at most "
         f"{result['max_scrape_seconds']:g} s) after {result['idle_s']:g} s idle; CPU is the "
-        f"process's, all threads, per minute of the idle window and of the scrape window. "
+        f"process's and its children's, every thread's schedstat (ns), per minute of the idle "
+        f"window and of the scrape window. "
         f"gpuprobe exports at most {result['max_processes_per_device']} processes per GPU "
         f"(exporter.max_processes_per_device; it polls them all), nvitop-exporter every "
         f"process. Poll CPU: medians of {result['cycles']} interleaved cycles, in "

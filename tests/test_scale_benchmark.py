@@ -147,3 +147,41 @@ def test_threads_profile_names_the_threads_encodes_and_collections() -> None:
                          text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("--size:") \
         and bad.stderr.count("\n") == 1
+
+
+def test_cpu_ns_counts_every_thread_and_child_in_nanoseconds() -> None:
+    """A process whose second thread, and whose child, each spin 0.3 s and stay: both
+    counted, within a few clock ticks of psutil's figure for the same process and child."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    harness = load_benchmark("_harness")
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    code = (f"import subprocess, sys, threading, time\n"
+            f"threading.Thread(target=exec, args=({spin + 'time.sleep(60)'!r},),\n"
+            f"                 daemon=True).start()\n"
+            f"subprocess.Popen([sys.executable, '-c', {spin + 'time.sleep(60)'!r}])\n"
+            f"time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ns = harness.cpu_ns(proc.pid)
+            if ns is not None and ns >= 0.6e9:
+                break
+            time.sleep(0.1)
+        time.sleep(0.2)
+        ns = harness.cpu_ns(proc.pid)
+        ticks = harness.footprint(proc.pid)[0]
+        assert ns is not None and ns >= 0.6e9  # the thread's and the child's spins
+        assert abs(ns / 1e9 - ticks) < 0.05, (ns, ticks)
+        assert len(psutil.Process(proc.pid).children()) == 1
+    finally:
+        for c in psutil.Process(proc.pid).children(recursive=True):
+            c.kill()
+        proc.kill()
+        proc.wait(10)
+    assert harness.cpu_ns(proc.pid) is None  # gone
