@@ -84,7 +84,7 @@ def utilization(session: NvmlSession, dev: NvDevice, q: Query,
     if samples is None:
         return None
     latest: dict[int, tuple[int, int]] = {}  # pid -> (timestamp, sm %)
-    if samples:  # the older call's samples are of another structure
+    if samples:  # read by the answering call's structure: the older call has its own
         read = structs.reader(type(samples[0]), ("pid", "timeStamp", "smUtil"))
         for s in samples:
             pid, stamp, sm = read(s)
