@@ -117,33 +117,64 @@ def footprint_parts(pid: int) -> tuple[float, int, int]:
     return cpu, rss, children
 
 
-def cpu_ns(pid: int) -> int | None:
-    """Nanoseconds on the CPU of a process's live threads and its children's, summed from
-    each thread's ``/proc/<pid>/task/<tid>/schedstat``; None where the kernel has no
-    schedstat. ``footprint``'s CPU (utime + stime) moves in clock ticks (10 ms), which is a
-    third of what an idle one-GPU daemon spends in 15 s. A thread or child that ends between
-    two readings takes its time with it (as psutil's children figure does): the daemons
-    measured keep their threads (pools) for their life."""
-    total = 0
+def task_ns(pid: int | str, tid: int | str) -> int | None:
+    """Nanoseconds one thread has been on the CPU (``/proc/<pid>/task/<tid>/schedstat``);
+    None where it has ended or the kernel has no schedstat."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def task_wakes(pid: int | str, tid: int | str) -> int | None:
+    """How often one thread went to sleep and was woken so far (its voluntary context
+    switches, ``/proc/<pid>/task/<tid>/status``); None once it has ended."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _tasks(pid: int) -> list[tuple[int, str]] | None:
+    """(pid, tid) of every live thread of ``pid`` and of its children; None once gone."""
     try:
         pids = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
     except psutil.NoSuchProcess:
         return None
+    out = []
     for p in pids:
         try:
-            tids = os.listdir(f"/proc/{p}/task")
+            out += [(p, tid) for tid in os.listdir(f"/proc/{p}/task")]
         except OSError:
             continue  # ended meanwhile
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except FileNotFoundError:
-                if not os.path.exists("/proc/self/schedstat"):
-                    return None  # a kernel without CONFIG_SCHEDSTATS' per-task line
-            except (OSError, IndexError, ValueError):
-                continue
-    return total
+    return out
+
+
+def cpu_ns(pid: int) -> int | None:
+    """Nanoseconds on the CPU of a process's live threads and its children's, summed from
+    each thread's schedstat (:func:`task_ns`); None where the process is gone or the kernel
+    has no schedstat. ``footprint``'s CPU (utime + stime) moves in clock ticks (10 ms), which
+    is a third of what an idle one-GPU daemon spends in 15 s. A thread or child that ends
+    between two readings takes its time with it (as psutil's children figure does): the
+    daemons measured keep their threads (pools) for their life."""
+    tasks = _tasks(pid)
+    if tasks is None or not os.path.exists("/proc/self/schedstat"):
+        return None
+    return sum(ns for p, tid in tasks if (ns := task_ns(p, tid)) is not None)
+
+
+def wakes(pid: int) -> int | None:
+    """Voluntary context switches so far of a process's live threads and its children's
+    (:func:`task_wakes`); None once the process is gone."""
+    tasks = _tasks(pid)
+    if tasks is None:
+        return None
+    return sum(n for p, tid in tasks if (n := task_wakes(p, tid)) is not None)
 
 
 def proc_sample(pid: int) -> dict[str, int] | None:

@@ -11,7 +11,8 @@ For each size (GPUs x processes per GPU), over scenarios this script generates
    (``--scrapes`` GETs of /metrics, ``--gap`` apart, on one kept-alive connection, so that
    the window spans several poll cycles and some scrapes meet a fresh snapshot). Reported:
    series, body bytes, scrape p50/p99, CPU seconds per minute in each window (every thread's
-   schedstat, in nanoseconds, the serving process included: _harness.cpu_ns), resident
+   schedstat, in nanoseconds, the serving process included: _harness.cpu_ns), the idle
+   window's wakes a minute (voluntary context switches, in the JSON only), resident
    memory after the window (the daemon's RSS plus its serving process's USS, which is also
    given alone: _harness.footprint).
 2. static: gpuprobe's own HttpServer in a child process of its own, its /metrics answering
@@ -68,6 +69,7 @@ from _harness import (
     percentile,
     stop,
     wait_http,
+    wakes,
     write_json,
     write_section,
 )
@@ -257,9 +259,9 @@ def measure_child(cmd: list[str], port: int, ready: Ready | None,
                             else (0.0, 0))
         except RuntimeError as e:
             raise RuntimeError(f"{e}; its last log line: {_last_line(log)}") from None
-        c0, t0 = _cpu(proc.pid), time.monotonic()
+        c0, n0, t0 = _cpu(proc.pid), wakes(proc.pid), time.monotonic()
         time.sleep(args.idle)
-        c1, t1 = _cpu(proc.pid), time.monotonic()
+        c1, n1, t1 = _cpu(proc.pid), wakes(proc.pid), time.monotonic()
         w = scrape_window(port, args.scrapes, args.gap, args.max_scrape_seconds)
         c2 = _cpu(proc.pid)
         _, main_rss, children_uss = footprint_parts(proc.pid)
@@ -269,6 +271,9 @@ def measure_child(cmd: list[str], port: int, ready: Ready | None,
         r = {**w, "settle_s": round(settled_s, 1), "series": count_series(body),
              "bytes": len(body),
              "cpu_s_per_min_idle": round((c1 - c0) / (t1 - t0) * 60, 3),
+             # voluntary context switches of every thread, the serving process's included
+             "wakes_per_min_idle": (round((n1 - n0) / (t1 - t0) * 60)
+                                    if n0 is not None and n1 is not None else None),
              "cpu_s_per_min_scraping": round((c2 - c1) / (t2 - t1) * 60, 3),
              "rss_mb": round(rss / 1e6, 1), "children_uss_mb": round(children_uss / 1e6, 1)}
     finally:

@@ -19,12 +19,14 @@ import argparse
 import gc
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import task_ns, task_wakes
 from overhead import scenario
 from scale import daemon_config, parse_sizes
 
@@ -34,20 +36,20 @@ from gpuprobe.probes.sim import Simulation
 from gpuprobe.probes.sim.scenario import parse
 
 
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds so far of each live thread of this process, by thread name: from
-    ``/proc/self/task/<tid>/schedstat`` (nanoseconds on the CPU) where the kernel has it,
-    else from ``stat`` (10 ms clock ticks per thread: at 1 x 0, where most threads spend a
-    few ms a minute, the ticks summed to 0.04 s/min and schedstat to 0.10 in the next run)."""
+def thread_stats() -> dict[str, tuple[float, int]]:
+    """(CPU seconds, wakes) so far of each live thread of this process, by thread name.
+    CPU is from the thread's schedstat in nanoseconds (_harness.task_ns) where the kernel
+    has it, else from its ``stat`` in 10 ms clock ticks: at 1 x 0, where most threads spend
+    a few ms a minute, the ticks summed to 0.04 s/min and schedstat to 0.10 in the next run.
+    Wakes are its voluntary context switches (_harness.task_wakes)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, int]] = {}
     for tid in os.listdir("/proc/self/task"):
-        name = names.get(int(tid), f"tid {tid}")
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                seconds = int(f.read().split()[0]) / 1e9
-        except (OSError, IndexError, ValueError):
+        ns = task_ns("self", tid)
+        if ns is not None:
+            seconds = ns / 1e9
+        else:
             try:
                 with open(f"/proc/self/task/{tid}/stat") as f:
                     text = f.read()
@@ -55,28 +57,21 @@ def thread_cpu() -> dict[str, float]:
                 continue  # ended meanwhile
             fields = text[text.rindex(")") + 2:].split()
             seconds = (int(fields[11]) + int(fields[12])) / tick
-        out[name] = out.get(name, 0.0) + seconds
+        name = names.get(int(tid), f"tid {tid}")
+        cpu, woken = out.get(name, (0.0, 0))
+        out[name] = (cpu + seconds, woken + (task_wakes("self", tid) or 0))
     return out
 
 
-def thread_wakes() -> dict[str, int]:
-    """Voluntary context switches so far of each live thread of this process, by thread
-    name (``/proc/self/task/<tid>/status``): how often each went to sleep and was woken.
-    Each wake costs CPU of its own (about 0.08 ms for a bare ``time.sleep`` on a 2-CPU VM,
-    by ``time.thread_time``), which at an idle daemon is much of what it spends."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, int] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        name = names.get(int(tid), f"tid {tid}")
-                        out[name] = out.get(name, 0) + int(line.split()[1])
-                        break
-        except (OSError, ValueError):
-            continue  # ended meanwhile
-    return out
+def wake_cost(times: int = 20) -> float:
+    """The median CPU seconds a thread spends on one bare wake: ``time.thread_time`` around
+    a 10 ms ``time.sleep``. It is the floor under what each wake of a daemon thread costs."""
+    costs = []
+    for _ in range(times):
+        t0 = time.thread_time()
+        time.sleep(0.01)
+        costs.append(time.thread_time() - t0)
+    return statistics.median(costs)
 
 
 class GcTimes:
@@ -121,22 +116,24 @@ def main() -> int:
         gc_times = GcTimes()
         gc.callbacks.append(gc_times)
         encodes0 = daemon.exposition.encodes if daemon.exposition else 0
-        before, wakes0, t0 = thread_cpu(), thread_wakes(), time.monotonic()
+        before, t0 = thread_stats(), time.monotonic()
         time.sleep(args.window)
-        after, wakes1, took = thread_cpu(), thread_wakes(), time.monotonic() - t0
+        after, took = thread_stats(), time.monotonic() - t0
         gc.callbacks.remove(gc_times)
         encodes = (daemon.exposition.encodes if daemon.exposition else 0) - encodes0
     finally:
         daemon.stop()
     per_min = 60.0 / took
-    rows = sorted(((after[k] - before.get(k, 0.0)) * per_min, k) for k in after)
-    wakes = {k: (wakes1[k] - wakes0.get(k, 0)) * per_min for k in wakes1}
+    rows = sorted(((cpu - before.get(k, (0.0, 0))[0]) * per_min, k)
+                  for k, (cpu, _) in after.items())
+    wakes = {k: (n - before.get(k, (0.0, 0))[1]) * per_min for k, (_, n) in after.items()}
     print(f"{gpus} x {procs}, idle, {took:.0f} s: CPU seconds per minute by thread "
           f"(and its wakes a minute)")
     for seconds, name in reversed(rows):
         if seconds > 0:
             print(f"  {seconds:7.3f}  {name} ({wakes.get(name, 0):.0f})")
     print(f"  {sum(s for s, _ in rows):7.3f}  all threads ({sum(wakes.values()):.0f})")
+    print(f"a bare wake (a 10 ms time.sleep) costs {wake_cost() * 1e3:.3f} ms of CPU here")
     print(f"snapshot encodes: {encodes} ({encodes * per_min:.1f} a minute)")
     for g, (n, cpu) in gc_times.by_gen.items():
         print(f"gc generation {g}: {n} collections, {cpu * per_min:.3f} s CPU a minute")

@@ -22,7 +22,7 @@ FAST = ["--scrapes", "5", "--gap", "0.005", "--idle", "0.3", "--cycles", "1", "-
 def _args(**kw) -> argparse.Namespace:
     base = {"scrapes": 5, "gap": 0.005, "idle": 0.3, "max_scrape_seconds": 10.0,
             "settle_timeout": 60.0, "cycles": 1, "poll_runs": 1, "nvitop": True, "interval": 1.0,
-            "max_processes": None}
+            "max_processes": None, "poll_nice": None}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -63,6 +63,7 @@ def test_tiny_run_without_nvitop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             assert arm["scrapes"] == 5 and arm["errors"] == 0
             assert arm["p50_ms"] > 0 and arm["p99_ms"] >= arm["p50_ms"]
             assert arm["rss_mb"] > 0 and arm["cpu_s_per_min_scraping"] >= 0
+            assert arm["wakes_per_min_idle"] >= 0  # present; 0.3 s may see none
             assert 0 <= arm["children_uss_mb"] < arm["rss_mb"]
         # the daemon's serving process is counted; the static server has none
         assert ours["children_uss_mb"] > 0 and static["children_uss_mb"] == 0
@@ -183,9 +184,12 @@ def test_cpu_ns_counts_every_thread_and_child_in_nanoseconds() -> None:
         assert ns is not None and ns >= 0.6e9  # the thread's and the child's spins
         assert abs(ns / 1e9 - ticks) < 0.05, (ns, ticks)
         assert len(psutil.Process(proc.pid).children()) == 1
+        woke = harness.wakes(proc.pid)
+        assert woke is not None and woke > 0  # every thread has slept at least once
+        assert 0 < (harness.task_wakes(proc.pid, proc.pid) or 0) <= woke  # the main one alone
     finally:
         for c in psutil.Process(proc.pid).children(recursive=True):
             c.kill()
         proc.kill()
         proc.wait(10)
-    assert harness.cpu_ns(proc.pid) is None  # gone
+    assert harness.cpu_ns(proc.pid) is None and harness.wakes(proc.pid) is None  # gone
