@@ -64,6 +64,18 @@ def _layout(entry: Any) -> _Layout | None:
     return _Layout(head, values, entries)
 
 
+def _flat(values: Any) -> tuple | None:
+    """The array read in one unpack, (fieldId, valueType, nvmlReturn, value) per entry in
+    turn, where an array of its length was read before and its value types are unchanged;
+    else None."""
+    whole = _whole.get((getattr(values, "_type_", None), len(values)))
+    if whole is None:
+        return None
+    types, reader = whole
+    flat = reader.unpack(memoryview(values).cast("B"))
+    return flat if flat[1::4] == types else None
+
+
 def decode(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
     """(field id, nvmlReturn, value type, value) for each entry of a filled
     ``c_nvmlFieldValue_t`` array; the value is None for a type this code does not know."""
@@ -73,19 +85,14 @@ def decode(values: Any) -> Iterator[tuple[int, int, int, float | int | None]]:
     layout = _layouts[entry]
     if layout is None:  # not a ctypes array of the expected structure
         return _by_member(values)
-    buf = memoryview(values).cast("B")
-    key = (entry, len(values))
-    whole = _whole.get(key)
-    if whole is not None:
-        types, reader = whole
-        flat = reader.unpack(buf)
-        if flat[1::4] == types:
-            return zip(flat[0::4], flat[2::4], types, flat[3::4], strict=True)
+    flat = _flat(values)
+    if flat is not None:
+        return zip(flat[0::4], flat[2::4], flat[1::4], flat[3::4], strict=True)
     out = []
-    for fid, vtype, ret, raw in layout.head.iter_unpack(buf):
+    for fid, vtype, ret, raw in layout.head.iter_unpack(memoryview(values).cast("B")):
         v = layout.values.get(vtype)
         out.append((fid, ret, vtype, v.unpack_from(raw)[0] if v is not None else None))
-    _learn(key, layout, [e[2] for e in out])
+    _learn((entry, len(values)), layout, [e[2] for e in out])
     return iter(out)
 
 
@@ -93,13 +100,9 @@ def answers(values: Any) -> list[float | int | None]:
     """Each entry's value, or None where the entry has an error of its own: what
     :func:`decode` gives, without the ids and types. An array read whole in which every
     entry succeeded (the usual case) is two slices of one unpack."""
-    entry = getattr(values, "_type_", None)
-    whole = _whole.get((entry, len(values))) if _layouts.get(entry) is not None else None
-    if whole is not None:
-        types, reader = whole
-        flat = reader.unpack(memoryview(values).cast("B"))
-        if flat[1::4] == types and not any(flat[2::4]):
-            return list(flat[3::4])
+    flat = _flat(values) if _layouts.get(getattr(values, "_type_", None)) else None
+    if flat is not None and not any(flat[2::4]):
+        return list(flat[3::4])
     return [value if ret == 0 else None for _, ret, _, value in decode(values)]
 
 
